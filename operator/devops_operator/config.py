@@ -1,0 +1,68 @@
+"""The operator's configuration: images and defaults for everything it creates.
+
+It comes from the Helm values (the chart renders the ``operator`` section of ``values.yaml`` into a
+ConfigMap mounted at ``/etc/devops-model/operator.yaml``) and is never a constant in a builder.
+``devops-model render --values FILE`` reads the same file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Images(_Model):
+    """Container images (pin by digest in production)."""
+
+    workload: str = Field(default="ghcr.io/devops-model/workload:0.1.0", description="Training, evaluation and quantization (CUDA, torch, DeepSpeed, peft, GPTQModel).")
+    serve: str = Field(default="ghcr.io/devops-model/serve:0.1.0", description="The built-in chat server and the web chat.")
+    vllm: str = Field(default="vllm/vllm-openai:v0.11.0", description="vLLM OpenAI-compatible server.")
+    tgi: str = Field(default="ghcr.io/huggingface/text-generation-inference:3.3.6", description="Text Generation Inference.")
+    pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    pull_secrets: list[str] = Field(default_factory=list, description="imagePullSecrets for every pod the operator creates.")
+
+
+class Storage(_Model):
+    """How pvc:// URIs reach the pods."""
+
+    mount_root: str = Field(default="/mnt/storage", description="pvc://CLAIM/PATH is mounted at MOUNT_ROOT/CLAIM (DEVOPS_MODEL_STORAGE in the pod).")
+    cache_claim: Optional[str] = Field(default=None, description="PVC for the Hugging Face / ModelScope download cache (emptyDir when unset).")
+    scratch_size: str = Field(default="50Gi", description="Size limit of the scratch emptyDir (/tmp, caches) when no cache claim is given.")
+
+
+class Workloads(_Model):
+    """Defaults for workload pods."""
+
+    service_account: str = Field(default="devops-model-workload", description="ServiceAccount of workload pods (may only patch the status of the project's kinds).")
+    report_interval_seconds: int = Field(default=10, ge=1, description="Minimum seconds between progress reports to the API server.")
+    backoff_limit: int = Field(default=0, ge=0, description="Job backoffLimit; restarts are counted by the operator's failure policy instead.")
+    ttl_seconds_after_finished: Optional[int] = Field(default=None, description="Delete finished Jobs after this many seconds (None keeps them for inspection).")
+    run_as_user: int = Field(default=1000, description="UID of workload containers (non-root).")
+    fs_group: int = Field(default=1000)
+
+
+class OperatorConfig(_Model):
+    """Everything the builders need besides the resource itself."""
+
+    images: Images = Field(default_factory=Images)
+    storage: Storage = Field(default_factory=Storage)
+    workloads: Workloads = Field(default_factory=Workloads)
+    scope: Literal["cluster", "namespaced"] = Field(default="cluster", description="Watch all namespaces or only the operator's own.")
+    namespace: Optional[str] = Field(default=None, description="Namespace to watch when scope is namespaced.")
+
+    @classmethod
+    def from_values_file(cls, path: str | Path) -> "OperatorConfig":
+        """Read a config file: either the operator section itself or full Helm values with an
+        ``operator`` key (so ``--values charts/devops-model/values.yaml`` works)."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if "operator" in data and isinstance(data["operator"], dict) and "config" in data["operator"]:
+            data = data["operator"]["config"]
+        return cls.model_validate(data)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, as `make test` and CI run it. Sets up what the tests need first:
+# the control-plane binaries (cached in ~/.cache/devops-model, built once per machine) and
+# Debian's Chromium for the browser tests. A missing prerequisite is a failure, never a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export DEVOPS_MODEL_NO_PROGRESS=1
+# Quantization on CPU: GPTQModel needs to know how many CPU workers to use on a small machine.
+export GPTQMODEL_CPU_WORKERS="${GPTQMODEL_CPU_WORKERS:-$(nproc)}"
+
+if [ -x tests/cluster/build.sh ]; then
+  echo "== control plane binaries (cached after the first build)"
+  bash tests/cluster/build.sh
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "== installing Debian's chromium for the browser tests"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || { echo "error: could not install chromium (apt-get install chromium)"; exit 1; }
+fi
+
+echo "== import layers (import-linter)"
+.venv/bin/lint-imports
+
+echo "== tests"
+exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
