@@ -40,13 +40,13 @@ class ChatSpec(ApiModel):
     model: ModelSource = Field(description="The model to serve (plain, LoRA-merged or GPTQ).")
     served_model_name: Optional[str] = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9._/-]+$", description="Model id in the API (default: the resource name).")
     engine: EngineSpec = Field(default_factory=EngineSpec)
-    replicas: int = Field(default=1, ge=0, le=100)
+    replicas: int = Field(default=1, ge=0, le=100, description="Number of server pods behind the Service.")
     resources: Resources = Field(default_factory=Resources)
     auth: Optional[AuthSpec] = Field(default=None, description="Require an API key.")
     ui: Literal["enabled", "disabled"] = Field(default="enabled", description="Serve the web chat page at /.")
     gate: Optional[ServeGate] = Field(default=None, description="Only serve when an EvalRun reached a minimum score.")
     network_policy: Literal["none", "namespace"] = Field(default="none", description="namespace: only pods of the same namespace may connect.")
-    port: int = Field(default=8000, ge=1024, le=65535)
+    port: int = Field(default=8000, ge=1024, le=65535, description="Port of the API and the web chat (Service and container).")
 
     rules = (
         Rule(

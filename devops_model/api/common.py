@@ -195,11 +195,11 @@ class DataSpec(ApiModel):
 class Toleration(ApiModel):
     """A Kubernetes toleration (see ``kubectl explain pod.spec.tolerations``)."""
 
-    key: Optional[str] = Field(default=None, max_length=317)
-    operator: Literal["Exists", "Equal"] = Field(default="Equal")
-    value: Optional[str] = Field(default=None, max_length=63)
-    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = Field(default=None)
-    toleration_seconds: Optional[int] = Field(default=None, ge=0)
+    key: Optional[str] = Field(default=None, max_length=317, description="Taint key; empty with operator Exists matches all taints.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
+    value: Optional[str] = Field(default=None, max_length=63, description="Taint value (operator Equal).")
+    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = Field(default=None, description="Taint effect to match; all effects when empty.")
+    toleration_seconds: Optional[int] = Field(default=None, ge=0, description="How long a NoExecute taint is tolerated.")
 
 
 class Resources(ApiModel):

@@ -69,7 +69,7 @@ class EvalSpec(ApiModel):
     baseline: Optional[BaselineRef] = Field(default=None, description="Report the change against this baseline.")
     output: Optional[Uri] = Field(default=None, description="Where results.json and predictions.jsonl go (default: next to the model, or a local work dir).")
     resources: Resources = Field(default_factory=Resources)
-    image: Optional[str] = Field(default=None, max_length=512)
+    image: Optional[str] = Field(default=None, max_length=512, description="Override the workload image from the operator's configuration.")
 
     rules = (
         Rule(

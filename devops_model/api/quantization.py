@@ -29,7 +29,7 @@ class VerificationSpec(ApiModel):
     perplexity_text: Optional[Uri] = Field(default=None, description="Held-out text for perplexity before/after (default: a held-out part of the calibration data).")
     max_perplexity_increase: Decimal = Field(default="0.25", description='Allowed relative perplexity increase, e.g. "0.25" = +25 %.')
     exams: Optional[ExamSource] = Field(default=None, description="Also evaluate both models on these exams.")
-    shots: int = Field(default=0, ge=0, le=5)
+    shots: int = Field(default=0, ge=0, le=5, description="Few-shot setting of the verification exam.")
     max_accuracy_drop: Decimal = Field(default="0.05", description='Allowed accuracy drop in points of accuracy (0-1), e.g. "0.05".')
 
 
@@ -41,14 +41,14 @@ class QuantizeSpec(ApiModel):
     backend: Literal["gptqmodel", "llmcompressor"] = Field(default="gptqmodel", description="Implementation: GPTQModel (gptq format) or llm-compressor (compressed-tensors W4A16).")
     bits: int = Field(default=4, description="Weight bits: 3, 4 or 8.")
     group_size: int = Field(default=128, description="Columns sharing one scale: -1 (per channel), 32, 64 or 128.")
-    symmetric: bool = Field(default=True)
+    symmetric: bool = Field(default=True, description="Symmetric quantization (no zero point); what vLLM's fast kernels expect.")
     act_order: bool = Field(default=False, description="Quantize columns in order of activation size (desc_act); better accuracy, slower kernels.")
     damp_percent: Decimal = Field(default="0.01", description="Hessian dampening.")
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     verification: Optional[VerificationSpec] = Field(default_factory=VerificationSpec, description="Checks after quantization.")
     output: OutputSpec
     resources: Resources = Field(default_factory=Resources)
-    image: Optional[str] = Field(default=None, max_length=512)
+    image: Optional[str] = Field(default=None, max_length=512, description="Override the workload image from the operator's configuration.")
 
     rules = (
         Rule(

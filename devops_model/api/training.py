@@ -125,14 +125,14 @@ class TrainingSpec(ApiModel):
     """Hyper-parameters. Numbers that are not integers are strings ("5e-5")."""
 
     learning_rate: Decimal = Field(default="5e-5", description='Peak learning rate, e.g. "5e-5".')
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(default="cosine")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(default="cosine", description="Learning-rate schedule after warmup (seed: cosine).")
     warmup_ratio: Decimal = Field(default="0.05", description='Share of steps spent warming up, below 1 (seed: "0.05").')
-    weight_decay: Decimal = Field(default="0")
+    weight_decay: Decimal = Field(default="0", description='AdamW weight decay, e.g. "0.01".')
     max_grad_norm: Decimal = Field(default="1.0", description="Gradient clipping norm.")
     epochs: Optional[int] = Field(default=None, ge=1, le=1000, description="Passes over the data (ignored when maxSteps is set).")
     max_steps: Optional[int] = Field(default=None, ge=1, le=100_000_000, description="Optimizer steps; takes precedence over epochs.")
     per_device_batch_size: int = Field(default=1, ge=1, le=4096, description="Sequences per device per micro-step.")
-    gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096)
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096, description="Micro-steps per optimizer step; tokens per step = nodes × gpusPerNode × perDeviceBatchSize × this × maxLength.")
     max_length: int = Field(
         default=2048, ge=16, le=1_048_576,
         description="Tokens per sequence: the block size for pretraining, the packed sequence length for SFT.",
@@ -145,11 +145,11 @@ class TrainingSpec(ApiModel):
         description="Prompt template: chatml and default exactly as the seed; auto uses the tokenizer's own chat template.",
     )
     precision: Literal["bf16", "fp16", "fp32"] = Field(default="bf16", description="Training precision (fp32 on CPU regardless).")
-    gradient_checkpointing: bool = Field(default=True)
-    seed: int = Field(default=42, ge=0, le=2**31 - 1)
+    gradient_checkpointing: bool = Field(default=True, description="Recompute activations in the backward pass to save memory (seed: on).")
+    seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Random seed (data order, initialisation of LoRA, validation split).")
     save_steps: int = Field(default=500, ge=1, le=100_000_000, description="Save a checkpoint every N steps (also on SIGTERM).")
     save_total_limit: int = Field(default=3, ge=1, le=1000, description="Keep at most this many checkpoints.")
-    logging_steps: int = Field(default=10, ge=1, le=100_000)
+    logging_steps: int = Field(default=10, ge=1, le=100_000, description="Report loss and learning rate every N steps (seed: 10).")
     eval_steps: Optional[int] = Field(default=None, ge=1, le=100_000_000, description="Evaluate on the held-out split every N steps.")
 
     rules = (
