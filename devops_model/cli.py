@@ -98,7 +98,7 @@ def _register_render(sub) -> None:
 
 
 def _cmd_render(args) -> int:
-    import yaml
+    from devops_model.yamlio import dump_all
 
     from devops_model.api.resource import InvalidResource, load_resources
 
@@ -119,7 +119,7 @@ def _cmd_render(args) -> int:
         if args.namespace:
             res.metadata["namespace"] = args.namespace
         docs.extend(render_children(res, config))
-    sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False, allow_unicode=True))
+    sys.stdout.write(dump_all(docs))
     return 0
 
 

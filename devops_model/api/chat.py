@@ -50,13 +50,13 @@ class ChatSpec(ApiModel):
 
     rules = (
         Rule(
-            cel="self.engine.name == 'builtin' || self.resources.gpusPerNode >= 1",
+            cel="(has(self.engine) && self.engine.name == 'builtin') || (has(self.resources) && self.resources.gpusPerNode >= 1)",
             message="engines vllm and tgi need resources.gpusPerNode >= 1; use engine.name: builtin on CPU",
             check=lambda m: m.engine.name == "builtin" or m.resources.gpus_per_node >= 1,
             field=".engine.name",
         ),
         Rule(
-            cel="self.resources.nodes == 1",
+            cel="!has(self.resources) || self.resources.nodes == 1",
             message="a ChatDeployment replica runs on one node; scale with replicas",
             check=lambda m: m.resources.nodes == 1,
             field=".resources.nodes",

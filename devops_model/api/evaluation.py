@@ -73,13 +73,13 @@ class EvalSpec(ApiModel):
 
     rules = (
         Rule(
-            cel="self.shots.all(s, s >= 0 && s <= 5)",
+            cel="!has(self.shots) || self.shots.all(s, s >= 0 && s <= 5)",
             message="each shots value must be between 0 and 5",
             check=lambda m: all(0 <= s <= 5 for s in m.shots),
             field=".shots",
         ),
         Rule(
-            cel="self.resources.nodes == 1",
+            cel="!has(self.resources) || self.resources.nodes == 1",
             message="an EvalRun runs on one node",
             check=lambda m: m.resources.nodes == 1,
             field=".resources.nodes",

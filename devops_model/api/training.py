@@ -197,7 +197,7 @@ class _RunSpecBase(ApiModel):
 
     rules = (
         Rule(
-            cel="self.launcher != 'Job' || self.resources.nodes == 1",
+            cel="self.launcher != 'Job' || !has(self.resources) || self.resources.nodes == 1",
             message="launcher Job runs on one node; use PyTorchJob or TrainJob for resources.nodes > 1",
             check=lambda m: m.launcher != "Job" or m.resources.nodes == 1,
             field=".launcher",
