@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCHEMES = ("hf", "modelscope", "pvc", "s3", "file")
-_URI_RE = re.compile(r"^(?P<scheme>[a-z]+)://(?P<rest>.+)$")
+_URI_RE = re.compile(r"^(?P<scheme>[a-z][a-z0-9]*)://(?P<rest>.+)$")
 
 
 @dataclass(frozen=True)
