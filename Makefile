@@ -22,7 +22,7 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 crds: venv
-	$(BIN)/devops-model crds --write crds/
+	$(BIN)/devops-model crds --write crds/ --docs docs/api.md
 
 lint: venv
 	$(BIN)/lint-imports

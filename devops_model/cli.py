@@ -42,6 +42,7 @@ def _register_crds(sub) -> None:
         "With --write DIR, write one file per kind instead.",
     )
     p.add_argument("--write", metavar="DIR", type=Path, help="write the files into DIR (used to regenerate crds/)")
+    p.add_argument("--docs", metavar="FILE", type=Path, help="also write the API reference (Markdown) to FILE (docs/api.md)")
     p.set_defaults(func=_cmd_crds)
 
 
@@ -49,6 +50,14 @@ def _cmd_crds(args) -> int:
     from devops_model.api.crdgen import crd_files
 
     files = crd_files()
+    if args.docs:
+        from devops_model.api.reference import render_reference
+
+        args.docs.parent.mkdir(parents=True, exist_ok=True)
+        args.docs.write_text(render_reference(), encoding="utf-8")
+        print(f"wrote the API reference to {args.docs}", file=sys.stderr)
+        if not args.write:
+            return 0
     if args.write:
         args.write.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():

@@ -196,3 +196,9 @@ def test_cli_run_refuses_bad_file_before_running(tmp_path):
     out = _cli("run", "-f", str(bad))
     assert out.returncode == 3
     assert "spec.finetuning.lora: lora settings are only allowed with type: lora" in out.stderr
+
+
+def test_api_reference_is_up_to_date():
+    from devops_model.api.reference import render_reference
+
+    assert (ROOT / "docs" / "api.md").read_text() == render_reference(), "run make crds (regenerates docs/api.md)"
