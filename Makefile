@@ -33,6 +33,14 @@ test: venv
 quickstart: venv
 	$(BIN)/devops-model quickstart
 
+# Benchmarks: each bench/<area>.py compares against the tool a user would otherwise pick and writes
+# bench/results/<area>.json; report.py turns them into bench/RESULTS.md.
+bench: venv
+	@set -e; for b in bench/train.py bench/eval.py bench/quantize.py bench/serve.py bench/operator.py; do \
+	  if [ -f $$b ]; then echo "== $$b"; $(BIN)/python $$b; fi; done
+	$(BIN)/python bench/report.py > /dev/null
+	@echo "wrote bench/RESULTS.md"
+
 clean:
 	rm -rf $(VENV) .pytest_cache
 
