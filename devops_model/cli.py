@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "render": "devops_model.cli:_register_render",
     "run": "devops_model.cli:_register_run",
     "dev": "devops_model.cli:_register_dev",
+    "quickstart": "devops_workloads.quickstart:register",
 }
 
 

@@ -1,0 +1,363 @@
+"""The whole life cycle on one machine with a tiny model, ending in a report.
+
+    make quickstart                                  # sets up .venv, then:
+    devops-model quickstart [--workdir DIR] [--exams /path/to/shared/data/exams]
+
+Stages (each one is exactly the `devops-model run -f examples/local/<file>` a user would run,
+chained through `fromRun`, in a work dir of its own):
+
+    tiny model → pretrain → SFT (LoRA, merged) → eval base / tuned → GPTQ int4 → eval int4
+    → built-in server answers one DevOps question → report.md / report.html
+
+Re-running resumes: a stage whose run is recorded as Succeeded in the work dir's run registry is
+reused, not repeated (``--fresh`` starts over).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples" / "local"
+QUESTION = "Kubernetes 中 Deployment 和 StatefulSet 有什么区别？"
+
+
+@dataclass
+class Stage:
+    title: str
+    file: str
+    #: rewrite the resource before running (e.g. point the eval at the seed's exams)
+    edits: dict[str, Any] = field(default_factory=dict)
+
+
+STAGES = [
+    Stage("continued pretraining", "pretrain.yaml"),
+    Stage("LoRA SFT", "sft-lora.yaml"),
+    Stage("exam: base model", "eval-base.yaml"),
+    Stage("exam: tuned model", "eval.yaml"),
+    Stage("GPTQ int4", "quantize.yaml"),
+    Stage("exam: int4 model", "eval-int4.yaml"),
+]
+
+
+class QuickstartError(RuntimeError):
+    pass
+
+
+def _env(workdir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DEVOPS_MODEL_HOME=str(workdir / "home"),
+        DEVOPS_MODEL_STORAGE=str(workdir / "storage"),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        GPTQMODEL_CPU_WORKERS=env.get("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1)),
+    )
+    return env
+
+
+def _registry(workdir: Path, kind: str, name: str) -> dict[str, Any] | None:
+    p = workdir / "home" / "runs" / kind.lower() / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _cli() -> list[str]:
+    exe = Path(sys.executable).parent / "devops-model"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "devops_model.cli"]
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_quickstart(workdir: Path, exams: Path | None = None, fresh: bool = False) -> Path:
+    workdir = workdir.resolve()
+    if fresh and workdir.exists():
+        shutil.rmtree(workdir)
+    (workdir / "resources").mkdir(parents=True, exist_ok=True)
+    env = _env(workdir)
+    os.environ.update({k: env[k] for k in ("DEVOPS_MODEL_HOME", "DEVOPS_MODEL_STORAGE")})
+    timings: dict[str, float] = {}
+    summary: list[dict[str, Any]] = []
+
+    # 0. tiny model and sample data ----------------------------------------------------------
+    storage = workdir / "storage"
+    model_dir = storage / "models" / "tiny-qwen"
+    t0 = time.time()
+    if not (model_dir / "config.json").exists():
+        from .tiny import build_tiny_model
+
+        build_tiny_model(model_dir, "qwen", seed=0)
+        _say(f"✓ tiny model          built at {model_dir} ({time.time() - t0:.1f}s)")
+    else:
+        _say(f"✓ tiny model          reused {model_dir}")
+    from .sample_data import install as install_samples
+
+    install_samples(storage)
+    timings["tiny model"] = time.time() - t0
+
+    # 1..n the stages, each a `devops-model run -f` ----------------------------------------------
+    for stage in STAGES:
+        src = EXAMPLES / stage.file
+        if not src.exists():
+            raise QuickstartError(f"{src} is missing; the quickstart runs the examples in examples/local/")
+        docs = [d for d in yaml.safe_load_all(src.read_text()) if d]
+        res = docs[0]
+        if exams is not None and res["kind"] == "EvalRun":
+            res["spec"]["exams"] = {"uri": f"file://{exams.resolve()}", "preset": "devops-574"}
+        dst = workdir / "resources" / stage.file
+        dst.write_text(yaml.safe_dump(res, sort_keys=False, allow_unicode=True))
+        kind, name = res["kind"], res["metadata"]["name"]
+        entry = _registry(workdir, kind, name)
+        if entry and entry.get("status", {}).get("state") == "Succeeded" and entry.get("resource") and \
+                _same_spec(entry["resource"], res):
+            _say(f"✓ {stage.title:<20} reused ({kind}/{name})")
+            timings[stage.title] = 0.0
+            summary.append({"stage": stage.title, "kind": kind, "name": name, "status": entry["status"], "reused": True})
+            continue
+        _say(f"▶ {stage.title:<20} devops-model run -f {dst}")
+        t0 = time.time()
+        r = subprocess.run([*_cli(), "run", "-f", str(dst)], env=env)
+        timings[stage.title] = time.time() - t0
+        entry = _registry(workdir, kind, name)
+        if r.returncode != 0 or not entry or entry["status"].get("state") != "Succeeded":
+            raise QuickstartError(f"stage '{stage.title}' failed (exit {r.returncode}); see the output above. "
+                                  f"Re-run `make quickstart` to resume from this stage.")
+        _say(f"✓ {stage.title:<20} {entry['status'].get('summary') or entry['status'].get('message') or 'done'} "
+             f"({timings[stage.title]:.0f}s)")
+        summary.append({"stage": stage.title, "kind": kind, "name": name, "status": entry["status"], "reused": False})
+
+    # last: serve the int4 model and ask one question ---------------------------------------------
+    t0 = time.time()
+    answer = _serve_and_ask(workdir, env, summary)
+    timings["chat"] = time.time() - t0
+    _say(f"✓ {'chat':<20} Q: {QUESTION}\n{'':23}A: {answer[:200]!r}")
+
+    report = write_report(workdir, summary, timings, QUESTION, answer)
+    _say(f"\nreport: {report} (and report.html)")
+    return report
+
+
+def _same_spec(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
+    return recorded.get("spec") == _normalise(current).get("spec")
+
+
+def _normalise(res: dict[str, Any]) -> dict[str, Any]:
+    from devops_model.api.resource import parse_resource
+
+    return parse_resource(res).to_dict()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_and_ask(workdir: Path, env: dict[str, str], summary: list[dict[str, Any]]) -> str:
+    import urllib.request
+
+    quant = next(s for s in summary if s["kind"] == "QuantizeRun")
+    from devops_model.uris import local_path
+
+    model = local_path(quant["status"]["artifact"]["uri"])
+    port = _free_port()
+    log = open(workdir / "serve.log", "w")
+    proc = subprocess.Popen(
+        [*_cli(), "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
+         "--served-model-name", "devops-model-tiny-int4"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 180
+        while True:
+            if proc.poll() is not None:
+                raise QuickstartError(f"the built-in server exited early; see {workdir / 'serve.log'}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise QuickstartError(f"the built-in server did not become healthy in 180s; see {workdir / 'serve.log'}")
+            time.sleep(0.5)
+        from .chat.client import ChatClient
+
+        client = ChatClient(f"http://127.0.0.1:{port}/v1")
+        response, _history = client.chat(QUESTION, [], max_tokens=48)
+        return response
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def _score_table(summary: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    settings: list[tuple[int, str]] = []
+    for s in summary:
+        if s["kind"] != "EvalRun":
+            continue
+        for o in (s["status"].get("scores") or {}).get("overall", []):
+            key = (o["shots"], o["style"])
+            if key not in settings:
+                settings.append(key)
+    header = ["model"] + [f"{shots}-shot {style}" for shots, style in settings]
+    for s in summary:
+        if s["kind"] != "EvalRun":
+            continue
+        by = {(o["shots"], o["style"]): o for o in (s["status"].get("scores") or {}).get("overall", [])}
+        row = [s["stage"].removeprefix("exam: ")]
+        for key in settings:
+            o = by.get(key)
+            row.append(f"{100 * o['accuracy']:.1f}% ({o['correct']}/{o['total']})" if o else "—")
+        rows.append(row)
+    return header, rows
+
+
+def write_report(workdir: Path, summary: list[dict[str, Any]], timings: dict[str, float], question: str, answer: str) -> Path:
+    from devops_model.uris import local_path
+
+    lines = ["# DevOps-Model quickstart report", "",
+             f"Work dir: `{workdir}` · {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · "
+             f"{os.cpu_count()} CPU cores, no GPU", "", "## Stages", "",
+             "| stage | resource | state | time | artifact |", "|---|---|---|---|---|"]
+    plots = []
+    for s in summary:
+        st = s["status"]
+        art = (st.get("artifact") or {}).get("uri", "")
+        took = "reused" if s["reused"] else f"{timings.get(s['stage'], 0):.0f}s"
+        lines.append(f"| {s['stage']} | {s['kind']}/{s['name']} | {st.get('state')} | {took} | `{art}` |")
+        if s["kind"] in ("PretrainRun", "SFTRun") and art:
+            for png in sorted(local_path(art).rglob("training_loss*.png")):
+                plots.append((s["stage"], png))
+    lines.append(f"| chat | built-in server | answered | {timings.get('chat', 0):.0f}s | |")
+    lines += ["", "## Loss curves", ""]
+    for title, png in plots:
+        lines.append(f"![{title}]({os.path.relpath(png, workdir)})")
+    header, rows = _score_table(summary)
+    lines += ["", "## Exam scores (seed method: logits of A–D, micro-averaged)", "",
+              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", "A tiny random model scores near chance (25%); the point is that every stage ran and is measured.", "",
+              "## Sizes", "", "| model | size |", "|---|---|"]
+    storage = workdir / "storage"
+    lines.append(f"| base (tiny-qwen) | {_dir_size(storage / 'models' / 'tiny-qwen') / 1e6:.1f} MB |")
+    for s in summary:
+        st = s["status"]
+        if s["kind"] == "QuantizeRun":
+            if st.get("sizeBeforeBytes"):
+                lines.append(f"| before GPTQ (merged) | {st['sizeBeforeBytes'] / 1e6:.1f} MB |")
+            if st.get("sizeAfterBytes"):
+                lines.append(f"| GPTQ int4 | {st['sizeAfterBytes'] / 1e6:.1f} MB (ratio {st.get('compressionRatio', 0):.2f}×; "
+                             f"perplexity {st.get('perplexityBefore', 0):.1f} → {st.get('perplexityAfter', 0):.1f}) |")
+    lines += ["", "## Chat", "", f"**Q:** {question}", "", f"**A:** {answer}", "",
+              "## The same on a cluster", "", "```bash",
+              "helm install devops-model charts/devops-model -n devops-model --create-namespace",
+              "kubectl apply -f examples/cluster/chain.yaml      # pretrain → sft → eval → quantize → chat",
+              "kubectl get devops-model -w                       # state, step, loss, scores, endpoint",
+              "```", "", "Run any stage here again: `devops-model run -f " + str(workdir / "resources") + "/<file>.yaml`", ""]
+    md = "\n".join(lines)
+    (workdir / "report.md").write_text(md)
+    (workdir / "report.html").write_text(_markdown_to_html(md))
+    return workdir / "report.md"
+
+
+def _markdown_to_html(md: str) -> str:
+    """A small Markdown subset (headings, tables, images, code, paragraphs) to self-contained HTML."""
+    out, in_table, in_code = [], False, False
+    for line in md.splitlines():
+        if line.startswith("```"):
+            out.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+            continue
+        if in_code:
+            out.append(html.escape(line))
+            continue
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(set(c) <= {"-"} for c in cells):
+                continue
+            if not in_table:
+                out.append("<table>")
+                in_table = True
+                out.append("<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells) + "</tr>")
+            else:
+                out.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("!["):
+            alt, src = line[2:].split("](", 1)
+            out.append(f'<p><img alt="{html.escape(alt)}" src="{html.escape(src.rstrip(")"))}" style="max-width:640px"></p>')
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}pre{background:#f4f4f4;padding:1em}")
+    return f"<!doctype html><meta charset=utf-8><title>DevOps-Model quickstart</title><style>{style}</style>\n" + "\n".join(out)
+
+
+def _inline(text: str) -> str:
+    import re
+
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "quickstart",
+        help="the whole life cycle on this machine with a tiny model, ending in a report",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--workdir", type=Path, default=Path("quickstart-work"), help="where everything goes (default: ./quickstart-work)")
+    p.add_argument("--exams", type=Path, default=None,
+                   help="exam root in the CMMLU/C-Eval layout (e.g. ../shared/data/exams) to use the seed's six exams (devops-574) instead of the bundled sample exam")
+    p.add_argument("--fresh", action="store_true", help="delete the work dir first instead of resuming")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args) -> int:
+    try:
+        run_quickstart(args.workdir, args.exams, args.fresh)
+    except QuickstartError as exc:
+        print(f"✗ {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("✗ interrupted; `make quickstart` resumes where it stopped", file=sys.stderr)
+        return 130
+    return 0
