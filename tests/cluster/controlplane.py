@@ -162,13 +162,13 @@ def _openssl(*args: str, input: bytes | None = None) -> None:
         raise ControlPlaneError(f"openssl {' '.join(args)} failed:\n{r.stderr.decode(errors='replace')}")
 
 
-def _issue(pki: Path, name: str, subject: str, ext: str) -> None:
-    """An EC P-256 key and a certificate signed by pki/ca.crt, valid for ten years."""
+def _issue(pki: Path, name: str, subject: str, ext: str, ca: str = "ca") -> None:
+    """An EC P-256 key and a certificate signed by pki/<ca>.crt, valid for ten years."""
     key, csr, crt, extfile = (pki / f"{name}.{s}" for s in ("key", "csr", "crt", "ext"))
     _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-keyout", str(key), "-out", str(csr), "-subj", subject)
     extfile.write_text(ext)
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"),
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(pki / f"{ca}.crt"), "-CAkey", str(pki / f"{ca}.key"),
              "-CAcreateserial", "-days", "3650", "-sha256", "-extfile", str(extfile), "-out", str(crt))
     csr.unlink()
     extfile.unlink()
@@ -191,6 +191,14 @@ def make_pki(pki: Path) -> None:
     _issue(pki, "admin", "/O=system:masters/CN=devops-model-admin", client)
     _issue(pki, "controller-manager", "/CN=system:kube-controller-manager", client)
     _issue(pki, "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client", client)
+    # Front-proxy (aggregation layer) CA and client: lets controller-manager and aggregated servers read
+    # a complete kube-system/extension-apiserver-authentication ConfigMap.
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(pki / "front-proxy-ca.key"), "-out", str(pki / "front-proxy-ca.crt"), "-days", "3650",
+             "-sha256", "-subj", "/CN=devops-model-front-proxy-ca",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature")
+    _issue(pki, "front-proxy-client", "/CN=front-proxy-client", client, ca="front-proxy-ca")
     # Service-account token signing key (RS256).
     _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(pki / "sa.key"))
     _openssl("pkey", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
@@ -415,6 +423,13 @@ class ControlPlane:
                 f"--client-ca-file={pki / 'ca.crt'}",
                 f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
                 f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
                 "--authorization-mode=Node,RBAC",
                 "--anonymous-auth=false",
                 f"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
