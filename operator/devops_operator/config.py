@@ -47,6 +47,32 @@ class Workloads(_Model):
     ttl_seconds_after_finished: Optional[int] = Field(default=None, description="Delete finished Jobs after this many seconds (None keeps them for inspection).")
     run_as_user: int = Field(default=1000, description="UID of workload containers (non-root).")
     fs_group: int = Field(default=1000)
+    cache_dir: str = Field(default="/var/cache/devops-model", description="Where hub downloads are cached in the pod (HF_HOME, MODELSCOPE_CACHE below it); the cache claim or an emptyDir is mounted here.")
+
+
+class Serving(_Model):
+    """Defaults for ChatDeployment pods."""
+
+    startup_timeout_seconds: int = Field(default=1800, ge=60, description="How long a server may take to load its model before the startup probe gives up (a 7B model from a PVC: minutes; vLLM also compiles CUDA graphs).")
+    probe_period_seconds: int = Field(default=10, ge=1, description="Period of the startup, readiness and liveness probes (GET /health).")
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(default="ClusterIP", description="Type of the Service in front of the chat pods.")
+    service_account: Optional[str] = Field(default=None, description="ServiceAccount of chat pods (default: the workload ServiceAccount).")
+
+
+class Trainer(_Model):
+    """Kubeflow Trainer v2 (launcher: TrainJob)."""
+
+    runtime_name: str = Field(default="torch-distributed", description="ClusterTrainingRuntime (or TrainingRuntime) the TrainJob references.")
+    runtime_kind: Literal["ClusterTrainingRuntime", "TrainingRuntime"] = Field(default="ClusterTrainingRuntime")
+
+
+class Reconcile(_Model):
+    """How the operator reconciles."""
+
+    requeue_seconds: int = Field(default=15, ge=1, description="How often a waiting resource (parent not ready, child starting) is looked at again.")
+    watchdog_interval_seconds: int = Field(default=60, ge=5, description="How often running runs are checked for stalls (spec.failurePolicy.stallTimeout) and child state.")
+    restart_backoff_seconds: int = Field(default=30, ge=0, description="Delay before a failed child is recreated (restart n waits n x this).")
+    peering: Optional[str] = Field(default=None, description="kopf peering object name for leader election between replicas (the chart sets it when replicas > 1); None runs standalone.")
 
 
 class OperatorConfig(_Model):
@@ -55,8 +81,23 @@ class OperatorConfig(_Model):
     images: Images = Field(default_factory=Images)
     storage: Storage = Field(default_factory=Storage)
     workloads: Workloads = Field(default_factory=Workloads)
+    serving: Serving = Field(default_factory=Serving)
+    trainer: Trainer = Field(default_factory=Trainer)
+    reconcile: Reconcile = Field(default_factory=Reconcile)
     scope: Literal["cluster", "namespaced"] = Field(default="cluster", description="Watch all namespaces or only the operator's own.")
     namespace: Optional[str] = Field(default=None, description="Namespace to watch when scope is namespaced.")
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "OperatorConfig":
+        """The operator's own configuration: PATH, else $DEVOPS_MODEL_OPERATOR_CONFIG, else
+        /etc/devops-model/operator.yaml when it exists, else the defaults."""
+        import os
+
+        candidate = path or os.environ.get("DEVOPS_MODEL_OPERATOR_CONFIG")
+        if candidate:
+            return cls.from_values_file(candidate)
+        default = Path("/etc/devops-model/operator.yaml")
+        return cls.from_values_file(default) if default.exists() else cls()
 
     @classmethod
     def from_values_file(cls, path: str | Path) -> "OperatorConfig":
