@@ -252,6 +252,14 @@ def _proc_alive(pid: int, binary: str | None = None) -> bool:
         return False
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the process that started it dies (Linux prctl). SIGKILL, not
+    SIGTERM: kube-apiserver's graceful shutdown waits on an etcd that is dying too."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -262,8 +270,11 @@ def _tail(path: Path, lines: int = 40) -> str:
 class ControlPlane:
     """One control plane instance with its state in `state_dir`."""
 
-    def __init__(self, state_dir: Path | str, ports: Ports | None = None, bins: Path | None = None):
+    def __init__(self, state_dir: Path | str, ports: Ports | None = None, bins: Path | None = None,
+                 die_with_parent: bool = False):
         self.state_dir = Path(state_dir).resolve()
+        # For the pytest fixture: a killed test run must not leave a control plane behind.
+        self.die_with_parent = die_with_parent
         self.ports = ports or Ports.from_env()
         self.bin_dir = Path(bins) if bins else bin_dir()
         self._popen: dict[str, subprocess.Popen] = {}
@@ -365,7 +376,8 @@ class ControlPlane:
         (self.state_dir / "pids").mkdir(parents=True, exist_ok=True)
         log = open(self.logs / f"{name}.log", "ab")
         p = subprocess.Popen([str(self.bin(name)), *args], stdin=subprocess.DEVNULL, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True, cwd=self.state_dir)
+                             stderr=subprocess.STDOUT, start_new_session=True, cwd=self.state_dir,
+                             preexec_fn=_die_with_parent if self.die_with_parent else None)
         log.close()
         self._popen[name] = p
         self._pidfile(name).write_text(f"{p.pid}\n")
