@@ -238,18 +238,29 @@ def write_kubeconfig(path: Path, server: str, ca: Path, *, cert: Path | None = N
 # Processes
 # ----------------------------------------------------------------------------------------------
 
-def _proc_alive(pid: int, binary: str | None = None) -> bool:
-    """Alive, not a zombie, and (if given) running that binary: a recycled pid is not ours."""
+def _proc_alive(pid: int) -> bool:
+    """Some thread of the process still runs. A killed multi-threaded process shows its leader as a zombie
+    (with an empty cmdline) while its other threads still exit and still hold its sockets."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            return False
-        if binary:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            return os.path.basename(cmd) == binary or cmd.endswith("/" + binary)
-        return True
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except (FileNotFoundError, ProcessLookupError):
         return False
+    for task in tasks:
+        try:
+            if (task / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                return True
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            pass
+    return False
+
+
+def _is_ours(pid: int, binary: str) -> bool:
+    """The pid runs that binary (a recycled pid is not ours to signal)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return os.path.basename(cmd) == binary
 
 
 def _die_with_parent() -> None:
@@ -318,7 +329,7 @@ class ControlPlane:
         out = {}
         for name in COMPONENTS:
             pid = self.pid(name)
-            out[name] = bool(pid) and _proc_alive(pid, name)
+            out[name] = bool(pid) and _is_ours(pid, name) and _proc_alive(pid)
         return out
 
     # health
@@ -357,7 +368,10 @@ class ControlPlane:
         return all(self.running().values()) and self.readyz()
 
     # start / stop
-    def _check_ports(self) -> None:
+    def _check_ports(self, grace: float = 3) -> None:
+        deadline = time.monotonic() + grace  # a process that just exited may need a moment to let go
+        while any(port_in_use(getattr(self.ports, f)) for f in Ports.ENV) and time.monotonic() < deadline:
+            time.sleep(0.2)
         taken = []
         for field, var in Ports.ENV.items():
             port = getattr(self.ports, field)
@@ -488,27 +502,25 @@ class ControlPlane:
         except (OSError, ValueError):
             return False
 
-    def stop(self, remove_state: bool = True, timeout: float = 20) -> list[str]:
+    def stop(self, remove_state: bool = True, timeout: float = 10) -> list[str]:
         """Stops every process of this instance (SIGTERM, then SIGKILL), removes the state; returns what it stopped."""
         stopped = []
         for name in reversed(COMPONENTS):
             pid = self.pid(name)
             popen = self._popen.get(name)
-            if pid and _proc_alive(pid, name):
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                deadline = time.monotonic() + timeout
-                while _proc_alive(pid, name) and time.monotonic() < deadline:
-                    if popen is not None:
-                        popen.poll()
-                    time.sleep(0.1)
-                if _proc_alive(pid, name):
+            if pid and _is_ours(pid, name) and _proc_alive(pid):
+                for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
                     try:
-                        os.kill(pid, signal.SIGKILL)
+                        os.kill(pid, sig)
                     except ProcessLookupError:
-                        pass
+                        break
+                    deadline = time.monotonic() + wait
+                    while _proc_alive(pid) and time.monotonic() < deadline:
+                        if popen is not None:
+                            popen.poll()
+                        time.sleep(0.05)
+                    if not _proc_alive(pid):
+                        break
                 stopped.append(name)
             if popen is not None:
                 try:
@@ -533,12 +545,12 @@ class ControlPlane:
             raise ControlPlaneError(f"`kubectl {' '.join(args)}` failed (exit {r.returncode}):\n{r.stderr}{r.stdout}")
         return r
 
-    def apply_files(self, files: list[Path], wait_established: float = 60) -> None:
-        """Server-side applies CRD files (large schemas exceed the client-side annotation limit) and waits
-        until each CRD is Established."""
+    def apply_files(self, files: list[Path], wait_established: float = 60, server_side: bool = True) -> None:
+        """Applies CRD files and waits until each CRD is Established. Server-side by default: the large
+        Kubeflow schemas exceed the 256 KiB last-applied annotation of a client-side apply."""
         if not files:
             return
-        args = ["apply", "--server-side", "--force-conflicts"]
+        args = ["apply", "--server-side", "--force-conflicts"] if server_side else ["apply"]
         for f in files:
             args += ["-f", str(f)]
         out = self.kubectl(*args, "-o", "name").stdout.split()
@@ -601,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
             project = project_crd_files()
             if project:
                 try:
-                    cp.apply_files(project)
+                    # Client-side, as a developer's later `kubectl apply -f crds/` will be: no field-manager warnings.
+                    cp.apply_files(project, server_side=False)
                     print(f"{tag} project CRDs from crds/ established ({len(project)} files)")
                 except ControlPlaneError as e:
                     print(f"{tag} WARNING: applying crds/ failed; the cluster is up anyway:\n{e}", file=sys.stderr)
