@@ -65,3 +65,20 @@ def test_chat_deployment_spec_can_change(control_plane, k8s_namespace):
     control_plane.apply(obj, namespace=k8s_namespace)
     got = control_plane.get("chatdeployment", "chat", k8s_namespace)
     assert got["spec"]["replicas"] == 3
+
+
+def _example_files():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    return sorted(root.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", _example_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_server_accepts_every_example(control_plane, k8s_namespace, path):
+    from devops_model.api.resource import load_documents
+
+    docs = [d for d in load_documents(path) if isinstance(d, dict) and d.get("apiVersion", "").startswith("devops-model.io/")]
+    assert docs, f"{path} holds no devops-model.io resource"
+    r = control_plane.apply(docs, namespace=k8s_namespace, check=False)
+    assert r.returncode == 0, f"the API server refused {path}:\n{r.stderr}"
