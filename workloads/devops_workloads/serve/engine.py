@@ -1,0 +1,451 @@
+"""The batching generation engine behind the built-in server.
+
+    engine = BatchingEngine.load("/models/sft-int4", max_batch_size=8)
+    engine.start()                                  # one loop thread owns the model
+    request = engine.submit(prompt_ids, SamplingParams(max_tokens=64), sink)
+
+Requests go into a queue. One loop thread owns the model and repeats:
+
+1. admit waiting requests while the batch has room: their prompts are run through the model
+   together (left-padded), the first token of each is sampled, and their key/value caches are
+   merged into the running batch's cache (left-padded to a common length);
+2. run ONE forward step for every sequence in the batch (one new token each), with per-row
+   position ids and attention mask, and sample the next token of each row with that row's own
+   parameters (temperature, top-p, top-k, penalties, seed);
+3. a sequence that hit an end-of-sequence token, a stop word or its length limit leaves the batch
+   at once (its cache rows are dropped), so short answers never wait for long ones.
+
+This is continuous (step-level) batching in the spirit of vLLM/TGI, written against plain
+``transformers`` models so that it serves plain, LoRA-merged and GPTQ checkpoints alike on CPUs and
+small GPUs. Results are delivered to each request's ``sink`` callback from the loop thread (the
+HTTP layer forwards them to its event loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("devops_model.serve")
+
+#: The seed's defaults (llmtuner ChatModel): used when neither the request nor the model's
+#: generation_config.json sets a value.
+SEED_DEFAULTS = dict(temperature=0.95, top_p=0.7, top_k=50, max_tokens=512, repetition_penalty=1.0)
+
+
+@dataclass
+class SamplingParams:
+    """Validated sampling parameters of one request (the HTTP layer checks the ranges)."""
+
+    max_tokens: int = 512
+    temperature: float = 0.95  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 1e-5
+
+
+@dataclass
+class Event:
+    """What the engine tells a request: a token (``text`` is the new visible text, possibly empty
+    while a stop word might be starting), or the end (``finish_reason`` set)."""
+
+    token_id: int | None = None
+    text: str = ""
+    logprob: float | None = None
+    finish_reason: str | None = None  # "stop" | "length" | "error"
+    full_text: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+class GenerationRequest:
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Event], None]):
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.sink = sink
+        self.created = time.monotonic()
+        self.first_token_at: float | None = None
+        self.cancelled = False
+        self.generated: list[int] = []
+        self.emitted = 0  # characters of the visible text already sent
+        self.generator = None
+
+    def cancel(self) -> None:
+        """The client went away: the loop drops the sequence at its next step."""
+        self.cancelled = True
+
+
+class EngineStats:
+    """Counters the metrics layer reads (updated by the loop thread only)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.batch_sizes: list[int] = []
+        self.on_step: Callable[[int], None] | None = None
+
+
+def load_model(model_dir: str | Path, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
+    """(model, tokenizer) from a local folder: plain, LoRA adapter (merged on load) or GPTQ."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        torch_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    else:
+        torch_dtype = getattr(torch, dtype)
+    adapter_cfg = model_dir / "adapter_config.json"
+    if adapter_cfg.exists() and not (model_dir / "config.json").exists():
+        # A LoRA adapter folder: load its base and merge, as the seed's export_model.py does.
+        from peft import PeftModel
+
+        base_path = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+        tok = AutoTokenizer.from_pretrained(model_dir if (model_dir / "tokenizer_config.json").exists() else base_path,
+                                            trust_remote_code=trust_remote_code)
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        model = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+    else:
+        tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        config = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").exists() else {}
+        quant = (config.get("quantization_config") or {}).get("quant_method")
+        kwargs: dict[str, Any] = dict(trust_remote_code=trust_remote_code)
+        if quant == "gptq":
+            # GPTQ int4: transformers dispatches to GPTQModel's kernels; compute in fp16 on GPU,
+            # fp32 on CPU (the CPU kernels dequantize).
+            kwargs["dtype"] = torch.float16 if device == "cuda" else torch.float32
+            kwargs["device_map"] = device
+        else:
+            kwargs["dtype"] = torch_dtype
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    if getattr(model, "hf_device_map", None) is None:
+        model.to(device)
+    model.eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+class BatchingEngine:
+    """Continuous batching over a ``transformers`` causal LM (see the module docstring)."""
+
+    def __init__(self, model, tokenizer, *, max_batch_size: int = 8, max_model_len: int | None = None,
+                 defaults: dict[str, Any] | None = None):
+        import torch
+
+        self.torch = torch
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.max_batch_size = max_batch_size
+        cfg = model.config
+        self.max_model_len = max_model_len or getattr(cfg, "max_position_embeddings", 4096)
+        self.vocab_limit = len(tokenizer)  # ids past the tokenizer (padded embedding rows) are never sampled
+        gen = getattr(model, "generation_config", None)
+        eos = set()
+        for src in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id, getattr(cfg, "eos_token_id", None)):
+            if isinstance(src, int):
+                eos.add(src)
+            elif src:
+                eos.update(int(x) for x in src)
+        self.eos_ids = eos
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
+        self.defaults = dict(SEED_DEFAULTS)
+        if gen is not None:
+            if getattr(gen, "do_sample", None) is False:
+                self.defaults["temperature"] = 0.0  # the model asks for greedy decoding
+            else:
+                for k in ("temperature", "top_p", "top_k", "repetition_penalty"):
+                    v = getattr(gen, k, None)
+                    if v is not None:
+                        self.defaults[k] = v
+        self.defaults.update(defaults or {})
+        import inspect
+
+        self._cache_arg_is_cache = "cache" in inspect.signature(model.forward).parameters
+        self.waiting: queue.Queue[GenerationRequest] = queue.Queue()
+        self.stats = EngineStats()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.failed: str | None = None
+        # batch state (loop thread only)
+        self._rows: list[GenerationRequest] = []
+        self._cache = None
+        self._mask = None  # [B, L] 1 = real token in the cache
+        self._pending = None  # [B] token sampled last step, not yet in the cache
+
+    # ------------------------------------------------------------------ public
+    @classmethod
+    def load(cls, model_dir, *, device="auto", dtype="auto", trust_remote_code=False, **kwargs) -> "BatchingEngine":
+        model, tok = load_model(model_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        return cls(model, tok, **kwargs)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="batching-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.failed is None
+
+    @property
+    def queue_depth(self) -> int:
+        return self.waiting.qsize()
+
+    @property
+    def running(self) -> int:
+        return len(self._rows)
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Event], None]) -> GenerationRequest:
+        req = GenerationRequest(prompt_ids, params, sink)
+        self.waiting.put(req)
+        return req
+
+    # ------------------------------------------------------------------ loop
+    def _loop(self) -> None:
+        torch = self.torch
+        try:
+            with torch.inference_mode():
+                while not self._stop.is_set():
+                    if not self._rows:
+                        try:
+                            first = self.waiting.get(timeout=0.1)
+                        except queue.Empty:
+                            continue
+                        self._admit([first])
+                    self._admit_waiting()
+                    if self._rows:
+                        self._decode_step()
+        except Exception as exc:  # the loop must not die silently: /health turns 503 and requests fail
+            log.exception("batching loop died")
+            self.failed = f"{type(exc).__name__}: {exc}"
+            for req in self._rows:
+                req.sink(Event(finish_reason="error", error=self.failed))
+            self._rows = []
+
+    def _admit_waiting(self) -> None:
+        new = []
+        while len(self._rows) + len(new) < self.max_batch_size:
+            try:
+                new.append(self.waiting.get_nowait())
+            except queue.Empty:
+                break
+        if new:
+            self._admit(new)
+
+    def _admit(self, reqs: list[GenerationRequest]) -> None:
+        """Prefill new requests together and merge them into the running batch."""
+        torch = self.torch
+        reqs = [r for r in reqs if not r.cancelled]
+        if not reqs:
+            return
+        width = max(len(r.prompt_ids) for r in reqs)
+        ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(reqs), width), dtype=torch.long)
+        for i, r in enumerate(reqs):
+            n = len(r.prompt_ids)
+            ids[i, width - n:] = torch.tensor(r.prompt_ids, dtype=torch.long)
+            mask[i, width - n:] = 1
+            if r.params.seed is not None:
+                r.generator = torch.Generator(device="cpu").manual_seed(int(r.params.seed))
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self._forward(ids, mask, position_ids, cache)
+        logits = out.logits[:, -1, :]
+        tokens, logprobs = self._sample(logits, reqs)
+        keep = [i for i, r in enumerate(reqs) if not self._emit(r, int(tokens[i]), float(logprobs[i]))]
+        if not keep:
+            return
+        if len(keep) < len(reqs):
+            cache.batch_select_indices(torch.tensor(keep, device=self.device))
+            mask = mask[keep]
+            tokens = tokens[keep]
+        reqs = [reqs[i] for i in keep]
+        if not self._rows:
+            self._rows, self._cache, self._mask, self._pending = reqs, cache, mask, tokens.to(self.device)
+            return
+        self._merge(reqs, cache, mask, tokens.to(self.device))
+
+    def _forward(self, ids, mask, position_ids, cache):
+        # The cache object is updated in place; transformers 5 names the argument ``cache``
+        # (``past_key_values`` is deprecated there), older or remote-code models still use the old name.
+        key = "cache" if self._cache_arg_is_cache else "past_key_values"
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **{key: cache})
+
+    def _merge(self, reqs, cache, mask, tokens) -> None:
+        """Append rows to the running batch, left-padding whichever cache is shorter."""
+        torch = self.torch
+        la, lb = self._mask.shape[1], mask.shape[1]
+        length = max(la, lb)
+
+        def pad(t, n):  # left-pad dim -2 of a [B, H, L, D] tensor by n zeros
+            if n == 0:
+                return t
+            shape = list(t.shape)
+            shape[-2] = n
+            return torch.cat([t.new_zeros(shape), t], dim=-2)
+
+        for layer_a, layer_b in zip(self._cache.layers, cache.layers):
+            layer_a.keys = torch.cat([pad(layer_a.keys, length - la), pad(layer_b.keys, length - lb)], dim=0)
+            layer_a.values = torch.cat([pad(layer_a.values, length - la), pad(layer_b.values, length - lb)], dim=0)
+        ma = torch.nn.functional.pad(self._mask, (length - la, 0))
+        mb = torch.nn.functional.pad(mask, (length - lb, 0))
+        self._mask = torch.cat([ma, mb], dim=0)
+        self._pending = torch.cat([self._pending, tokens])
+        self._rows = self._rows + reqs
+
+    def _decode_step(self) -> None:
+        torch = self.torch
+        # Drop cancelled rows first (the client disconnected).
+        alive = [i for i, r in enumerate(self._rows) if not r.cancelled]
+        if len(alive) < len(self._rows):
+            self._select(alive)
+            if not self._rows:
+                return
+        n = len(self._rows)
+        position_ids = self._mask.sum(-1, keepdim=True)  # the pending token's position = real tokens so far
+        self._mask = torch.cat([self._mask, self._mask.new_ones((n, 1))], dim=1)
+        out = self._forward(self._pending.view(n, 1), self._mask, position_ids, self._cache)
+        self.stats.steps += 1
+        if self.stats.on_step:
+            self.stats.on_step(n)
+        tokens, logprobs = self._sample(out.logits[:, -1, :], self._rows)
+        keep = [i for i, r in enumerate(self._rows) if not self._emit(r, int(tokens[i]), float(logprobs[i]))]
+        self._pending = tokens.to(self.device)
+        if len(keep) < n:
+            self._select(keep)
+
+    def _select(self, keep: list[int]) -> None:
+        torch = self.torch
+        if not keep:
+            self._rows, self._cache, self._mask, self._pending = [], None, None, None
+            return
+        idx = torch.tensor(keep, device=self.device)
+        self._cache.batch_select_indices(idx)
+        self._mask = self._mask[idx]
+        self._pending = self._pending[idx]
+        self._rows = [self._rows[i] for i in keep]
+        # Columns that are padding in every remaining row are dead weight: trim them.
+        real = self._mask.any(dim=0).nonzero()
+        start = int(real[0]) if len(real) else 0
+        if start > 0:
+            self._mask = self._mask[:, start:]
+            for layer in self._cache.layers:
+                layer.keys = layer.keys[..., start:, :]
+                layer.values = layer.values[..., start:, :]
+
+    # ------------------------------------------------------------------ sampling
+    def _sample(self, logits, reqs: list[GenerationRequest]):
+        """Next token and its log-probability for each row, each with its own parameters."""
+        torch = self.torch
+        logits = logits.float()
+        logits = torch.nan_to_num(logits, nan=0.0, posinf=torch.finfo(logits.dtype).max, neginf=torch.finfo(logits.dtype).min)
+        if logits.shape[-1] > self.vocab_limit:
+            logits[:, self.vocab_limit:] = -math.inf
+        for i, r in enumerate(reqs):
+            p = r.params
+            if p.repetition_penalty != 1.0:
+                seen = torch.tensor(sorted(set(r.prompt_ids) | set(r.generated)), device=logits.device, dtype=torch.long)
+                vals = logits[i, seen]
+                logits[i, seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+            if (p.presence_penalty or p.frequency_penalty) and r.generated:
+                ids, counts = torch.tensor(r.generated, device=logits.device).unique(return_counts=True)
+                logits[i, ids] -= p.presence_penalty + p.frequency_penalty * counts.float()
+        tokens = torch.empty(len(reqs), dtype=torch.long, device=logits.device)
+        logprobs = torch.empty(len(reqs), dtype=torch.float32, device=logits.device)
+        for i, r in enumerate(reqs):
+            p = r.params
+            row = logits[i]
+            if p.greedy:
+                tok = int(row.argmax())
+                lp = torch.log_softmax(row, -1)[tok]
+            else:
+                row = row / p.temperature
+                if p.top_k and 0 < p.top_k < row.shape[-1]:
+                    kth = torch.topk(row, p.top_k).values[-1]
+                    row = row.masked_fill(row < kth, -math.inf)
+                if p.top_p < 1.0:
+                    sorted_logits, order = torch.sort(row, descending=True)
+                    probs = torch.softmax(sorted_logits, -1)
+                    # drop a token when the tokens before it already cover top_p (the first always stays)
+                    drop = (probs.cumsum(-1) - probs) > p.top_p
+                    row = row.masked_fill(drop.scatter(0, order, drop), -math.inf)
+                probs = torch.softmax(row, -1)
+                gen = r.generator
+                tok = int(torch.multinomial(probs.cpu() if gen is not None else probs, 1, generator=gen)[0])
+                lp = torch.log(probs[tok].clamp_min(1e-30))
+            tokens[i] = tok
+            logprobs[i] = lp
+        return tokens, logprobs
+
+    # ------------------------------------------------------------------ output
+    def _emit(self, r: GenerationRequest, token: int, logprob: float) -> bool:
+        """Record a sampled token and send what became visible; True when the request finished."""
+        if r.cancelled:
+            return True
+        if r.first_token_at is None:
+            r.first_token_at = time.monotonic()
+        p = r.params
+        finish = None
+        if token in self.eos_ids:
+            finish = "stop"
+        else:
+            r.generated.append(token)
+        text = self.tokenizer.decode(r.generated, skip_special_tokens=True)
+        visible = text
+        if p.stop:
+            hits = [text.find(s, max(0, r.emitted - len(s))) for s in p.stop]
+            hits = [h for h in hits if h >= 0]
+            if hits:
+                visible = text[: min(hits)]
+                finish = "stop"
+        if finish is None and (len(r.generated) >= p.max_tokens
+                               or len(r.prompt_ids) + len(r.generated) >= self.max_model_len):
+            finish = "length"
+        if finish is None:
+            # Hold back what might be the start of a stop word, and half-decoded UTF-8 bytes.
+            hold = 0
+            for s in p.stop:
+                for k in range(min(len(s) - 1, len(text)), 0, -1):
+                    if text.endswith(s[:k]):
+                        hold = max(hold, k)
+                        break
+            if text.endswith("\ufffd"):
+                hold = max(hold, len(text) - len(text.rstrip("\ufffd")))
+            visible = text[: len(text) - hold]
+        delta = visible[r.emitted:] if len(visible) > r.emitted else ""
+        r.emitted = max(r.emitted, len(visible))
+        ev = Event(token_id=token, text=delta, logprob=logprob)
+        if finish is not None:
+            ev.finish_reason = finish
+            ev.full_text = visible
+            ev.prompt_tokens = len(r.prompt_ids)
+            ev.completion_tokens = len(r.generated) + (1 if token in self.eos_ids else 0)
+        r.sink(ev)
+        return finish is not None
