@@ -1,0 +1,195 @@
+"""Pod parts every child shares: volumes for pvc:// URIs, the spec ConfigMap, scratch and cache,
+shared memory, env, compute resources, scheduling and the restricted Pod Security Standard.
+
+Pure functions of (resource, config): no API calls, no clock, no randomness.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterable
+
+from devops_model.uris import UriError, parse_uri
+
+from ..config import OperatorConfig
+from ..naming import ATTEMPT_LABEL, ROLE_LABEL, child_name, owner_path, run_labels
+
+#: Where the spec ConfigMap is mounted; the worker reads resource.yaml (and parent.yaml) there.
+SPEC_DIR = "/etc/devops-model"
+SPEC_FILE = f"{SPEC_DIR}/resource.yaml"
+TERMINATION_LOG = "/dev/termination-log"
+#: Scratch: the root file system is read-only, so everything that writes goes to emptyDirs.
+TMP_DIR = "/tmp"
+WORK_HOME = "/tmp/devops-model"
+
+
+def spec_configmap_name(resource: Any) -> str:
+    return child_name(resource.metadata["name"], "spec")
+
+
+def pvc_claims(*values: Any) -> list[str]:
+    """Every PVC named by a pvc:// URI anywhere in the given values (dicts, lists, strings), sorted."""
+    claims: set[str] = set()
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        elif isinstance(v, str) and v.startswith("pvc://"):
+            try:
+                claims.add(parse_uri(v).authority)
+            except UriError:
+                pass  # the API already refused malformed URIs; nothing to mount
+
+    for value in values:
+        walk(value)
+    return sorted(claims)
+
+
+def volume_name_for_claim(claim: str) -> str:
+    return child_name("pvc", claim)
+
+
+def model_path(uri: str, config: OperatorConfig) -> str:
+    """What an engine's --model gets for a URI: the mounted path for pvc://, ORG/NAME for hubs."""
+    try:
+        p = parse_uri(uri)
+    except UriError:
+        return uri  # the unresolved-fromRun placeholder of `devops-model render`
+    if p.scheme == "pvc":
+        return f"{config.storage.mount_root}/{p.authority}" + (f"/{p.path}" if p.path else "")
+    if p.scheme in ("hf", "modelscope"):
+        return p.authority
+    if p.scheme == "file":
+        return p.path
+    return uri
+
+
+def volumes_and_mounts(resource: Any, config: OperatorConfig, claims: Iterable[str], *,
+                       shared_memory: str | None) -> tuple[list[dict], list[dict]]:
+    """Volumes (pod) and mounts (container): spec ConfigMap, /tmp, cache, /dev/shm, one per claim."""
+    volumes: list[dict] = [
+        {"name": "spec", "configMap": {"name": spec_configmap_name(resource)}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": config.storage.scratch_size}},
+    ]
+    mounts: list[dict] = [
+        {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": TMP_DIR},
+    ]
+    if config.storage.cache_claim:
+        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": config.storage.cache_claim}})
+    else:
+        volumes.append({"name": "cache", "emptyDir": {"sizeLimit": config.storage.scratch_size}})
+    mounts.append({"name": "cache", "mountPath": config.workloads.cache_dir})
+    if shared_memory:
+        # The container runtime's default /dev/shm is 64 MiB; NCCL and data loader workers need more.
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shared_memory}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    for claim in claims:
+        vname = volume_name_for_claim(claim)
+        volumes.append({"name": vname, "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": vname, "mountPath": f"{config.storage.mount_root}/{claim}"})
+    return volumes, mounts
+
+
+def workload_env(resource: Any, config: OperatorConfig, attempt: int) -> list[dict]:
+    cache = config.workloads.cache_dir
+    return [
+        {"name": "DEVOPS_MODEL_OWNER", "value": owner_path(resource)},
+        {"name": "DEVOPS_MODEL_STORAGE", "value": config.storage.mount_root},
+        {"name": "DEVOPS_MODEL_HOME", "value": WORK_HOME},
+        {"name": "DEVOPS_MODEL_REPORT_INTERVAL", "value": str(config.workloads.report_interval_seconds)},
+        {"name": "DEVOPS_MODEL_TERMINATION_LOG", "value": TERMINATION_LOG},
+        {"name": "DEVOPS_MODEL_ATTEMPT", "value": str(attempt)},
+        {"name": "HOME", "value": TMP_DIR},
+        {"name": "XDG_CACHE_HOME", "value": cache},
+        {"name": "HF_HOME", "value": f"{cache}/huggingface"},
+        {"name": "MODELSCOPE_CACHE", "value": f"{cache}/modelscope"},
+        {"name": "TRITON_CACHE_DIR", "value": f"{TMP_DIR}/triton"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+
+
+def secret_env_from(resource: Any) -> list[dict]:
+    """Credentials for the model source, by reference only (the operator never reads the Secret)."""
+    model = getattr(resource.spec, "model", None)
+    secret = getattr(model, "credentials_secret", None) if model is not None else None
+    return [{"secretRef": {"name": secret}}] if secret else []
+
+
+def compute_resources(res: Any) -> dict[str, Any]:
+    """requests == limits (Guaranteed QoS for training; GPUs can only be given as limits anyway)."""
+    limits: dict[str, str] = {}
+    if res.cpu:
+        limits["cpu"] = res.cpu
+    if res.memory:
+        limits["memory"] = res.memory
+    if res.gpus_per_node:
+        limits[res.gpu_resource_name] = str(res.gpus_per_node)
+    return {"requests": dict(limits), "limits": limits} if limits else {}
+
+
+def container_security_context() -> dict[str, Any]:
+    """Restricted Pod Security Standard, container level."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context(config: OperatorConfig) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": config.workloads.run_as_user,
+        "runAsGroup": config.workloads.run_as_user,
+        "fsGroup": config.workloads.fs_group,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def scheduling(res: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if res.node_selector:
+        out["nodeSelector"] = dict(sorted(res.node_selector.items()))
+    if res.tolerations:
+        out["tolerations"] = [t.to_dict() for t in res.tolerations]
+    if res.priority_class_name:
+        out["priorityClassName"] = res.priority_class_name
+    return out
+
+
+def pod_template(resource: Any, config: OperatorConfig, container: dict, *, component: str,
+                 volumes: list[dict], restart_policy: str, role: str | None = None,
+                 attempt: int | None = None, service_account: str | None = None,
+                 annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """A pod template around one container, with the run's labels and the restricted PSS."""
+    labels = run_labels(resource, component)
+    if role:
+        labels[ROLE_LABEL] = role
+    if attempt is not None:
+        labels[ATTEMPT_LABEL] = str(attempt)
+    res = resource.spec.resources
+    if res.queue_name:
+        labels["kueue.x-k8s.io/queue-name"] = res.queue_name
+    spec: dict[str, Any] = {
+        "serviceAccountName": service_account or config.workloads.service_account,
+        "restartPolicy": restart_policy,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(config),
+        # Copies: a template shared by Master and Worker must not become a YAML anchor/alias.
+        "containers": [copy.deepcopy(container)],
+        "volumes": copy.deepcopy(volumes),
+        **scheduling(res),
+    }
+    if config.images.pull_secrets:
+        spec["imagePullSecrets"] = [{"name": n} for n in config.images.pull_secrets]
+    meta: dict[str, Any] = {"labels": labels}
+    if annotations:
+        meta["annotations"] = annotations
+    return {"metadata": meta, "spec": spec}

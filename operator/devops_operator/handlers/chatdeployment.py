@@ -1,0 +1,21 @@
+"""kopf handlers of ChatDeployment: create/resume/update run one reconcile pass; a timer keeps looking
+while it waits or runs (see devops_operator.reconcile)."""
+
+from __future__ import annotations
+
+import kopf
+
+from .common import handle, handle_timer
+from .settings import GROUP, INTERVAL, VERSION
+
+
+@kopf.on.resume(GROUP, VERSION, "chatdeployments")
+@kopf.on.create(GROUP, VERSION, "chatdeployments")
+@kopf.on.update(GROUP, VERSION, "chatdeployments", field="spec")
+def reconcile_chatdeployment(body, patch, memo, logger, **_):
+    handle(body, patch, memo, logger)
+
+
+@kopf.timer(GROUP, VERSION, "chatdeployments", interval=INTERVAL, initial_delay=INTERVAL)
+def watch_chatdeployment(body, patch, memo, logger, **_):
+    handle_timer(body, patch, memo, logger)

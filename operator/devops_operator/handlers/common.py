@@ -1,0 +1,87 @@
+"""What every kind's handlers share: run one reconcile pass under a per-resource lock, write the
+status on purpose (``patch.status``), post Events on transitions, and ask kopf to come back later
+(``kopf.TemporaryError``) while something is still waiting or running.
+
+Process state lives in kopf's ``memo`` (set up in :mod:`devops_operator.handlers.startup`):
+``memo.kube``, ``memo.config``, ``memo.locks``, ``memo.metrics``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import kopf
+
+from ..reconcile import Outcome, reconcile
+
+
+def _lock_for(memo: Any, key: str) -> threading.Lock:
+    with memo.locks_guard:
+        lock = memo.locks.get(key)
+        if lock is None:
+            lock = memo.locks[key] = threading.Lock()
+        return lock
+
+
+def run_pass(body: Any, memo: Any, logger: Any) -> Outcome:
+    """One reconcile pass of ``body`` (serialized per resource: handlers, timers and child events
+    may fire together), with its latency and errors counted."""
+    plain = _plain(body)
+    key = f"{plain['kind']}/{plain['metadata'].get('namespace')}/{plain['metadata']['name']}"
+    started = time.perf_counter()
+    with _lock_for(memo, key):
+        try:
+            outcome = reconcile(plain, memo.kube, memo.config)
+        except Exception:
+            memo.metrics.errors(plain["kind"])
+            raise
+        finally:
+            memo.metrics.latency(plain["kind"], time.perf_counter() - started)
+    memo.metrics.state(key, plain["kind"], outcome.status.get("state") or (plain.get("status") or {}).get("state"))
+    return outcome
+
+
+def _plain(body: Any) -> dict[str, Any]:
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": dict(body.get("metadata", {})),
+            "spec": _thaw(body.get("spec", {})), "status": _thaw(body.get("status", {}))}
+
+
+def _thaw(value: Any) -> Any:
+    if hasattr(value, "items"):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def post_events(body: Any, outcome: Outcome) -> None:
+    for type_, reason, message in outcome.events:
+        kopf.event(body, type=type_, reason=reason, message=message[:1024])
+
+
+#: States in which a change handler hands over to the timer instead of retrying itself.
+SETTLED = ("Running", "Ready", "Succeeded", "Failed")
+
+
+def handle(body: Any, patch: Any, memo: Any, logger: Any) -> None:
+    """The whole of a kind's handler: reconcile, patch.status, events, come back when waiting."""
+    outcome = run_pass(body, memo, logger)
+    for key, value in outcome.status.items():
+        patch.status[key] = value
+    post_events(body, outcome)
+    if outcome.requeue is not None and outcome.status.get("state") not in SETTLED:
+        # Not an error: "look again soon" (parent still running, child starting). Once running,
+        # the kind's timer keeps watching (stall watchdog) without keeping this handler open.
+        raise kopf.TemporaryError(outcome.status.get("message") or "waiting", delay=outcome.requeue)
+
+
+def handle_timer(body: Any, patch: Any, memo: Any, logger: Any) -> None:
+    """Periodic pass (stall watchdog, parents finishing, child state); terminal runs are skipped."""
+    if (body.get("status") or {}).get("state") in ("Succeeded", "Failed") and body.get("kind") != "ChatDeployment":
+        return
+    outcome = run_pass(body, memo, logger)
+    for key, value in outcome.status.items():
+        patch.status[key] = value
+    post_events(body, outcome)

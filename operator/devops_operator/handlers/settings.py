@@ -1,0 +1,19 @@
+"""Values the handler decorators need at import time (kopf takes a timer's interval then).
+
+They come from the same operator configuration as everything else (``OperatorConfig.load()``:
+$DEVOPS_MODEL_OPERATOR_CONFIG or /etc/devops-model/operator.yaml), read once when the handlers
+are imported by ``devops-model operator``.
+"""
+
+from __future__ import annotations
+
+from devops_model.api import GROUP, VERSION
+
+from ..config import OperatorConfig
+
+CONFIG = OperatorConfig.load()
+#: Seconds between timer passes over each resource (reconcile.requeueSeconds).
+INTERVAL = float(CONFIG.reconcile.requeue_seconds)
+MANAGED_BY = {"app.kubernetes.io/managed-by": "devops-model-operator"}
+
+__all__ = ["CONFIG", "GROUP", "INTERVAL", "MANAGED_BY", "VERSION"]

@@ -1,0 +1,46 @@
+"""Operator start-up: kopf settings (progress kept in annotations, since the kinds' status schema
+has no room for kopf's bookkeeping; peering for more than one replica) and the process state in
+``memo``: the API client, the configuration, per-resource locks and the metrics."""
+
+from __future__ import annotations
+
+import threading
+
+import kopf
+
+from ..kube import Kube
+from ..metrics import OperatorMetrics
+from .settings import CONFIG
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="devops-model.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="devops-model.io", key="last-handled-configuration")
+    settings.posting.level = 20  # INFO and up become Events only when we post them explicitly
+    settings.posting.enabled = False  # kopf's own per-handler events are noise; ours say what changed
+    settings.execution.max_workers = 16
+    settings.watching.server_timeout = 300
+    if CONFIG.reconcile.peering:
+        settings.peering.name = CONFIG.reconcile.peering
+        settings.peering.mandatory = True
+    memo.config = CONFIG
+    memo.kube = getattr(memo, "kube", None) or Kube()
+    memo.locks = {}
+    memo.locks_guard = threading.Lock()
+    memo.metrics = getattr(memo, "metrics", None) or OperatorMetrics()
+    memo.ready = True
+
+
+@kopf.on.cleanup()
+def stopping(memo: kopf.Memo, **_):
+    memo.ready = False
+
+
+@kopf.on.probe(id="api")
+def api_reachable(memo: kopf.Memo, **_):
+    """Liveness detail: the API server answers."""
+    from kubernetes import client
+
+    return client.VersionApi(memo.kube.api_client).get_code().git_version

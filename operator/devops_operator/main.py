@@ -1,0 +1,86 @@
+"""The operator process: kopf with our handlers, health endpoints and Prometheus metrics.
+
+    devops-model operator [--namespace NS | --all-namespaces] [--kubeconfig FILE]
+                          [--health-port 8080] [--metrics-port 9090] [--config FILE]
+
+Health (``--health-port``): ``GET /healthz`` 200 while the kopf loop runs; ``GET /readyz`` 200
+once start-up finished (handlers registered, API reachable). Metrics (``--metrics-port``):
+``GET /metrics`` (see :mod:`devops_operator.metrics`). With ``reconcile.peering`` set (the chart
+does when replicas > 1) only the replica holding the kopf peering handles resources.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Optional, Sequence
+
+
+def _health_server(port: int, ready: threading.Event, alive: threading.Event) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            if self.path.startswith("/healthz"):
+                ok = alive.is_set()
+            elif self.path.startswith("/readyz"):
+                ok = ready.is_set() and alive.is_set()
+            else:
+                self.send_response(404)
+                self.end_headers()
+                return
+            body = b"ok\n" if ok else b"not ready\n"
+            self.send_response(200 if ok else 503)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # probes every few seconds: keep the log for real events
+            pass
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+    return server
+
+
+def run_operator(*, namespaces: Sequence[str] = (), all_namespaces: bool = True, kubeconfig: Optional[str] = None,
+                 health_port: Optional[int] = 8080, metrics_port: Optional[int] = 9090,
+                 config_path: Optional[str] = None, stop_flag: Optional[threading.Event] = None,
+                 ready_flag: Optional[threading.Event] = None) -> None:
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = kubeconfig
+    if config_path:
+        os.environ["DEVOPS_MODEL_OPERATOR_CONFIG"] = config_path
+    import kopf
+    from prometheus_client import start_http_server
+
+    from . import handlers  # noqa: F401  (registers the handlers; reads the configuration)
+    from .handlers.settings import CONFIG
+    from .metrics import OperatorMetrics
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    memo = kopf.Memo()
+    memo.metrics = OperatorMetrics()
+    ready = ready_flag or threading.Event()
+    alive = threading.Event()
+    alive.set()
+    if metrics_port:
+        start_http_server(metrics_port, registry=memo.metrics.registry)
+    health = _health_server(health_port, ready, alive) if health_port else None
+    if not namespaces and CONFIG.scope == "namespaced" and CONFIG.namespace:
+        namespaces = [CONFIG.namespace]
+    try:
+        kopf.run(
+            clusterwide=not namespaces,
+            namespaces=list(namespaces),
+            standalone=CONFIG.reconcile.peering is None,
+            peering_name=CONFIG.reconcile.peering,
+            memo=memo,
+            ready_flag=ready,
+            stop_flag=stop_flag,
+        )
+    finally:
+        alive.clear()
+        if health is not None:
+            health.shutdown()
