@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "run": "devops_model.cli:_register_run",
     "dev": "devops_model.cli:_register_dev",
     "quickstart": "devops_workloads.quickstart:register",
+    "eval": "devops_workloads.evaluate.cli:register",
     "quantize": "devops_workloads.quantize.cli:register",
     "operator": "devops_operator.cli:register",
     "serve": "devops_workloads.serve.cli:register",

@@ -1,0 +1,104 @@
+"""``devops-model eval``: score a model on multiple-choice exams with the seed's method.
+
+Registered in ``devops_model.cli.COMMANDS``; this module stays light (no torch at import) so
+``devops-model --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Score a causal LM on multiple-choice exams exactly as CodeFuse DevOps-Model's harness
+(codefuse-devops-eval) did: its prompt (header, 问题：, A. …, 答案：), k-shot from the first k
+dev rows, the raw logit of A-D at the last position, micro-averaged accuracy. Fast: questions are
+batched and the few-shot prefix of each exam is computed once and reused from its KV cache.
+
+Exams: ROOT/BENCHMARK/SPLIT/SUBJECT.csv (CMMLU test or C-Eval val scored, dev for shots; either
+header style), or the DevOps-Eval layout with --layout devopseval.
+Writes OUT/results.json (per exam and overall, per shots/style, with what is needed to reproduce
+the numbers) and OUT/predictions.jsonl (one line per question)."""
+
+EPILOG = """\
+examples:
+  # the seed's table: six exams, 574 questions, zero- and five-shot
+  devops-model eval --model /models/qwen-7b --exams ../shared/data/exams --preset devops-574 --shots 0,5 --out out/
+
+  # the bundled sample exam, base and chat prompting
+  devops-model eval --model /tmp/tiny --exams workloads/devops_workloads/sample_data/exams --style base,chat --out out/
+
+  # two exams, lm-evaluation-harness-style log-likelihood of " A".." D"
+  devops-model eval --model DIR --exams ROOT --exam cmmlu/computer_science --exam ceval/computer_network \\
+      --scoring loglikelihood --out out/
+"""
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shots takes comma-separated numbers 0-5, e.g. 0,5 (got {text!r})") from None
+    if not values or any(v < 0 or v > 5 for v in values):
+        raise argparse.ArgumentTypeError(f"--shots values must be between 0 and 5 (got {text!r})")
+    return list(dict.fromkeys(values))
+
+
+def _styles(text: str) -> list[str]:
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [v for v in values if v not in ("base", "chat")]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(f"--style takes base, chat or base,chat (got {text!r})")
+    return list(dict.fromkeys(values))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="score a model on CMMLU/C-Eval/DevOps-Eval exams (the seed's method, fast)",
+                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model directory (or pvc://, file://, hf:// URI)")
+    p.add_argument("--exams", required=True, metavar="ROOT", help="exam root folder (or pvc:// / file:// URI)")
+    p.add_argument("--layout", choices=("cmmlu", "devopseval"), default="cmmlu", help="folder layout (default: cmmlu)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--preset", choices=("devops-574",), help="a named set of exams: devops-574 = the seed's six exams")
+    which.add_argument("--exam", action="append", metavar="NAME", dest="exam_names",
+                       help="an exam as BENCHMARK/SUBJECT, e.g. cmmlu/computer_science (repeatable; default: all under ROOT)")
+    p.add_argument("--shots", type=_int_list, default=[0, 5], help="few-shot settings, comma-separated 0-5 (default: 0,5)")
+    p.add_argument("--style", type=_styles, default=["base"], help="base (raw text), chat (chatml) or base,chat (default: base)")
+    p.add_argument("--chat-template", choices=("chatml", "tokenizer"), default="chatml",
+                   help="for --style chat: the seed's chatml with system 'you are a helpful assistant' (default) or the tokenizer's own template")
+    p.add_argument("--scoring", choices=("seed", "loglikelihood"), default="seed",
+                   help="seed: raw logit of A..D at the last position (default); loglikelihood: log P(' A'..' D') as lm-evaluation-harness")
+    p.add_argument("--batch-size", type=int, default=16, help="questions per forward pass (default: 16)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto", help="auto: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model repository's own Python code (off by default)")
+    p.add_argument("--plain", action="store_true", help="use the seed's one-question-at-a-time loop instead of the fast path (for checking; slow)")
+    p.add_argument("--out", required=True, type=Path, help="output folder for results.json and predictions.jsonl")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args) -> int:
+    from ..runner import WorkloadError
+    from ..sources import materialize_model
+    from .evaluator import EvalConfig, evaluate, summary_line
+
+    try:
+        from devops_model.uris import local_path
+
+        exams_root = local_path(args.exams) if "://" in args.exams else Path(args.exams)
+        model_path = materialize_model(args.model if "://" in args.model else f"file://{Path(args.model).resolve()}")
+        cfg = EvalConfig(model=str(model_path), model_label=args.model, exams_root=str(exams_root), layout=args.layout,
+                         preset=args.preset, exams=args.exam_names, shots=args.shots, styles=args.style,
+                         chat_template=args.chat_template, scoring=args.scoring, batch_size=args.batch_size,
+                         precision=args.precision, trust_remote_code=args.trust_remote_code,
+                         engine="plain" if args.plain else "fast")
+        results = evaluate(cfg, args.out)
+    except (WorkloadError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 3)
+    width = max(len(e["exam"]) for e in results["exams"])
+    for e in results["exams"]:
+        print(f"  {e['exam']:<{width}}  {e['shots']}-shot {e['style']:<4}  {e['correct']:>4}/{e['total']:<4}  {100 * e['accuracy']:5.1f}%")
+    t = results["timing"]
+    print(f"✓ {summary_line(results['overall'])}  ({t['questions']} questions, {t['questionsPerSecond']} q/s) -> {args.out}/results.json")
+    return 0
