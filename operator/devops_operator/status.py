@@ -20,7 +20,8 @@ from .naming import ROLE_LABEL
 #: Exit codes of the worker contract (devops_workloads.runner).
 EXIT_BAD_INPUT = 3
 EXIT_PREEMPTED = 143
-_NCCL_RE = re.compile(r"(NCCL|ProcessGroupNCCL|c10d).{0,200}(timeout|timed out|Watchdog caught)", re.I | re.S)
+_NCCL_RE = re.compile(r"NCCL|c10d|collective operation", re.I)
+_TIMEOUT_RE = re.compile(r"time ?out|timed out|timing out|Watchdog caught", re.I)
 
 
 @dataclass
@@ -124,7 +125,8 @@ def classify_exit(pod_name: str, term: dict) -> ChildState:
                           "spec.training.perDeviceBatchSize / maxLength", retryable=True, result=fields)
     if code == EXIT_BAD_INPUT:
         return ChildState("Failed", fields.get("reason") or C.BAD_DATA, msg, retryable=False, result=fields)
-    if _NCCL_RE.search(term.get("message") or ""):
+    text_all = term.get("message") or ""
+    if _NCCL_RE.search(text_all) and _TIMEOUT_RE.search(text_all):
         return ChildState("Failed", C.NCCL_TIMEOUT,
                           f"pod {pod_name}: NCCL collective timed out (a rank hung or the network failed): {msg}",
                           retryable=True, result=fields)

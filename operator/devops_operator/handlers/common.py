@@ -61,8 +61,9 @@ def post_events(body: Any, outcome: Outcome) -> None:
         kopf.event(body, type=type_, reason=reason, message=message[:1024])
 
 
-#: States in which a change handler hands over to the timer instead of retrying itself.
-SETTLED = ("Running", "Ready", "Succeeded", "Failed")
+#: States in which a change handler retries itself ("not yet"); otherwise the kind's timer and the
+#: child events keep looking, so a long run does not keep a handler open for days.
+WAITING = ("Waiting", "WaitingForGate")
 
 
 def handle(body: Any, patch: Any, memo: Any, logger: Any) -> None:
@@ -71,9 +72,8 @@ def handle(body: Any, patch: Any, memo: Any, logger: Any) -> None:
     for key, value in outcome.status.items():
         patch.status[key] = value
     post_events(body, outcome)
-    if outcome.requeue is not None and outcome.status.get("state") not in SETTLED:
-        # Not an error: "look again soon" (parent still running, child starting). Once running,
-        # the kind's timer keeps watching (stall watchdog) without keeping this handler open.
+    if outcome.requeue is not None and outcome.status.get("state") in WAITING:
+        # Not an error: "look again soon" (the parent or the gate's EvalRun has not succeeded yet).
         raise kopf.TemporaryError(outcome.status.get("message") or "waiting", delay=outcome.requeue)
 
 

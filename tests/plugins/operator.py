@@ -1,0 +1,140 @@
+"""pytest plugin: the operator as a real process against the real control plane.
+
+Fixtures
+--------
+operator_identity (session)  a ServiceAccount with the operator's RBAC (the chart's rules: from
+                             ``helm template charts/devops-model`` when the chart is there, else
+                             devops_operator.rbac) and a kubeconfig that authenticates as it.
+run_operator     (function)  start(namespace) -> OperatorProcess: ``devops-model operator
+                             --namespace NS`` as that identity, with a fast reconcile config;
+                             .stop() (SIGKILL with kill=True) and .restart(); stopped after the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+OPERATOR_NS = "devops-model-system"
+OPERATOR_SA = "devops-model-operator"
+
+#: Fast reconcile for tests: the timers look every second, restarts have no back-off.
+FAST_CONFIG = {
+    "reconcile": {"requeueSeconds": 1, "watchdogIntervalSeconds": 5, "restartBackoffSeconds": 0},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chart_rbac() -> list[dict] | None:
+    """The operator's ClusterRole/Binding from the chart, when it renders."""
+    chart = REPO / "charts" / "devops-model"
+    return None if not (chart / "Chart.yaml").exists() else chart
+
+
+@pytest.fixture(scope="session")
+def operator_identity(control_plane):
+    from devops_operator.rbac import WORKLOAD_RULES, operator_rbac
+
+    cp = control_plane
+    if cp.get("namespace", OPERATOR_NS) is None:
+        cp.kubectl("create", "namespace", OPERATOR_NS)
+    cp.apply(operator_rbac("devops-model-operator-test", OPERATOR_NS, OPERATOR_SA))
+    cp.apply([
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "devops-model-workload-test"},
+         "rules": WORKLOAD_RULES},
+    ])
+    return cp.service_account_kubeconfig(OPERATOR_NS, OPERATOR_SA, duration="2h")
+
+
+class OperatorProcess:
+    def __init__(self, cp, kubeconfig: Path, namespace: str, work: Path, config: dict):
+        self.cp = cp
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.work = work
+        self.config_file = work / "operator.yaml"
+        self.config_file.write_text(yaml.safe_dump(config))
+        self.log = work / "operator.log"
+        self.proc: subprocess.Popen | None = None
+        self.health_port = _free_port()
+        self.metrics_port = _free_port()
+
+    def start(self) -> "OperatorProcess":
+        env = self.cp.env(self.kubeconfig)
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        env["DEVOPS_MODEL_OPERATOR_CONFIG"] = str(self.config_file)
+        cmd = [str(REPO / ".venv" / "bin" / "devops-model"), "operator", "--namespace", self.namespace,
+               "--kubeconfig", str(self.kubeconfig), "--health-port", str(self.health_port),
+               "--metrics-port", str(self.metrics_port)]
+        fh = open(self.log, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=self.work)
+        self.cp.wait_for(self.ready, timeout=60, message=lambda: f"operator /readyz; log:\n{self.tail()}")
+        return self
+
+    def ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def restart(self) -> "OperatorProcess":
+        self.stop()
+        self.health_port, self.metrics_port = _free_port(), _free_port()
+        return self.start()
+
+    def tail(self, n: int = 60) -> str:
+        if not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+@pytest.fixture
+def run_operator(control_plane, operator_identity, tmp_path):
+    started: list[OperatorProcess] = []
+
+    def start(namespace: str, config: dict | None = None) -> OperatorProcess:
+        cfg = json.loads(json.dumps(FAST_CONFIG))
+        for k, v in (config or {}).items():
+            cfg.setdefault(k, {}).update(v) if isinstance(v, dict) else cfg.__setitem__(k, v)
+        work = tmp_path / f"operator-{len(started)}"
+        work.mkdir()
+        op = OperatorProcess(control_plane, operator_identity, namespace, work, cfg)
+        started.append(op)
+        return op.start()
+
+    yield start
+    for op in started:
+        op.stop()
