@@ -210,13 +210,59 @@ def run_file(path: Path, workdir: Path | None = None, only: str | None = None) -
             status = run_resource(res, path, workdir)
         except WorkloadError as exc:
             print(f"✗ {label} failed ({exc.reason}): {exc}", file=sys.stderr)
+            report_final({"state": "Failed", "reason": exc.reason, "message": str(exc)})
             return exc.exit_code
         except KeyboardInterrupt:
             print(f"✗ {label} interrupted", file=sys.stderr)
             return 130
         if _is_rank0():
             print(f"✓ {label} {status.get('state')}: {status.get('summary') or status.get('message') or ''}".rstrip(": "))
+        report_final(status)
     return 0
+
+
+# ----------------------------------------------------------------------------- final report (in a pod)
+#: The kubelet keeps at most 4096 bytes of a container's termination message.
+TERMINATION_MESSAGE_LIMIT = 4096
+#: Fields the operator owns (it decides the run's state from the child); never patched by a worker.
+_OPERATOR_FIELDS = ("state", "reason", "message", "startTime", "completionTime", "durationSeconds", "resolvedModel")
+#: Kept in the termination message when the whole result does not fit (largest others go first).
+_ESSENTIAL = ("state", "reason", "message", "artifact", "summary")
+
+
+def report_final(status: dict[str, Any]) -> None:
+    """Hand the final status to the operator (docs/operator.md, "How a run's result reaches its status").
+
+    In a pod (rank 0 only): (1) write ``{"status": {...}}`` to ``$DEVOPS_MODEL_TERMINATION_LOG``
+    (the container's terminationMessagePath; the kubelet copies it into the pod status), cut to
+    4096 bytes by dropping the largest non-essential fields; (2) merge-patch the result fields
+    (not the state, which the operator decides) into the owner's status via ``DEVOPS_MODEL_OWNER``.
+    Locally neither variable is set and this does nothing.
+    """
+    if not _is_rank0():
+        return
+    path = os.environ.get("DEVOPS_MODEL_TERMINATION_LOG")
+    if path:
+        report = dict(status)
+        text = json.dumps({"status": report}, ensure_ascii=False, separators=(",", ":"))
+        while len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
+            others = [k for k in report if k not in _ESSENTIAL]
+            if not others:
+                report["message"] = str(report.get("message", ""))[:1000]
+                text = json.dumps({"status": report}, ensure_ascii=False, separators=(",", ":"))[:TERMINATION_MESSAGE_LIMIT]
+                break
+            report.pop(max(others, key=lambda k: len(json.dumps(report[k], ensure_ascii=False))))
+            text = json.dumps({"status": report}, ensure_ascii=False, separators=(",", ":"))
+        try:
+            Path(path).write_text(text, encoding="utf-8")
+        except OSError as exc:  # reporting must never turn a finished run into a failed one
+            print(f"warning: could not write the termination message to {path}: {exc}", file=sys.stderr)
+    from .progress import StatusPatcher
+
+    patcher = StatusPatcher.from_env()
+    result = {k: v for k, v in status.items() if k not in _OPERATOR_FIELDS}
+    if patcher is not None and result:
+        patcher.patch(result)
 
 
 if __name__ == "__main__":
