@@ -112,7 +112,7 @@ def values_schema() -> dict:
                 "config": operator_config_schema(),
             }),
             "workloads": _obj({
-                "serviceAccount": _obj({"create": BOOL, "name": DNS_LABEL, "annotations": STR_MAP}),
+                "serviceAccount": _obj({"create": BOOL, "name": DNS_LABEL, "perNamespace": BOOL, "annotations": STR_MAP}),
                 "namespaces": {"type": "array", "items": DNS_LABEL, "uniqueItems": True},
             }),
             "serviceAccount": _obj({"create": BOOL, "name": {"anyOf": [{"const": ""}, DNS_LABEL]},

@@ -102,10 +102,34 @@ The operator configuration file: operator.config with the keys the chart must ke
 {{- end -}}
 {{- $workloads := default (dict) $cfg.workloads -}}
 {{- $_ := set $workloads "serviceAccount" .Values.workloads.serviceAccount.name -}}
+{{- $_ := set $workloads "clusterRole" (include "devops-model.suffixed" (list . "workload")) -}}
+{{- $_ := set $workloads "manageServiceAccount" (include "devops-model.operatorManagesWorkloadIdentity" . | eq "true") -}}
 {{- $_ := set $cfg "workloads" $workloads -}}
 {{- $reconcile := default (dict) $cfg.reconcile -}}
 {{- $peering := include "devops-model.peering" . -}}
 {{- $_ := set $reconcile "peering" (ternary $peering nil (ne $peering "")) -}}
 {{- $_ := set $cfg "reconcile" $reconcile -}}
 {{- toYaml $cfg -}}
+{{- end -}}
+
+{{/*
+fullname-SUFFIX for objects that need one (the operator Deployment, its ConfigMap, ...), with the
+fullname cut so the whole name still fits in 63 characters.
+Usage: include "devops-model.suffixed" (list . "config")
+*/}}
+{{- define "devops-model.suffixed" -}}
+{{- $root := index . 0 -}}
+{{- $suffix := index . 1 -}}
+{{- $max := sub 62 (len $suffix) | int -}}
+{{- printf "%s-%s" (include "devops-model.fullname" $root | trunc $max | trimSuffix "-") $suffix -}}
+{{- end -}}
+
+{{/*
+"true" when the operator creates the workloads' ServiceAccount and a RoleBinding to the workload
+ClusterRole in each namespace that gets runs (cluster mode, workloads.serviceAccount.perNamespace).
+In namespaced mode the chart creates both itself in the one namespace, and the operator needs no
+permission on ServiceAccounts or RoleBindings.
+*/}}
+{{- define "devops-model.operatorManagesWorkloadIdentity" -}}
+{{- and (eq .Values.scope.mode "cluster") .Values.workloads.serviceAccount.create .Values.workloads.serviceAccount.perNamespace | toString -}}
 {{- end -}}

@@ -1,0 +1,417 @@
+"""The Helm chart (charts/devops-model), rendered without a cluster.
+
+    .venv/bin/python -m pytest tests/test_chart.py -q
+
+Uses the helm that tests/cluster/build.sh builds (missing: the tests fail and say `make cluster-build`).
+Covers: `helm lint --strict`, `helm template` with the default values and every ci/*-values.yaml,
+the operator's and the workloads' RBAC rules (no wildcards, no secrets, exactly what the operator needs),
+labels and names, the operator Deployment, the operator ConfigMap against OperatorConfig, CRDs that
+match crds/, values.schema.json refusals, and that every value in values.yaml is commented.
+On a real control plane: tests/test_chart_install.py.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.plugins.chart import CHART, CI_VALUES, find, helm_binary, helm_template, render_chart
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "operator"))
+from devops_operator.config import OperatorConfig  # noqa: E402
+
+KINDS = ["pretrainruns", "sftruns", "evalruns", "quantizeruns", "chatdeployments"]
+SCENARIOS = [pytest.param((), id="default")] + [pytest.param((f,), id=f.stem) for f in CI_VALUES]
+STANDARD_LABELS = ["helm.sh/chart", "app.kubernetes.io/name", "app.kubernetes.io/instance",
+                   "app.kubernetes.io/version", "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of"]
+
+# What the operator must be able to do (docs/operator.md "RBAC the operator needs"):
+# (apiGroup, resource) -> verbs that must be granted.
+OPERATOR_NEEDS = {
+    **{("devops-model.io", k): {"get", "list", "watch", "patch"} for k in KINDS},
+    **{("devops-model.io", f"{k}/status"): {"get", "patch"} for k in KINDS},
+    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("trainer.kubeflow.org", "trainjobs"): {"get", "list", "watch", "create", "patch", "delete"},
+}
+# Reading pods is all the operator does with them; creating pods would let it run anything.
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection", "escalate", "bind", "impersonate"}
+
+
+def grants(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for r in rules:
+        for g in r.get("apiGroups", []):
+            for res in r.get("resources", []):
+                out.setdefault((g, res), set()).update(r.get("verbs", []))
+    return out
+
+
+def operator_roles(objects: list[dict]) -> list[dict]:
+    return [o for o in objects if o["kind"] in ("Role", "ClusterRole")
+            and o["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"]
+
+
+def workload_roles(objects: list[dict]) -> list[dict]:
+    return [o for o in objects if o["kind"] in ("Role", "ClusterRole")
+            and o["metadata"]["labels"].get("app.kubernetes.io/component") == "workload"]
+
+
+# -- lint and render -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("values_files", SCENARIOS)
+def test_helm_lint_strict(values_files):
+    args = [str(helm_binary()), "lint", "--strict", str(CHART)]
+    for f in values_files:
+        args += ["-f", str(f)]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 chart(s) failed" in r.stdout
+
+
+@pytest.mark.parametrize("values_files", SCENARIOS)
+def test_every_object_has_standard_labels_and_valid_names(values_files):
+    objects = render_chart(values_files)
+    assert {"Deployment", "ServiceAccount", "ConfigMap", "RoleBinding"} <= {o["kind"] for o in objects}
+    for o in objects:
+        meta = o["metadata"]
+        ident = f"{o['kind']}/{meta['name']}"
+        missing = [k for k in STANDARD_LABELS if k not in meta.get("labels", {})]
+        assert not missing, f"{ident} lacks labels {missing}"
+        assert meta["labels"]["app.kubernetes.io/instance"] == "rel"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+        assert len(meta["name"]) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", meta["name"]), ident
+        for v in meta["labels"].values():
+            assert len(str(v)) <= 63, f"{ident}: label value {v!r} is longer than 63"
+
+
+def test_long_release_names_are_cut_to_63_characters():
+    release = "a-very-long-release-name-for-the-platform-team-prod1"  # helm allows up to 53
+    objects = render_chart(set_values=("workloads.namespaces={team-a}",), release=release)
+    names = [o["metadata"]["name"] for o in objects]
+    assert all(len(n) <= 63 and not n.endswith("-") for n in names), names
+    dep = find(objects, "Deployment")[0]
+    assert dep["metadata"]["name"].startswith(release[:40])
+
+
+def test_release_name_containing_the_chart_name_is_not_repeated():
+    objects = render_chart(release="devops-model")
+    assert find(objects, "ServiceAccount", "devops-model"), "fullname should be the release name alone"
+    assert find(objects, "Deployment", "devops-model-operator")
+    objects = render_chart(set_values=("fullnameOverride=platform",))
+    assert find(objects, "Deployment", "platform-operator")
+
+
+# -- CRDs ------------------------------------------------------------------------------------------
+
+def test_chart_crds_do_not_drift_from_crds_dir():
+    r = subprocess.run([sys.executable, str(CHART / "generate.py"), "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_rendered_crds_equal_crds_dir_with_labels_and_keep_policy():
+    rendered = {o["metadata"]["name"]: o for o in find(render_chart(), "CustomResourceDefinition")}
+    committed = {}
+    for f in sorted((REPO / "crds").glob("*.yaml")):
+        doc = yaml.safe_load(f.read_text())
+        committed[doc["metadata"]["name"]] = doc
+    assert set(rendered) == set(committed) and len(rendered) == 5
+    for name, doc in committed.items():
+        got = rendered[name]
+        assert got["spec"] == doc["spec"], f"{name}: the chart renders a different spec than crds/"
+        assert got["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        for k, v in doc["metadata"].get("labels", {}).items():
+            assert got["metadata"]["labels"][k] == v
+
+
+def test_crds_can_be_left_out_or_deleted_on_uninstall():
+    assert find(render_chart(set_values=("crds.install=false",)), "CustomResourceDefinition") == []
+    crds = find(render_chart(set_values=("crds.keep=false",)), "CustomResourceDefinition")
+    assert crds and all("helm.sh/resource-policy" not in (c["metadata"].get("annotations") or {}) for c in crds)
+
+
+def test_kopf_peering_crds_live_in_the_crds_folder():
+    docs = list(yaml.safe_load_all((CHART / "crds" / "kopf-peerings.yaml").read_text()))
+    assert {d["metadata"]["name"] for d in docs} == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+
+
+# -- RBAC ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("values_files", SCENARIOS)
+def test_no_wildcards_anywhere(values_files):
+    for role in [o for o in render_chart(values_files) if o["kind"] in ("Role", "ClusterRole")]:
+        for rule in role["rules"]:
+            for key in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
+                assert "*" not in rule.get(key, []), f"{role['kind']}/{role['metadata']['name']}: wildcard in {key}"
+
+
+@pytest.mark.parametrize("values_files", SCENARIOS)
+def test_operator_gets_what_it_needs_and_no_secrets(values_files):
+    objects = render_chart(values_files)
+    granted = grants([r for role in operator_roles(objects) for r in role["rules"]])
+    for key, verbs in OPERATOR_NEEDS.items():
+        assert verbs <= granted.get(key, set()), f"operator lacks {sorted(verbs - granted.get(key, set()))} on {key}"
+    assert not any(res == "secrets" or res.startswith("secrets/") for _, res in granted), "the operator must not read Secrets"
+    assert granted[("", "pods")] == {"get", "list", "watch"}, "the operator only reads pods"
+    assert not any(res in ("roles", "clusterrolebindings") for _, res in granted), "the operator must not manage roles"
+    # Workload identities (cluster mode): create a ServiceAccount and a RoleBinding, and bind only the
+    # workload ClusterRole, never anything else (no escalation through RoleBindings).
+    assert granted.get(("", "serviceaccounts"), {"get", "create"}) <= {"get", "create"}
+    assert granted.get(("rbac.authorization.k8s.io", "rolebindings"), {"get", "create"}) <= {"get", "create"}
+    for role in operator_roles(objects):
+        for rule in role["rules"]:
+            if "clusterroles" in rule["resources"]:
+                assert rule["verbs"] == ["bind"] and rule["resourceNames"] == ["rel-devops-model-workload"], rule
+    crd_verbs = granted.get(("apiextensions.k8s.io", "customresourcedefinitions"), set())
+    assert crd_verbs == {"get", "list", "watch"}, crd_verbs
+
+
+def test_cluster_mode_uses_cluster_roles_and_can_follow_namespaces():
+    objects = render_chart()
+    roles = operator_roles(objects)
+    assert [r["kind"] for r in roles] == ["ClusterRole"]
+    binding = find(objects, "ClusterRoleBinding", "rel-devops-model")[0]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "rel-devops-model"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-devops-model", "namespace": "devops-model"}]
+    granted = grants(roles[0]["rules"])
+    assert granted[("", "namespaces")] == {"get", "list", "watch"}
+    assert ("kopf.dev", "clusterkopfpeerings") not in granted, "peering rules only when peering is on"
+    # The operator creates the workloads' identity in each namespace with runs, bound to the chart's ClusterRole.
+    assert granted[("", "serviceaccounts")] == {"get", "create"}
+    assert granted[("rbac.authorization.k8s.io", "rolebindings")] == {"get", "create"}
+    config = yaml.safe_load(find(objects, "ConfigMap", "rel-devops-model-config")[0]["data"]["operator.yaml"])
+    assert config["workloads"]["manageServiceAccount"] is True
+    assert config["workloads"]["clusterRole"] == "rel-devops-model-workload"
+    assert find(objects, "ClusterRole", "rel-devops-model-workload")
+
+
+def test_cluster_mode_covers_every_rule_the_operator_declares():
+    """devops_operator/rbac.py keeps the operator's own list of rules; the chart must grant all of them
+    (peering on, so the kopf.dev rule is rendered)."""
+    from devops_operator.rbac import OPERATOR_RULES
+
+    objects = render_chart(set_values=("operator.peering.enabled=true",))
+    granted = grants([r for role in operator_roles(objects) for r in role["rules"]])
+    for rule in OPERATOR_RULES:
+        for g in rule["apiGroups"]:
+            for res in rule["resources"]:
+                if res == "kopfpeerings":
+                    continue  # namespaced mode's peering; cluster mode uses clusterkopfpeerings
+                assert set(rule["verbs"]) <= granted.get((g, res), set()), f"chart lacks {rule['verbs']} on {g}/{res}"
+
+
+def test_namespaced_mode_uses_a_role_in_the_release_namespace():
+    objects = render_chart(set_values=("scope.mode=namespaced",), namespace="team-a")
+    roles = operator_roles(objects)
+    role = [r for r in roles if r["kind"] == "Role"]
+    assert len(role) == 1 and role[0]["metadata"]["namespace"] == "team-a"
+    assert ("", "namespaces") not in grants(role[0]["rules"]), "a namespaced operator does not list namespaces"
+    assert not {("", "serviceaccounts"), ("rbac.authorization.k8s.io", "rolebindings")} & set(grants(role[0]["rules"])), \
+        "namespaced mode: the chart creates the workloads' identity, the operator needs no RBAC rights"
+    config = yaml.safe_load(find(objects, "ConfigMap")[0]["data"]["operator.yaml"])
+    assert config["workloads"]["manageServiceAccount"] is False
+    # The only cluster-wide grant: read CRDs (kopf's discovery), nothing else.
+    cluster = [r for r in roles if r["kind"] == "ClusterRole"]
+    assert len(cluster) == 1 and grants(cluster[0]["rules"]) == {
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
+    rb = find(objects, "RoleBinding", "rel-devops-model")[0]
+    assert rb["metadata"]["namespace"] == "team-a" and rb["roleRef"]["kind"] == "Role"
+    assert not find(objects, "ClusterRoleBinding", "rel-devops-model")
+    assert not find(render_chart(set_values=("scope.mode=namespaced", "rbac.crdDiscovery=false")), "ClusterRole")
+
+
+@pytest.mark.parametrize("mode,kind", [("cluster", "clusterkopfpeerings"), ("namespaced", "kopfpeerings")])
+def test_peering_with_several_replicas(mode, kind):
+    objects = render_chart(set_values=(f"scope.mode={mode}", "operator.replicas=3"))
+    granted = grants([r for role in operator_roles(objects) for r in role["rules"]])
+    assert granted[("kopf.dev", kind)] == {"get", "list", "watch", "patch"}
+    peering_kind = "ClusterKopfPeering" if mode == "cluster" else "KopfPeering"
+    assert find(objects, peering_kind, "rel-devops-model"), "the chart must create the peering object kopf joins"
+    config = yaml.safe_load(find(objects, "ConfigMap", "rel-devops-model-config")[0]["data"]["operator.yaml"])
+    assert config["reconcile"]["peering"] == "rel-devops-model"
+    assert find(objects, "Deployment")[0]["spec"]["replicas"] == 3
+
+
+@pytest.mark.parametrize("values_files", SCENARIOS)
+def test_workloads_may_only_read_runs_and_patch_their_status(values_files):
+    objects = render_chart(values_files)
+    roles = workload_roles(objects)
+    assert len(roles) == 1
+    assert grants(roles[0]["rules"]) == {
+        **{("devops-model.io", k): {"get"} for k in KINDS},
+        **{("devops-model.io", f"{k}/status"): {"get", "patch"} for k in KINDS},
+    }
+
+
+def test_workload_service_accounts_in_every_team_namespace():
+    objects = render_chart((CHART / "ci" / "cluster-wide-values.yaml",))
+    sas = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in find(objects, "ServiceAccount")}
+    for ns in ("devops-model", "team-a", "team-b"):
+        assert (ns, "devops-model-workload") in sas
+    bindings = [b for b in find(objects, "RoleBinding") if b["metadata"]["labels"]["app.kubernetes.io/component"] == "workload"]
+    assert {b["metadata"]["namespace"] for b in bindings} == {"devops-model", "team-a", "team-b"}
+    for b in bindings:
+        # A RoleBinding to the ClusterRole: the ServiceAccount of team-a can touch runs of team-a only.
+        assert b["roleRef"]["kind"] == "ClusterRole"
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": "devops-model-workload", "namespace": b["metadata"]["namespace"]}]
+    sa = find(objects, "ServiceAccount", "devops-model-workload")[0]
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+
+
+# -- the operator Deployment and its configuration ----------------------------------------------------
+
+def test_operator_deployment():
+    objects = render_chart()
+    dep = find(objects, "Deployment", "rel-devops-model-operator")[0]
+    pod = dep["spec"]["template"]["spec"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    (c,) = pod["containers"]
+    assert c["image"] == "ghcr.io/devops-model/operator:0.1.0"
+    assert c["command"] == ["devops-model", "operator"]
+    assert "--health-port=8080" in c["args"] and "--metrics-port=9090" in c["args"]
+    assert not any(a.startswith("--namespace") for a in c["args"]), "cluster scope watches every namespace"
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080, "metrics": 9090}
+    assert c["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"} and c["resources"]["limits"]["memory"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001 and pod["securityContext"]["runAsNonRoot"] is True
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/etc/devops-model", "/tmp"}
+    assert pod["serviceAccountName"] == "rel-devops-model"
+    assert {"name": "DEVOPS_MODEL_OPERATOR_CONFIG", "value": "/etc/devops-model/operator.yaml"} in c["env"]
+    assert any(e["name"] == "POD_ID" for e in c["env"]), "kopf's peer identity"
+
+
+def test_namespaced_operator_watches_its_namespace_only():
+    objects = render_chart(set_values=("scope.mode=namespaced",), namespace="team-a")
+    c = find(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert "--namespace=team-a" in c["args"]
+    config = yaml.safe_load(find(objects, "ConfigMap")[0]["data"]["operator.yaml"])
+    assert config["scope"] == "namespaced" and config["namespace"] == "team-a"
+
+
+def test_image_digest_wins_over_tag():
+    digest = "sha256:" + "a" * 64
+    objects = render_chart(set_values=(f"operator.image.digest={digest}", "operator.image.tag=9.9.9"))
+    assert find(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["image"] == \
+        f"ghcr.io/devops-model/operator@{digest}"
+
+
+@pytest.mark.parametrize("values_files", SCENARIOS)
+def test_operator_config_is_a_valid_operator_config(values_files):
+    objects = render_chart(values_files)
+    text = find(objects, "ConfigMap", "rel-devops-model-config")[0]["data"]["operator.yaml"]
+    config = OperatorConfig.model_validate(yaml.safe_load(text))
+    assert config.workloads.service_account == "devops-model-workload"
+    # The chart's defaults are the operator's defaults: one place to read them (docs/operator.md).
+    defaults = OperatorConfig().model_dump(by_alias=True)
+    for section in ("images", "storage", "serving", "trainer"):
+        assert getattr(config, section).model_dump(by_alias=True) == defaults[section], section
+
+
+def test_chart_values_file_is_accepted_by_render():
+    # `devops-model render --values charts/devops-model/values.yaml` reads the operator.config section.
+    config = OperatorConfig.from_values_file(CHART / "values.yaml")
+    assert config.images.workload == "ghcr.io/devops-model/workload:0.1.0"
+
+
+def test_a_changed_config_rolls_the_operator():
+    def checksum(*s):
+        return find(render_chart(set_values=s), "Deployment")[0]["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert checksum() != checksum("operator.config.reconcile.requeueSeconds=30")
+
+
+def test_monitoring_and_network_policy():
+    objects = render_chart((CHART / "ci" / "monitoring-values.yaml",))
+    (sm,) = find(objects, "ServiceMonitor")
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    (svc,) = find(objects, "Service")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    (np,) = find(objects, "NetworkPolicy")
+    assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    metrics_rule = [r for r in np["spec"]["ingress"] if r["ports"][0]["port"] == "metrics"][0]
+    assert metrics_rule["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    assert not find(render_chart(), "ServiceMonitor") and not find(render_chart(), "NetworkPolicy")
+
+
+def test_service_monitor_without_metrics_service_is_refused():
+    r = helm_template(set_values=("monitoring.serviceMonitor.enabled=true", "metrics.service.enabled=false"))
+    assert r.returncode != 0 and "metrics.service.enabled=true" in r.stderr
+
+
+# -- values.schema.json ----------------------------------------------------------------------------
+
+BAD_VALUES = [
+    ("typo in a key", "operator.replica=2", "/operator", "'replica' not allowed"),
+    ("unknown scope", "scope.mode=global", "/scope/mode", "one of 'cluster', 'namespaced'"),
+    ("negative replicas", "operator.replicas=-1", "/operator/replicas", "minimum"),
+    ("root operator", "operator.runAsUser=0", "/operator/runAsUser", "minimum"),
+    ("bad digest", "operator.image.digest=latest", "/operator/image/digest", "does not match pattern"),
+    ("bad pull policy", "operator.image.pullPolicy=Sometimes", "/operator/image/pullPolicy", "one of"),
+    ("typo in operator config", "operator.config.images.workolad=x", "/operator/config/images", "'workolad' not allowed"),
+    ("operator config range", "operator.config.workloads.reportIntervalSeconds=0", "/operator/config/workloads/reportIntervalSeconds", "minimum"),
+    ("operator config enum", "operator.config.serving.serviceType=Ingress", "/operator/config/serving/serviceType", "one of"),
+    ("namespace not a DNS label", "workloads.namespaces={Team_A}", "/workloads/namespaces/0", "does not match pattern"),
+    ("interval without unit", "monitoring.serviceMonitor.interval=30", "/monitoring/serviceMonitor/interval", "string"),
+    ("port out of range", "operator.healthPort=70000", "/operator/healthPort", "maximum"),
+]
+
+
+@pytest.mark.parametrize("setting,path,detail", [pytest.param(s, p, d, id=i) for i, s, p, d in BAD_VALUES])
+def test_schema_refuses_bad_values(setting, path, detail):
+    r = helm_template(set_values=(setting,))
+    assert r.returncode != 0, f"--set {setting} was accepted"
+    assert "values don't meet the specifications of the schema" in r.stderr
+    assert f"'{path}'" in r.stderr and detail in r.stderr, r.stderr
+
+
+def test_schema_is_generated_from_operator_config():
+    import json
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    config = schema["properties"]["operator"]["properties"]["config"]
+    assert set(config["properties"]) == {f.alias or n for n, f in OperatorConfig.model_fields.items()}
+
+
+# -- values.yaml documentation ---------------------------------------------------------------------
+
+def _undocumented_values(text: str) -> list[str]:
+    """Dotted paths of leaf values with neither their own comment nor a commented ancestor key.
+    A comment counts when it is on the line(s) right above the key."""
+    stack: list[tuple[int, str, bool]] = []  # (indent, key, documented)
+    missing = []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)([A-Za-z0-9_.-]+):(.*)$", line)
+        if not m or line.lstrip().startswith("#"):
+            continue
+        indent, key, rest = len(m.group(1)), m.group(2), m.group(3).strip()
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        j = i - 1
+        while j >= 0 and not lines[j].strip():
+            j -= 1
+        documented = j >= 0 and lines[j].strip().startswith("#") or any(d for _, _, d in stack)
+        is_leaf = rest != "" and not rest.startswith("#")
+        if is_leaf and not documented:
+            missing.append(".".join([k for _, k, _ in stack] + [key]))
+        stack.append((indent, key, documented))
+    return missing
+
+
+def test_every_value_is_commented():
+    assert _undocumented_values((CHART / "values.yaml").read_text()) == []
+    # The checker itself catches an undocumented key.
+    assert _undocumented_values("a:\n  # doc\n  b: 1\n  c: 2\n") == ["a.c"]
