@@ -1,0 +1,428 @@
+"""PretrainRun and SFTRun: the seed's training method (SEED_SPEC §1) on the HF Trainer, improved.
+
+    devops-model run -f examples/local/sft-lora.yaml                          # one process, here
+    torchrun --nproc-per-node 8 -m devops_workloads.runner -f resource.yaml   # one node, 8 GPUs
+    torchrun --nnodes $N --node-rank $R --master-addr $M --nproc-per-node 8 \\
+        -m devops_workloads.runner -f resource.yaml                           # what PyTorchJob runs
+
+Order of work (everything that can fail on the data fails before a model is loaded):
+data (registry, sha1, stage, row problems) → tokenizer → tokenized examples (pt blocks or SFT turns,
+packed) → model + fine-tuning mode (full / LoRA / freeze) → Trainer (DDP or DeepSpeed ZeRO from the
+spec) → resume from the newest complete checkpoint → train → save (adapter or full, merged when asked)
+→ loss curve, artifact.json.
+
+Output folder (``spec.output.uri``): the model (adapter or full weights + tokenizer), ``merged/``
+(LoRA merged, when asked), ``checkpoints/checkpoint-N/`` (each with ``run_config.json``),
+``artifact.json``, ``run_config.json``, ``data_report.json``, ``progress.jsonl``,
+``training_loss.png``, ``runs/`` (TensorBoard), ``trainer_state.json``.
+
+A SIGTERM (preemption, ``kubectl delete pod``) saves a checkpoint at the end of the current step
+and exits with ``runner.EXIT_PREEMPTED``; the next start on the same output resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from devops_model.uris import UriError, local_path
+
+from ..runner import EXIT_BAD_INPUT, EXIT_PREEMPTED, RunContext, WorkloadError
+from .data import load_datasets
+
+#: Default LoRA targets per architecture (config.model_type); others get every linear layer.
+LORA_TARGETS = {
+    "qwen": ["c_attn"],  # Qwen-1 (the seed's DEFAULT_MODULE)
+    **{t: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+       for t in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "llama", "mistral")},
+}
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _log(msg: str) -> None:
+    if _rank() == 0:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def output_dir(resource: Any) -> Path:
+    uri = resource.spec.output.uri
+    try:
+        return local_path(uri)
+    except UriError:
+        raise WorkloadError(f"spec.output.uri: {uri} must be pvc:// (in a cluster) or file:// (locally)",
+                            reason="InvalidOutput", exit_code=EXIT_BAD_INPUT) from None
+
+
+def find_resume_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest checkpoint-N whose save finished (``run_config.json`` is written last)."""
+    done = [p for p in ckpt_dir.glob("checkpoint-*")
+            if p.name.split("-")[-1].isdigit() and (p / "run_config.json").exists() and (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+class Preemption:
+    """SIGTERM sets a flag; the training callback saves and stops at the end of the step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = None
+
+    def install(self) -> "Preemption":
+        self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        self.requested = True
+
+    def uninstall(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _load_model_dir(uri: str) -> Path:
+    from ..sources import materialize_model
+
+    return materialize_model(uri)
+
+
+def resolved_config(ctx: RunContext, stage: str, extra: dict[str, Any]) -> dict[str, Any]:
+    return {"resource": ctx.resource.to_dict(), "stage": stage, "resolvedModel": ctx.resolved_model, **extra}
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    """The workload of a PretrainRun or SFTRun (see the module docstring)."""
+    res = ctx.resource
+    spec = res.spec
+    tr = spec.training
+    stage = "pt" if res.kind == "PretrainRun" else "sft"
+    out = output_dir(res)
+    t_start = time.time()
+
+    preempt = Preemption().install()
+    try:
+        # 1. data: everything a person must fix fails here, before any model is loaded
+        data = load_datasets(spec.data, stage, seed=tr.seed)
+        if data.problems.total():
+            _log(f"warning: {data.problems.total()} rows not used ({data.problems.summary()}); see data_report.json")
+        model_path = _load_model_dir(ctx.resolved_model)
+        return _train(ctx, stage, out, data, model_path, preempt, t_start)
+    finally:
+        preempt.uninstall()
+
+
+def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preempt: Preemption, t_start: float) -> dict[str, Any]:
+    import torch
+    from transformers import AutoTokenizer
+
+    from ..templates import get_template
+    from . import preprocess as pp
+
+    res, spec = ctx.resource, ctx.resource.spec
+    tr, ft = spec.training, spec.finetuning
+    trust = spec.model.trust_remote_code
+    if (model_path / "adapter_config.json").exists():
+        # a LoRA adapter from an earlier SFTRun: train on top of its merged weights
+        if not (model_path / "merged" / "config.json").exists():
+            raise WorkloadError(
+                f"spec.model: {ctx.resolved_model} is a LoRA adapter without merged weights; set "
+                "spec.finetuning.lora.merge: true on the run that produced it, or point at a full model",
+                reason="BadModel", exit_code=EXIT_BAD_INPUT)
+        model_path = model_path / "merged"
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust)
+    template = get_template(tr.template)
+
+    # 2. tokenized examples
+    report: dict[str, Any] = {"rowsUsed": len(data.records), "problems": data.problems.to_dict(), "datasets": data.fingerprints}
+    if stage == "pt":
+        blocks = pp.build_pretrain_blocks([r["text"] for r in data.records], tokenizer, tr.max_length)
+        if not blocks.blocks:
+            raise WorkloadError(f"spec.training.maxLength: the corpus has {blocks.tokens} tokens, fewer than one block "
+                                f"of {tr.max_length}; lower maxLength or add data", reason="BadData", exit_code=EXIT_BAD_INPUT)
+        items: list[Any] = blocks.blocks
+        collator: Any = pp.BlockCollator()
+        report.update(separator=blocks.separator, tokens=blocks.tokens, blocks=len(blocks.blocks), droppedTailTokens=blocks.dropped_tail)
+        tokens_mode = "all"
+    else:
+        examples, stats = pp.encode_sft_all(data.records, tokenizer, template, tr.max_length,
+                                            tr.max_source_length, tr.max_target_length)
+        report["truncation"] = stats.to_dict()
+        if tr.packing:
+            items = pp.pack_examples(examples, tr.max_length, tr.seed)
+            collator = pp.PackedCollator()
+            tokens_mode = "all"
+        else:
+            items = examples
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.convert_tokens_to_ids(template.eos_token(tokenizer))
+            collator = pp.PaddedCollator(pad)
+            tokens_mode = "non_padding"
+        report.update(samples=len(examples), sequences=len(items), **{k: v for k, v in pp.label_counts(examples).items()})
+    train_items, eval_items = _split(items, spec.data.val_size, tr.seed)
+    report.update(trainSequences=len(train_items), evalSequences=len(eval_items))
+
+    # 3. model
+    on_cpu = not torch.cuda.is_available()
+    model = _load_model(model_path, tr.precision, ft.type, on_cpu, trust)
+    model = _apply_finetuning(model, ft)
+    if getattr(model.config, "use_cache", None) is not None:
+        model.config.use_cache = False  # no KV cache in training; packed position_ids need cache=None
+
+    # 4. trainer
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from .callbacks import CheckpointConfigCallback, PreemptionCallback, ProgressCallback
+
+    ckpt_dir = out / "checkpoints"
+    out.mkdir(parents=True, exist_ok=True)
+    ds_cfg = None
+    if spec.distributed.backend == "deepspeed":
+        ds_cfg = _deepspeed(spec.distributed.deepspeed, on_cpu, out)
+    bf16 = not on_cpu and tr.precision == "bf16"
+    fp16 = not on_cpu and tr.precision == "fp16"
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "runs"))
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=tr.per_device_batch_size,
+        per_device_eval_batch_size=tr.per_device_batch_size,
+        gradient_accumulation_steps=tr.gradient_accumulation_steps,
+        learning_rate=float(tr.learning_rate),
+        lr_scheduler_type=tr.lr_scheduler,
+        warmup_steps=float(tr.warmup_ratio),
+        weight_decay=float(tr.weight_decay),
+        max_grad_norm=float(tr.max_grad_norm),
+        num_train_epochs=tr.epochs or 1,
+        max_steps=tr.max_steps or -1,
+        logging_steps=tr.logging_steps,
+        save_strategy="steps",
+        save_steps=tr.save_steps,
+        save_total_limit=tr.save_total_limit,
+        eval_strategy="steps" if (tr.eval_steps and eval_items) else "no",
+        eval_steps=tr.eval_steps,
+        seed=tr.seed,
+        data_seed=tr.seed,
+        bf16=bf16,
+        fp16=fp16,
+        use_cpu=on_cpu,
+        ddp_backend="gloo" if (on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1) else None,
+        deepspeed=ds_cfg,
+        gradient_checkpointing=tr.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if tr.gradient_checkpointing else None,
+        report_to=["tensorboard"],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,  # our ProgressReporter draws the one bar
+        include_num_input_tokens_seen=tokens_mode,
+        ddp_find_unused_parameters=False if ft.type != "full" else None,
+        save_only_model=False,  # optimizer and scheduler state are needed to resume exactly
+    )
+    config = resolved_config(ctx, stage, {
+        "modelPath": str(model_path), "templateName": tr.template, "onCpu": on_cpu,
+        "worldSize": int(os.environ.get("WORLD_SIZE", "1")), "deepspeed": ds_cfg, "data": report,
+    })
+    if _rank() == 0:
+        _log("resolved config: " + json.dumps({k: v for k, v in config.items() if k != "resource"}, ensure_ascii=False, default=str)[:2000])
+        (out / "run_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False, default=str))
+        (out / "data_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str))
+
+    progress = ProgressCallback(out, f"{res.kind}/{ctx.name}", spec.output.uri)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=pp.ExampleDataset(train_items),
+        eval_dataset=pp.ExampleDataset(eval_items) if eval_items else None,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[progress, CheckpointConfigCallback(config), PreemptionCallback(preempt)],
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # the progress bar and progress.jsonl carry the logs
+    resume = None
+    if spec.failure_policy.resume == "Latest":
+        resume = find_resume_checkpoint(ckpt_dir)
+        if resume is not None:
+            _log(f"resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    progress.close()
+    if preempt.requested:
+        raise WorkloadError(
+            f"preempted (SIGTERM) at step {trainer.state.global_step}; checkpoint saved in {progress.last_checkpoint}, "
+            "the next start resumes from it", reason="Preempted", exit_code=EXIT_PREEMPTED)
+
+    final_eval = None
+    if eval_items:
+        final_eval = trainer.evaluate()
+    # 5. outputs: every rank takes part in saving (ZeRO-3 gathers the weights), rank 0 writes the rest
+    trainer.save_model(str(out))
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        if (ckpt_dir / "trainer_state.json").exists():  # save_state writes into args.output_dir
+            (out / "trainer_state.json").write_text((ckpt_dir / "trainer_state.json").read_text())
+        tokenizer.save_pretrained(str(out))
+    merged_uri = None
+    if ft.type == "lora" and (ft.lora.merge if ft.lora else False) and trainer.is_world_process_zero():
+        _merge_lora(out, model_path, tokenizer, trust)
+        merged_uri = spec.output.uri.rstrip("/") + "/merged"
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    artifact = {
+        "uri": spec.output.uri,
+        "format": "hf-lora" if ft.type == "lora" else "hf-full",
+        "baseModel": ctx.resolved_model,
+        "parent": f"{ctx.parent['kind']}/{ctx.parent['metadata']['name']}" if ctx.parent else None,
+        "template": tr.template if stage == "sft" else None,
+    }
+    if merged_uri:
+        artifact["mergedUri"] = merged_uri
+    artifact = {k: v for k, v in artifact.items() if v is not None}
+    summary = (f"{trainer.state.global_step} steps, loss {losses[0]:.3f} → {losses[-1]:.3f}" if losses
+               else f"{trainer.state.global_step} steps")
+    if final_eval and "eval_loss" in final_eval:
+        summary += f", eval loss {final_eval['eval_loss']:.3f}"
+    if data.problems.total():
+        summary += f"; {data.problems.total()} rows not used ({data.problems.summary()})"
+    trunc = report.get("truncation") or {}
+    if trunc.get("history_truncated") or trunc.get("final_turn_truncated"):
+        summary += (f"; {trunc['history_truncated']} samples lost history turns, "
+                    f"{trunc['final_turn_truncated']} final turns cut to maxLength")
+    if trainer.is_world_process_zero():
+        from .plot import plot_loss
+
+        plot_loss(out, history, title=f"{res.kind}/{ctx.name}")
+        (out / "artifact.json").write_text(json.dumps({**artifact, "dataFingerprints": data.fingerprints}, indent=2, ensure_ascii=False))
+    return {
+        "state": "Succeeded",
+        "artifact": artifact,
+        "summary": summary,
+        "message": summary,
+        "progress": {
+            "step": trainer.state.global_step, "totalSteps": trainer.state.max_steps,
+            "loss": losses[-1] if losses else None, "epoch": trainer.state.epoch,
+            "lastCheckpoint": progress.last_checkpoint, "percent": 100,
+        },
+        "trainLoss": result.training_loss,
+    }
+
+
+def _split(items: list[Any], val_size: str, seed: int) -> tuple[list[Any], list[Any]]:
+    """Held-out split after preprocessing, like the seed (a fraction, or a count)."""
+    import random
+
+    v = float(val_size)
+    if v <= 0:
+        return items, []
+    n = int(v) if v >= 1 else max(1, int(round(len(items) * v)))
+    if n >= len(items):
+        raise WorkloadError(f"spec.data.valSize: {val_size} leaves no training data ({len(items)} sequences)",
+                            reason="BadData", exit_code=EXIT_BAD_INPUT)
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n])
+    return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
+
+
+def _load_model(path: Path, precision: str, ft_type: str, on_cpu: bool, trust: bool):
+    import importlib.util
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    # full/freeze keep fp32 master weights (seed: model.float()); LoRA loads the frozen base in the compute dtype
+    dtype = torch.float32
+    if not on_cpu and ft_type == "lora" and precision != "fp32":
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    attn = "flash_attention_2" if (not on_cpu and importlib.util.find_spec("flash_attn")) else "sdpa"
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation=attn, trust_remote_code=trust)
+
+
+def _apply_finetuning(model, ft):
+    if ft.type == "full":
+        return model
+    if ft.type == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = ft.lora or _default_lora()
+        targets = lora.target_modules or LORA_TARGETS.get(model.config.model_type, "all-linear")
+        cfg = LoraConfig(task_type="CAUSAL_LM", r=lora.rank, lora_alpha=lora.alpha, lora_dropout=float(lora.dropout),
+                         target_modules=targets)
+        model.enable_input_require_grads()  # gradient checkpointing needs a grad path from the inputs
+        try:
+            return get_peft_model(model, cfg)
+        except ValueError as exc:
+            raise WorkloadError(f"spec.finetuning.lora.targetModules: {exc}", reason="BadSpec", exit_code=EXIT_BAD_INPUT) from exc
+    # freeze: train only the named modules of the last N layers (seed: last 3 layers' mlp)
+    fr = ft.freeze or _default_freeze()
+    n_layers = model.config.num_hidden_layers
+    keep = range(max(0, n_layers - fr.trainable_layers), n_layers)
+    prefixes = [f"{sep}{i}.{m}" for i in keep for m in fr.trainable_modules for sep in (".layers.", ".h.")]
+    n = 0
+    for name, p in model.named_parameters():
+        p.requires_grad = any(pref in name for pref in prefixes)
+        n += p.requires_grad
+    if n == 0:
+        raise WorkloadError(f"spec.finetuning.freeze.trainableModules: none of {fr.trainable_modules} found in the last "
+                            f"{fr.trainable_layers} layers", reason="BadSpec", exit_code=EXIT_BAD_INPUT)
+    return model
+
+
+def _default_lora():
+    from devops_model.api.training import LoraSpec
+
+    return LoraSpec()
+
+
+def _default_freeze():
+    from devops_model.api.training import FreezeSpec
+
+    return FreezeSpec()
+
+
+def _deepspeed(ds_spec, on_cpu: bool, out: Path) -> dict[str, Any]:
+    try:
+        import deepspeed  # noqa: F401
+    except Exception as exc:
+        raise WorkloadError(f"spec.distributed.backend: deepspeed cannot be imported here ({exc}); install "
+                            "deepspeed (the train extra has it) or use backend: ddp", reason="MissingDependency",
+                            exit_code=EXIT_BAD_INPUT) from exc
+    from devops_model.api.training import DeepSpeedSpec
+
+    from .deepspeed_config import deepspeed_config
+
+    ds_spec = ds_spec or DeepSpeedSpec()
+    cfg = deepspeed_config(ds_spec.zero_stage, ds_spec.offload_optimizer, ds_spec.offload_params, on_cpu=on_cpu)
+    # DeepSpeed initialises torch.distributed itself; a lone local process needs the rendezvous env
+    if "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    if _rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "deepspeed_config.json").write_text(json.dumps(cfg, indent=2))
+    return cfg
+
+
+def _merge_lora(out: Path, base: Path, tokenizer, trust: bool) -> Path:
+    """LoRA merged into the base weights (seed export_model), saved as ``merged/`` for serving and GPTQ."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, trust_remote_code=trust)
+    merged = PeftModel.from_pretrained(base_model, str(out)).merge_and_unload()
+    target = out / "merged"
+    merged.save_pretrained(str(target), safe_serialization=True)
+    tokenizer.save_pretrained(str(target))
+    return target
