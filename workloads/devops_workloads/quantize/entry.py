@@ -143,7 +143,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     # 3. GPTQ
     settings = GptqSettings(bits=spec.bits, group_size=spec.group_size, sym=spec.symmetric,
                             desc_act=spec.act_order, damp_percent=decimal_value(spec.damp_percent))
-    timings = quantize_gptq(model_dir, out_dir, cal.samples, settings, trust_remote_code=trust)
+    timings = quantize_gptq(model_dir, out_dir, cal.samples, settings, trust_remote_code=trust,
+                            log_dir=Path(ctx.workdir) / "gptq-logs")
     progress.update(step=3, stage=STEPS[2], seconds=timings["quantizeSeconds"])
 
     # 4. perplexity of the checkpoint as users load it

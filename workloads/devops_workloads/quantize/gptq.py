@@ -42,11 +42,19 @@ class GptqSettings:
 
 
 def quantize_gptq(model_dir: Path, out_dir: Path, samples: Sequence[Sequence[int]], settings: GptqSettings,
-                  trust_remote_code: bool = False) -> dict[str, Any]:
-    """Quantize ``model_dir`` on ``samples`` (token id lists) into ``out_dir``; returns timings."""
+                  trust_remote_code: bool = False, log_dir: Path | None = None) -> dict[str, Any]:
+    """Quantize ``model_dir`` on ``samples`` (token id lists) into ``out_dir``; returns timings.
+
+    GPTQModel's per-layer logs (loss, damping, time per module) go to ``log_dir``.
+    """
     configure_environment()
     import torch
     from gptqmodel import GPTQModel, QuantizeConfig
+    from gptqmodel.looper import loop_processor
+
+    # GPTQModel writes its per-layer logs to ./logs of whatever the current directory is; keep them
+    # with the run instead of littering the user's directory.
+    loop_processor._PROJECT_LOG_DIR = Path(log_dir) if log_dir else out_dir.parent / f"{out_dir.name}-gptq-logs"
 
     qc = QuantizeConfig(
         bits=settings.bits,
