@@ -42,6 +42,8 @@ class Workloads(_Model):
     """Defaults for workload pods."""
 
     service_account: str = Field(default="devops-model-workload", description="ServiceAccount of workload pods (may only patch the status of the project's kinds).")
+    manage_service_account: bool = Field(default=True, description="Create the workload ServiceAccount and a RoleBinding to cluster_role in each namespace that has runs (pods cannot start without their ServiceAccount).")
+    cluster_role: str = Field(default="devops-model-workload", description="ClusterRole (installed by the chart) bound to the workload ServiceAccount in each namespace.")
     report_interval_seconds: int = Field(default=10, ge=1, description="Minimum seconds between progress reports to the API server.")
     backoff_limit: int = Field(default=0, ge=0, description="Job backoffLimit; restarts are counted by the operator's failure policy instead.")
     ttl_seconds_after_finished: Optional[int] = Field(default=None, description="Delete finished Jobs after this many seconds (None keeps them for inspection).")

@@ -233,6 +233,8 @@ def reconcile_run(body: dict[str, Any], kube: Any, config: OperatorConfig, now: 
         if wait > 0:
             return p.outcome(min(wait, config.reconcile.requeue_seconds))
 
+    if config.workloads.manage_service_account:
+        kube.ensure_workload_identity(ns, config.workloads.service_account, config.workloads.cluster_role)
     children = render_children(res, config, resolved_model=lin.resolved, parent=lin.parent,
                                artifact_format=lin.artifact_format, attempt=restarts)
     names: list[str] = []
@@ -262,7 +264,9 @@ def reconcile_run(body: dict[str, Any], kube: Any, config: OperatorConfig, now: 
         p.status["startTime"] = old.get("startTime") or obs.start_time or now
         # Stall watchdog: no progress report for failurePolicy.stallTimeout.
         if getattr(res.spec, "failure_policy", None) is not None:
-            last = _epoch((old.get("progress") or {}).get("updated")) or _epoch(p.status["startTime"])
+            # The stall clock starts with this attempt's child (a restarted run gets a fresh one).
+            last = max(filter(None, (_epoch((old.get("progress") or {}).get("updated")), _epoch(p.status["startTime"]),
+                                     _epoch((workload.get("metadata") or {}).get("creationTimestamp")))), default=None)
             limit = duration_seconds(fp.stall_timeout)
             if last is not None and _epoch(now) - last > limit:
                 p.cond(C.STALLED, True, C.STALLED_REASON, f"no progress reported for more than {fp.stall_timeout}")
@@ -389,6 +393,9 @@ def reconcile_chat(body: dict[str, Any], kube: Any, config: OperatorConfig, now:
         lineage_file["artifact"] = lin.parent["status"]["artifact"]
     if scores:
         lineage_file["scores"] = scores
+    if config.workloads.manage_service_account:
+        sa = config.serving.service_account or config.workloads.service_account
+        kube.ensure_workload_identity(ns, sa, config.workloads.cluster_role)
     children = render_children(res, config, resolved_model=lin.resolved, parent=lin.parent,
                                artifact_format=lin.artifact_format, lineage=lineage_file)
     names = []

@@ -56,7 +56,7 @@ def operator_identity(control_plane):
         cp.kubectl("create", "namespace", OPERATOR_NS)
     cp.apply(operator_rbac("devops-model-operator-test", OPERATOR_NS, OPERATOR_SA))
     cp.apply([
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "devops-model-workload-test"},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "devops-model-workload"},
          "rules": WORKLOAD_RULES},
     ])
     return cp.service_account_kubeconfig(OPERATOR_NS, OPERATOR_SA, duration="2h")

@@ -4,6 +4,7 @@ has no room for kopf's bookkeeping; peering for more than one replica) and the p
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import kopf
@@ -18,8 +19,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="devops-model.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="devops-model.io", key="last-handled-configuration")
-    settings.posting.level = 20  # INFO and up become Events only when we post them explicitly
-    settings.posting.enabled = False  # kopf's own per-handler events are noise; ours say what changed
+    # kopf turns handler log lines into Events ("Handler ... succeeded"); those are noise next to
+    # ours (one per transition, with the reason), so only CRITICAL log lines become Events.
+    settings.posting.level = logging.CRITICAL
     settings.execution.max_workers = 16
     settings.watching.server_timeout = 300
     if CONFIG.reconcile.peering:

@@ -1,0 +1,359 @@
+"""The operator against a real control plane (kube-apiserver + etcd + kube-controller-manager),
+running as its own process with the operator's RBAC (tests/plugins/operator.py).
+
+There is no kubelet, scheduler or Kubeflow controller: the tests patch pod and PyTorchJob status
+as those would (the Job, ReplicaSet, Deployment and garbage-collector controllers are real).
+
+    .venv/bin/python -m pytest tests/test_operator.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from devops_workloads.runner import TERMINATION_MESSAGE_LIMIT
+
+pytestmark = pytest.mark.cluster
+
+API = "devops-model.io/v1alpha1"
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def sft(name, model=None, launcher="PyTorchJob", **spec):
+    return {"apiVersion": API, "kind": "SFTRun", "metadata": {"name": name},
+            "spec": {"model": model or {"uri": "pvc://models/base"},
+                     "data": {"datasets": [{"uri": "pvc://data/sft.jsonl"}]},
+                     "training": {"maxSteps": 5}, "launcher": launcher,
+                     "output": {"uri": f"pvc://models/{name}"}, **spec}}
+
+
+def pretrain(name, launcher="PyTorchJob"):
+    return {"apiVersion": API, "kind": "PretrainRun", "metadata": {"name": name},
+            "spec": {"model": {"uri": "hf://Qwen/Qwen2.5-7B"}, "data": {"datasets": [{"uri": "pvc://data/corpus.txt"}]},
+                     "training": {"maxSteps": 5}, "launcher": launcher, "output": {"uri": f"pvc://models/{name}"}}}
+
+
+def evalrun(name, model=None):
+    return {"apiVersion": API, "kind": "EvalRun", "metadata": {"name": name},
+            "spec": {"model": model or {"uri": "pvc://models/base"}, "exams": {"uri": "pvc://data/exams"}, "shots": [0]}}
+
+
+def quantize(name, model=None):
+    return {"apiVersion": API, "kind": "QuantizeRun", "metadata": {"name": name},
+            "spec": {"model": model or {"uri": "pvc://models/base"}, "output": {"uri": f"pvc://models/{name}"}}}
+
+
+def chat(name, model=None, replicas=1):
+    return {"apiVersion": API, "kind": "ChatDeployment", "metadata": {"name": name},
+            "spec": {"model": model or {"uri": "pvc://models/base"}, "engine": {"name": "builtin"}, "replicas": replicas}}
+
+
+# --------------------------------------------------------------------------- what the kubelet would do
+
+
+def patch_status(cp, kind, name, ns, status):
+    cp.kubectl("patch", kind, name, "-n", ns, "--subresource=status", "--type=merge",
+               "-p", json.dumps({"status": status}))
+
+
+def job_pod(cp, ns, job):
+    pods = cp.get("pods", namespace=ns)["items"]
+    found = [p for p in pods if p["metadata"].get("labels", {}).get("job-name") == job]
+    return found[0]["metadata"]["name"] if found else None
+
+
+def terminated(code, message="", reason=None, finished="2026-01-01T00:10:00Z"):
+    return {"name": "worker", "image": "img", "imageID": "", "ready": False, "restartCount": 0,
+            "state": {"terminated": {"exitCode": code, "reason": reason or ("Completed" if code == 0 else "Error"),
+                                     "message": message, "startedAt": "2026-01-01T00:00:00Z", "finishedAt": finished}}}
+
+
+def running_container(name="worker", ready=True):
+    return {"name": name, "image": "img", "imageID": "", "ready": ready, "restartCount": 0, "started": True,
+            "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}
+
+
+def result_message(**status) -> str:
+    return json.dumps({"status": status})
+
+
+def state_of(cp, kind, name, ns):
+    obj = cp.get(kind, name, ns) or {}
+    return (obj.get("status") or {}).get("state")
+
+
+def wait_state(cp, op, kind, name, ns, want, timeout=45):
+    return cp.wait_for(lambda: state_of(cp, kind, name, ns) == want and cp.get(kind, name, ns), timeout=timeout,
+                       message=lambda: f"{kind}/{name} state {want}; status: "
+                       f"{json.dumps((cp.get(kind, name, ns) or {}).get('status'), indent=1)}\noperator log:\n{op.tail(30)}")
+
+
+def condition(obj, type_):
+    return next((c for c in obj["status"].get("conditions", []) if c["type"] == type_), None)
+
+
+def master_pod(cp, ns, job_obj, message, code=0, reason=None):
+    """What the Kubeflow controller + kubelet do for a PyTorchJob's Master: a pod from its template,
+    which then terminates with the worker's termination message."""
+    tpl = job_obj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
+    name = f"{job_obj['metadata']['name']}-master-0"
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": ns, "labels": tpl["metadata"]["labels"]}, "spec": tpl["spec"]}
+    cp.apply(pod, namespace=ns)
+    patch_status(cp, "pod", name, ns, {"phase": "Succeeded" if code == 0 else "Failed",
+                                       "containerStatuses": [{**terminated(code, message, reason), "name": "pytorch"}]})
+    return name
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_each_kind_creates_its_children(control_plane, k8s_namespace, run_operator):
+    cp, ns = control_plane, k8s_namespace
+    op = run_operator(ns)
+    cp.apply([pretrain("pt"), sft("sft-v2", launcher="TrainJob"), sft("sft-job", launcher="Job"),
+              evalrun("ev"), quantize("q"), chat("bot")], namespace=ns)
+    expected = [("configmap", "pt-spec"), ("pytorchjob", "pt-train"), ("trainjob", "sft-v2-train"),
+                ("job", "sft-job-train"), ("job", "ev-eval"), ("job", "q-quantize"),
+                ("configmap", "bot-spec"), ("deployment", "bot"), ("service", "bot")]
+    for kind, name in expected:
+        obj = cp.wait_for(lambda: cp.get(kind, name, ns), timeout=45,
+                          message=lambda: f"{kind}/{name}; operator log:\n{op.tail()}")
+        (owner,) = obj["metadata"]["ownerReferences"]
+        assert owner["controller"] is True
+        assert obj["metadata"]["labels"]["devops-model.io/run"] == owner["name"]
+    # The real Job controller made a pod from our template, as the workload ServiceAccount.
+    pod = cp.wait_for(lambda: job_pod(cp, ns, "ev-eval"), timeout=30, message="the Job controller's pod")
+    assert cp.get("pod", pod, ns)["spec"]["serviceAccountName"] == "devops-model-workload"
+    st = cp.get("evalrun", "ev", ns)["status"]
+    assert st["children"] == ["ConfigMap/ev-spec", "Job/ev-eval"] and st["observedGeneration"] == 1
+    # The spec the worker reads is the resource itself.
+    cm = cp.get("configmap", "ev-spec", ns)
+    assert yaml.safe_load(cm["data"]["resource.yaml"])["spec"]["exams"]["uri"] == "pvc://data/exams"
+    # Metrics: runs by state and reconcile latency.
+    metrics = op.metrics()
+    assert 'devops_model_operator_runs{kind="EvalRun"' in metrics
+    assert "devops_model_operator_reconcile_seconds_count" in metrics
+
+
+def test_job_status_follows_pods_to_scores(control_plane, k8s_namespace, run_operator):
+    """Unschedulable -> Running -> Succeeded with the scores from the termination message."""
+    cp, ns = control_plane, k8s_namespace
+    op = run_operator(ns)
+    cp.apply(evalrun("ev"), namespace=ns)
+    pod = cp.wait_for(lambda: job_pod(cp, ns, "ev-eval"), timeout=45, message=lambda: op.tail())
+    patch_status(cp, "pod", pod, ns, {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                                      "message": "0/8 nodes are available: 8 Insufficient nvidia.com/gpu."}]})
+    obj = wait_state(cp, op, "evalrun", "ev", ns, "Unschedulable")
+    assert "Insufficient nvidia.com/gpu" in condition(obj, "Running")["message"]
+    patch_status(cp, "pod", pod, ns, {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}],
+                                      "containerStatuses": [running_container()]})
+    obj = wait_state(cp, op, "evalrun", "ev", ns, "Running")
+    assert obj["status"]["startTime"] and condition(obj, "Running")["status"] == "True"
+    scores = {"overall": [{"shots": 0, "style": "base", "correct": 3, "total": 4, "accuracy": 0.75}]}
+    patch_status(cp, "pod", pod, ns, {"phase": "Succeeded", "containerStatuses": [
+        terminated(0, result_message(state="Succeeded", scores=scores, summary="0-shot 75.0%"))]})
+    obj = wait_state(cp, op, "evalrun", "ev", ns, "Succeeded")
+    assert obj["status"]["scores"] == scores and obj["status"]["summary"] == "0-shot 75.0%"
+    assert condition(obj, "Succeeded")["status"] == "True" and obj["status"]["completionTime"]
+    events = cp.get("events", namespace=ns)["items"]
+    reasons = {e["reason"] for e in events if e["involvedObject"]["name"] == "ev"}
+    assert {"Created", "Unschedulable", "Running", "Succeeded"} <= reasons, reasons
+
+
+def test_oom_restarts_a_new_child_then_succeeds_with_the_artifact(control_plane, k8s_namespace, run_operator):
+    cp, ns = control_plane, k8s_namespace
+    op = run_operator(ns)
+    cp.apply(sft("s", failurePolicy={"maxRestarts": 1}), namespace=ns)
+    job = cp.wait_for(lambda: cp.get("pytorchjob", "s-train", ns), timeout=45, message=lambda: op.tail())
+    master_pod(cp, ns, job, "", code=137, reason="OOMKilled")
+    patch_status(cp, "pytorchjob", "s-train", ns, {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "PyTorchJobFailed", "message": "master failed",
+         "lastUpdateTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
+    retry = cp.wait_for(lambda: cp.get("pytorchjob", "s-train-r1", ns), timeout=45,
+                        message=lambda: f"restart child; {cp.get('sftrun', 's', ns).get('status')}\n{op.tail()}")
+    obj = cp.get("sftrun", "s", ns)
+    assert obj["status"]["restarts"] == 1
+    events = [e for e in cp.get("events", namespace=ns)["items"] if e["involvedObject"]["name"] == "s"]
+    restarting = [e for e in events if e["reason"] == "Restarting"]
+    assert restarting and "OOMKilled" in restarting[0]["message"] and restarting[0]["type"] == "Warning"
+    cp.wait_for(lambda: cp.get("pytorchjob", "s-train", ns) is None, timeout=30, message="the failed child deleted")
+    artifact = {"uri": "pvc://models/s/final", "format": "hf-lora", "baseModel": "pvc://models/base"}
+    master_pod(cp, ns, retry, result_message(state="Succeeded", artifact=artifact))
+    patch_status(cp, "pytorchjob", "s-train-r1", ns, {"conditions": [
+        {"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded", "message": "done",
+         "lastUpdateTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
+    obj = wait_state(cp, op, "sftrun", "s", ns, "Succeeded")
+    assert obj["status"]["artifact"] == artifact
+
+
+def test_bad_data_fails_without_restarting(control_plane, k8s_namespace, run_operator):
+    cp, ns = control_plane, k8s_namespace
+    op = run_operator(ns)
+    cp.apply(sft("bad", launcher="Job"), namespace=ns)
+    pod = cp.wait_for(lambda: job_pod(cp, ns, "bad-train"), timeout=45, message=lambda: op.tail())
+    msg = "data.datasets[0]: sha1 mismatch: expected 0123..., got 89ab..."
+    patch_status(cp, "pod", pod, ns, {"phase": "Failed", "containerStatuses": [
+        terminated(3, result_message(state="Failed", reason="BadData", message=msg))]})
+    obj = wait_state(cp, op, "sftrun", "bad", ns, "Failed")
+    cond = condition(obj, "Succeeded")
+    assert (cond["status"], cond["reason"]) == ("False", "BadData") and "sha1 mismatch" in cond["message"]
+    assert not obj["status"].get("restarts") and cp.get("job", "bad-train-r1", ns) is None
+
+
+def test_stall_watchdog_restarts_a_silent_run(control_plane, k8s_namespace, run_operator):
+    cp, ns = control_plane, k8s_namespace
+    op = run_operator(ns)
+    cp.apply(sft("quiet", launcher="Job", failurePolicy={"maxRestarts": 2, "stallTimeout": "2s"}), namespace=ns)
+    pod = cp.wait_for(lambda: job_pod(cp, ns, "quiet-train"), timeout=45, message=lambda: op.tail())
+    patch_status(cp, "pod", pod, ns, {"phase": "Running", "containerStatuses": [running_container()]})
+    # A worker that reported once, long ago.
+    patch_status(cp, "sftrun", "quiet", ns, {"progress": {"step": 3, "totalSteps": 5, "updated": "2026-01-01T00:00:00Z"}})
+    cp.wait_for(lambda: cp.get("job", "quiet-train-r1", ns), timeout=45,
+                message=lambda: f"restart after stall; {cp.get('sftrun', 'quiet', ns).get('status')}\n{op.tail()}")
+    obj = cp.get("sftrun", "quiet", ns)
+    assert condition(obj, "Stalled")["status"] == "True"
+    restarting = [e for e in cp.get("events", namespace=ns)["items"]
+                  if e["involvedObject"]["name"] == "quiet" and e["reason"] == "Restarting"]
+    assert restarting and "stall" in restarting[0]["message"].lower()
+    # The new attempt gets a fresh stall clock (its own start), so it is not restarted at once.
+    pod = cp.wait_for(lambda: job_pod(cp, ns, "quiet-train-r1"), timeout=45, message=lambda: op.tail())
+    patch_status(cp, "pod", pod, ns, {"phase": "Running", "containerStatuses": [running_container()]})
+    wait_state(cp, op, "sftrun", "quiet", ns, "Running")
+    assert cp.get("sftrun", "quiet", ns)["status"]["restarts"] == 1
+
+
+def test_waiting_from_run_resumes_when_parent_succeeds(control_plane, k8s_namespace, run_operator):
+    cp, ns = control_plane, k8s_namespace
+    op = run_operator(ns)
+    cp.apply(evalrun("ev", model={"fromRun": {"kind": "SFTRun", "name": "parent"}}), namespace=ns)
+    obj = wait_state(cp, op, "evalrun", "ev", ns, "Waiting")
+    cond = condition(obj, "ParentReady")
+    assert (cond["status"], cond["reason"]) == ("False", "WaitingForParent") and "SFTRun/parent" in cond["message"]
+    cp.apply(sft("parent", launcher="Job"), namespace=ns)
+    pod = cp.wait_for(lambda: job_pod(cp, ns, "parent-train"), timeout=45, message=lambda: op.tail())
+    assert cp.get("job", "ev-eval", ns) is None  # still waiting while the parent runs
+    artifact = {"uri": "pvc://models/parent/adapter", "format": "hf-lora", "mergedUri": "pvc://models/parent/merged"}
+    patch_status(cp, "pod", pod, ns, {"phase": "Succeeded", "containerStatuses": [
+        terminated(0, result_message(state="Succeeded", artifact=artifact))]})
+    wait_state(cp, op, "sftrun", "parent", ns, "Succeeded")
+    cp.wait_for(lambda: cp.get("job", "ev-eval", ns), timeout=45, message=lambda: f"dependent's child\n{op.tail()}")
+    obj = cp.get("evalrun", "ev", ns)
+    assert condition(obj, "ParentReady")["status"] == "True"
+    assert obj["status"]["resolvedModel"] == "pvc://models/parent/merged"
+    doc = yaml.safe_load(cp.get("configmap", "ev-spec", ns)["data"]["resource.yaml"])
+    assert doc["status"]["resolvedModel"] == "pvc://models/parent/merged"
+    assert yaml.safe_load(cp.get("configmap", "ev-spec", ns)["data"]["parent.yaml"])["status"]["artifact"] == artifact
+
+
+def test_a_failed_parent_fails_the_dependent(control_plane, k8s_namespace, run_operator):
+    cp, ns = control_plane, k8s_namespace
+    op = run_operator(ns)
+    cp.apply([sft("p", launcher="Job", failurePolicy={"maxRestarts": 0}),
+              quantize("q", model={"fromRun": {"kind": "SFTRun", "name": "p"}})], namespace=ns)
+    pod = cp.wait_for(lambda: job_pod(cp, ns, "p-train"), timeout=45, message=lambda: op.tail())
+    patch_status(cp, "pod", pod, ns, {"phase": "Failed", "containerStatuses": [terminated(1, "RuntimeError: boom")]})
+    obj = wait_state(cp, op, "quantizerun", "q", ns, "Failed")
+    assert condition(obj, "ParentReady")["reason"] == "ParentFailed"
+
+
+def test_operator_killed_midway_creates_no_duplicates(control_plane, k8s_namespace, run_operator):
+    cp, ns = control_plane, k8s_namespace
+    op = run_operator(ns)
+    names = [f"run-{i}" for i in range(8)]
+    cp.apply([sft(n, launcher="Job") for n in names], namespace=ns)
+    cp.wait_for(lambda: any(cp.get("job", f"{n}-train", ns) for n in names), timeout=45, message=lambda: op.tail())
+    op.stop(kill=True)  # SIGKILL mid-reconcile: no chance to clean up
+    op.start()
+    for n in names:
+        cp.wait_for(lambda: cp.get("job", f"{n}-train", ns), timeout=45, message=lambda: op.tail())
+    op.restart()  # and a clean restart on top: a resume pass over every run
+    cp.wait_for(lambda: all(state_of(cp, "sftrun", n, ns) == "Pending" for n in names), timeout=30, message="states")
+    for kind in ("job", "configmap"):
+        items = cp.get(kind, namespace=ns)["items"]
+        runs = [i["metadata"]["labels"]["devops-model.io/run"] for i in items
+                if "devops-model.io/run" in i["metadata"].get("labels", {})]
+        assert sorted(runs) == sorted(names), f"{kind}: {sorted(runs)}"
+
+
+def test_deleting_a_run_removes_its_children(control_plane, k8s_namespace, run_operator):
+    cp, ns = control_plane, k8s_namespace
+    op = run_operator(ns)
+    cp.apply([sft("gone"), chat("gone-chat")], namespace=ns)
+    for kind, name in (("pytorchjob", "gone-train"), ("configmap", "gone-spec"), ("deployment", "gone-chat"),
+                       ("service", "gone-chat")):
+        cp.wait_for(lambda: cp.get(kind, name, ns), timeout=45, message=lambda: op.tail())
+    cp.delete("sftrun", "gone", ns)
+    cp.delete("chatdeployment", "gone-chat", ns)
+    for kind, name in (("pytorchjob", "gone-train"), ("configmap", "gone-spec"), ("deployment", "gone-chat"),
+                       ("service", "gone-chat"), ("configmap", "gone-chat-spec")):
+        cp.wait_for(lambda: cp.get(kind, name, ns) is None, timeout=60,
+                    message=f"{kind}/{name} removed by the garbage collector")
+
+
+def test_chat_deployment_ready_endpoint_and_rollout(control_plane, k8s_namespace, run_operator):
+    cp, ns = control_plane, k8s_namespace
+    op = run_operator(ns)
+    cp.apply(chat("bot"), namespace=ns)
+    dep = cp.wait_for(lambda: cp.get("deployment", "bot", ns), timeout=45, message=lambda: op.tail())
+
+    def make_pods_ready():
+        for p in cp.get("pods", namespace=ns)["items"]:
+            if p["metadata"].get("labels", {}).get("devops-model.io/run") == "bot" and \
+                    (p.get("status") or {}).get("phase") != "Running" and not p["metadata"].get("deletionTimestamp"):
+                patch_status(cp, "pod", p["metadata"]["name"], ns, {
+                    "phase": "Running", "containerStatuses": [running_container("server")],
+                    "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}]})
+        return state_of(cp, "chatdeployment", "bot", ns) == "Ready"
+
+    cp.wait_for(make_pods_ready, timeout=60, message=lambda: f"{cp.get('chatdeployment', 'bot', ns).get('status')}\n{op.tail()}")
+    obj = cp.get("chatdeployment", "bot", ns)
+    assert obj["status"]["endpoint"]["url"] == f"http://bot.{ns}.svc:8000"
+    assert obj["status"]["readyReplicas"] == 1
+    hash_before = dep["spec"]["template"]["metadata"]["annotations"]["devops-model.io/config-hash"]
+    # A new model and more replicas: the Deployment rolls to the new template and scales.
+    cp.kubectl("patch", "chatdeployment", "bot", "-n", ns, "--type=merge",
+               "-p", json.dumps({"spec": {"model": {"uri": "pvc://models/v2"}, "replicas": 2}}))
+
+    def rolled():
+        d = cp.get("deployment", "bot", ns)
+        return d["spec"]["replicas"] == 2 and \
+            d["spec"]["template"]["metadata"]["annotations"]["devops-model.io/config-hash"] != hash_before and d
+
+    d = cp.wait_for(rolled, timeout=45, message=lambda: op.tail())
+    assert "/mnt/storage/models/v2" in d["spec"]["template"]["spec"]["containers"][0]["args"]
+    cp.wait_for(lambda: make_pods_ready() and cp.get("chatdeployment", "bot", ns)["status"]["readyReplicas"] == 2,
+                timeout=60, message=lambda: f"{cp.get('chatdeployment', 'bot', ns).get('status')}")
+    assert cp.get("chatdeployment", "bot", ns)["status"]["observedGeneration"] == 2
+
+
+def test_health_and_cli_help(control_plane, k8s_namespace, run_operator):
+    op = run_operator(k8s_namespace)
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{op.health_port}/healthz", timeout=5) as r:
+        assert r.status == 200
+    out = subprocess.run([".venv/bin/devops-model", "operator", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--all-namespaces" in out and "examples:" in out
+
+
+def test_termination_message_keeps_the_essentials_within_4096_bytes(tmp_path, monkeypatch):
+    from devops_workloads.runner import report_final
+
+    log = tmp_path / "termination-log"
+    monkeypatch.setenv("DEVOPS_MODEL_TERMINATION_LOG", str(log))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    exams = [{"exam": f"cmmlu/subject_{i}", "shots": 0, "style": "base", "correct": 1, "total": 2, "accuracy": 0.5}
+             for i in range(200)]
+    report_final({"state": "Succeeded", "summary": "0-shot 50.0%", "artifact": {"uri": "pvc://m/r", "format": "results"},
+                  "scores": {"exams": exams, "overall": []}})
+    text = log.read_text()
+    assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
+    status = json.loads(text)["status"]
+    assert status["summary"] == "0-shot 50.0%" and status["artifact"]["uri"] == "pvc://m/r" and "scores" not in status
