@@ -2,9 +2,9 @@
 
 Fixtures
 --------
-operator_identity (session)  a ServiceAccount with the operator's RBAC (the chart's rules: from
-                             ``helm template charts/devops-model`` when the chart is there, else
-                             devops_operator.rbac) and a kubeconfig that authenticates as it.
+operator_identity (session)  the chart's RBAC (``helm template charts/devops-model``: the operator's
+                             ClusterRole and binding, the workload ClusterRole), a kubeconfig of the
+                             chart's operator ServiceAccount, and the chart's operator.yaml.
 run_operator     (function)  start(namespace) -> OperatorProcess: ``devops-model operator
                              --namespace NS`` as that identity, with a fast reconcile config;
                              .stop() (SIGKILL with kill=True) and .restart(); stopped after the test.
@@ -41,25 +41,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _chart_rbac() -> list[dict] | None:
-    """The operator's ClusterRole/Binding from the chart, when it renders."""
-    chart = REPO / "charts" / "devops-model"
-    return None if not (chart / "Chart.yaml").exists() else chart
+def render_chart(cp) -> list[dict]:
+    """``helm template`` of the chart with its default values (release devops-model)."""
+    r = cp.helm("template", "devops-model", str(REPO / "charts" / "devops-model"), "--namespace", OPERATOR_NS)
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
 
 
 @pytest.fixture(scope="session")
 def operator_identity(control_plane):
-    from devops_operator.rbac import WORKLOAD_RULES, operator_rbac
-
+    """(kubeconfig, chart's operator config): the chart's ClusterRoles and binding applied, and a
+    kubeconfig of the chart's operator ServiceAccount, so the tests run with exactly its RBAC."""
     cp = control_plane
+    docs = render_chart(cp)
+    rbac = [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    binding = next(d for d in rbac if d["kind"] == "ClusterRoleBinding")
+    (subject,) = binding["subjects"]
+    assert subject["namespace"] == OPERATOR_NS
     if cp.get("namespace", OPERATOR_NS) is None:
         cp.kubectl("create", "namespace", OPERATOR_NS)
-    cp.apply(operator_rbac("devops-model-operator-test", OPERATOR_NS, OPERATOR_SA))
-    cp.apply([
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "devops-model-workload"},
-         "rules": WORKLOAD_RULES},
-    ])
-    return cp.service_account_kubeconfig(OPERATOR_NS, OPERATOR_SA, duration="2h")
+    cp.apply(rbac)
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap" and "operator.yaml" in d.get("data", {}))
+    chart_config = yaml.safe_load(config_map["data"]["operator.yaml"]) or {}
+    return cp.service_account_kubeconfig(OPERATOR_NS, subject["name"], duration="2h"), chart_config
 
 
 class OperatorProcess:
@@ -125,13 +128,17 @@ class OperatorProcess:
 def run_operator(control_plane, operator_identity, tmp_path):
     started: list[OperatorProcess] = []
 
+    kubeconfig, chart_config = operator_identity
+
     def start(namespace: str, config: dict | None = None) -> OperatorProcess:
-        cfg = json.loads(json.dumps(FAST_CONFIG))
-        for k, v in (config or {}).items():
-            cfg.setdefault(k, {}).update(v) if isinstance(v, dict) else cfg.__setitem__(k, v)
+        # The chart's configuration, with fast reconcile timings (and the test's own overrides).
+        cfg = json.loads(json.dumps(chart_config))
+        for override in (FAST_CONFIG, config or {}):
+            for k, v in override.items():
+                cfg.setdefault(k, {}).update(v) if isinstance(v, dict) else cfg.__setitem__(k, v)
         work = tmp_path / f"operator-{len(started)}"
         work.mkdir()
-        op = OperatorProcess(control_plane, operator_identity, namespace, work, cfg)
+        op = OperatorProcess(control_plane, kubeconfig, namespace, work, cfg)
         started.append(op)
         return op.start()
 
