@@ -217,15 +217,16 @@ def test_namespaced_mode_uses_a_role_in_the_release_namespace():
     roles = operator_roles(objects)
     role = [r for r in roles if r["kind"] == "Role"]
     assert len(role) == 1 and role[0]["metadata"]["namespace"] == "team-a"
-    assert ("", "namespaces") not in grants(role[0]["rules"]), "a namespaced operator does not list namespaces"
+    assert ("", "namespaces") not in grants(role[0]["rules"]), "namespaces are cluster-scoped: the discovery ClusterRole grants them"
     assert not {("", "serviceaccounts"), ("rbac.authorization.k8s.io", "rolebindings")} & set(grants(role[0]["rules"])), \
         "namespaced mode: the chart creates the workloads' identity, the operator needs no RBAC rights"
     config = yaml.safe_load(find(objects, "ConfigMap")[0]["data"]["operator.yaml"])
     assert config["workloads"]["manageServiceAccount"] is False
-    # The only cluster-wide grant: read CRDs (kopf's discovery), nothing else.
+    # The only cluster-wide grant: read CRDs and namespaces (kopf's discovery), nothing else.
     cluster = [r for r in roles if r["kind"] == "ClusterRole"]
     assert len(cluster) == 1 and grants(cluster[0]["rules"]) == {
-        ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+        ("", "namespaces"): {"get", "list", "watch"}}
     rb = find(objects, "RoleBinding", "rel-devops-model")[0]
     assert rb["metadata"]["namespace"] == "team-a" and rb["roleRef"]["kind"] == "Role"
     assert not find(objects, "ClusterRoleBinding", "rel-devops-model")

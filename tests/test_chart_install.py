@@ -1,0 +1,193 @@
+"""The Helm chart on a real control plane (kube-apiserver + etcd + controller-manager, tests/plugins/cluster.py).
+
+    .venv/bin/python -m pytest tests/test_chart_install.py -q
+
+- `helm install` adopts CRDs that were applied with kubectl (the documented migration), installs the
+  release, and `helm upgrade` with a changed CRD (an extra printer column) updates the CRD in place
+  while existing runs survive; `helm uninstall` keeps the CRDs and the runs (resource-policy keep).
+- The chart's RBAC, bound to real ServiceAccounts, in both modes: the operator cannot read Secrets
+  (SelfSubjectAccessReview and a real 403), the workloads cannot create pods or change a spec but can
+  patch a run's status.
+- The operator running with exactly the chart's RBAC and the chart's rendered configuration
+  reconciles a PretrainRun into its children.
+There is no kubelet or scheduler: pods never run, which none of these tests need.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.api_cases import base
+from tests.plugins.chart import CHART, render_chart
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+
+CRD_NAMES = ["pretrainruns", "sftruns", "evalruns", "quantizeruns", "chatdeployments"]
+
+
+def _crd(cp, plural: str) -> dict:
+    return cp.get("customresourcedefinition", f"{plural}.devops-model.io")
+
+
+def _printer_columns(cp, plural: str) -> list[str]:
+    return [c["name"] for c in _crd(cp, plural)["spec"]["versions"][0]["additionalPrinterColumns"]]
+
+
+def _adopt_crds(cp, release: str, namespace: str) -> None:
+    """CRDs applied by `kubectl apply` (as the control-plane fixture does, and as a user may have
+    done before the chart existed) become the release's: Helm adopts objects with its ownership
+    metadata. docs/install.md shows the same two commands."""
+    names = [f"{p}.devops-model.io" for p in CRD_NAMES]
+    cp.kubectl("label", "--overwrite", "customresourcedefinition", *names, "app.kubernetes.io/managed-by=Helm")
+    cp.kubectl("annotate", "--overwrite", "customresourcedefinition", *names,
+               f"meta.helm.sh/release-name={release}", f"meta.helm.sh/release-namespace={namespace}")
+
+
+def test_install_upgrade_with_changed_crd_and_uninstall(control_plane, k8s_namespace, tmp_path):
+    cp, ns, release = control_plane, k8s_namespace, "devops-model"
+    _adopt_crds(cp, release, ns)
+    r = cp.helm("install", release, str(CHART), "--namespace", ns, "--wait=false")
+    notes = r.stdout
+    assert f"kubectl -n {ns} rollout status deployment/devops-model-operator" in notes
+    assert f"kubectl -n {ns} get sftruns -w" in notes
+
+    for plural in CRD_NAMES:
+        crd = _crd(cp, plural)
+        assert crd["metadata"]["labels"]["helm.sh/chart"] == "devops-model-0.1.0"
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    dep = cp.get("deployment", "devops-model-operator", ns)
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "devops-model"
+    assert cp.get("customresourcedefinition", "clusterkopfpeerings.kopf.dev"), "crds/ of the chart installed"
+    assert cp.get("clusterrole", "devops-model-workload")
+
+    # A run that exists before the upgrade must survive it.
+    sft = base("SFTRun")
+    cp.apply(sft, ns)
+
+    # A new chart version whose SFTRun CRD has one more printer column.
+    changed = tmp_path / "devops-model"
+    shutil.copytree(CHART, changed)
+    crd_file = changed / "files" / "crds" / "devops-model.io_sftruns.yaml"
+    # A text edit, not a YAML round trip: PyYAML would write the string default '5e-5' unquoted, and
+    # Go's YAML (helm) reads that as a number.
+    text = crd_file.read_text()
+    marker = "    additionalPrinterColumns:\n"
+    assert text.count(marker) == 1
+    crd_file.write_text(text.replace(marker, marker + "    - name: Upgraded\n      type: string\n"
+                                     "      jsonPath: .spec.finetuning.type\n      description: test column\n"))
+    assert "Upgraded" not in _printer_columns(cp, "sftruns")
+    cp.helm("upgrade", release, str(changed), "--namespace", ns, "--wait=false")
+    assert "Upgraded" in _printer_columns(cp, "sftruns"), "helm upgrade did not upgrade the CRD"
+    table = cp.kubectl("get", "sftruns", "-n", ns).stdout
+    assert "UPGRADED" in table.splitlines()[0] and "lora" in table
+    assert cp.get("sftrun", "sft", ns) is not None
+
+    # Back to the repository's chart: the column goes away again (and other tests see crds/ as committed).
+    cp.helm("upgrade", release, str(CHART), "--namespace", ns, "--wait=false")
+    assert "Upgraded" not in _printer_columns(cp, "sftruns")
+    history = cp.helm("history", release, "--namespace", ns, "-o", "json").stdout
+    assert [h["revision"] for h in json.loads(history)] == [1, 2, 3]
+
+    cp.helm("uninstall", release, "--namespace", ns)
+    assert cp.get("deployment", "devops-model-operator", ns) is None
+    assert all(_crd(cp, p) for p in CRD_NAMES), "CRDs must be kept on uninstall (crds.keep)"
+    assert cp.get("sftrun", "sft", ns) is not None, "runs must survive helm uninstall"
+
+
+def _can(cp, kubeconfig: Path, verb: str, resource: str, namespace: str | None, subresource: str | None = None) -> bool:
+    args = ["auth", "can-i", verb, resource] + (["-n", namespace] if namespace else ["--all-namespaces"])
+    if subresource:
+        args.append(f"--subresource={subresource}")
+    r = cp.kubectl(*args, check=False, kubeconfig=kubeconfig)
+    assert r.stdout.strip() in ("yes", "no"), r.stderr
+    return r.stdout.strip() == "yes"
+
+
+@pytest.mark.parametrize("scope", ["namespaced", "cluster"])
+def test_operator_cannot_read_secrets_and_workloads_cannot_create_pods(scope, control_plane, chart_rbac):
+    cp = control_plane
+    ns = cp.namespace("rbac")
+    other = cp.namespace("other")
+    try:
+        ids = chart_rbac(ns, scope=scope)
+        cp.kubectl("create", "secret", "generic", "hub-token", "-n", ns, "--from-literal=token=hf_secret")
+        op, wl = ids.operator_kubeconfig, ids.workload_kubeconfig
+
+        # The operator: everything it needs, in its namespace ...
+        for verb, res in [("create", "jobs.batch"), ("create", "configmaps"), ("watch", "sftruns.devops-model.io"),
+                          ("create", "pytorchjobs.kubeflow.org"), ("list", "pods"), ("create", "events")]:
+            assert _can(cp, op, verb, res, ns), f"operator cannot {verb} {res}"
+        assert _can(cp, op, "patch", "sftruns.devops-model.io", ns, subresource="status")
+        # ... and no Secrets, no pods of its own, in any mode.
+        for verb in ("get", "list", "watch"):
+            assert not _can(cp, op, verb, "secrets", ns), f"operator can {verb} secrets"
+        assert not _can(cp, op, "create", "pods", ns)
+        denied = cp.kubectl("get", "secret", "hub-token", "-n", ns, "-o", "json", check=False, kubeconfig=op)
+        assert denied.returncode != 0 and "Forbidden" in denied.stderr and "secrets" in denied.stderr
+        # Namespaced mode stays in its namespace; cluster mode reaches the others (still without Secrets).
+        assert _can(cp, op, "create", "jobs.batch", other) is (scope == "cluster")
+        assert not _can(cp, op, "get", "secrets", other)
+        assert _can(cp, op, "list", "namespaces", None), "kopf follows namespaces in both modes"
+        assert not _can(cp, op, "delete", "namespaces", None)
+
+        # The workloads: read their run and patch its status, nothing else.
+        cp.apply(base("EvalRun"), ns)
+        assert not _can(cp, wl, "create", "pods", ns)
+        assert not _can(cp, wl, "get", "secrets", ns)
+        assert not _can(cp, wl, "patch", "evalruns.devops-model.io", ns), "workloads must not change a spec"
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "escape", "namespace": ns},
+               "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+        denied = cp.apply(pod, ns, check=False, kubeconfig=wl)
+        assert denied.returncode != 0 and "Forbidden" in denied.stderr and "pods" in denied.stderr
+        patched = cp.kubectl("patch", "evalrun", "ev", "-n", ns, "--subresource=status", "--type=merge",
+                             "-p", json.dumps({"status": {"summary": "from the workload"}}), check=False, kubeconfig=wl)
+        assert patched.returncode == 0, patched.stderr
+        assert cp.get("evalrun", "ev", ns)["status"]["summary"] == "from the workload"
+    finally:
+        cp.delete_namespace(ns)
+        cp.delete_namespace(other)
+
+
+def test_operator_with_the_charts_rbac_reconciles_a_run(control_plane, chart_rbac, tmp_path):
+    """`devops-model operator` authenticated as the chart's operator ServiceAccount (namespaced mode,
+    no admin credentials) with the configuration file the chart renders: a PretrainRun becomes its spec
+    ConfigMap and PyTorchJob, and the run's status says so."""
+    from tests.plugins.operator import OperatorProcess
+
+    cp = control_plane
+    ns = cp.namespace("reconcile")
+    op = None
+    try:
+        ids = chart_rbac(ns, scope="namespaced")
+        objects = render_chart(set_values=("scope.mode=namespaced",), namespace=ns, release=ids.release)
+        config = yaml.safe_load(next(o for o in objects if o["kind"] == "ConfigMap")["data"]["operator.yaml"])
+        # Only timing changes for the test: the reconcile loop looks every second.
+        config["reconcile"].update({"requeueSeconds": 1, "watchdogIntervalSeconds": 5, "restartBackoffSeconds": 0})
+        work = tmp_path / "operator"
+        work.mkdir()
+        op = OperatorProcess(cp, ids.operator_kubeconfig, ns, work, config).start()
+        with urllib.request.urlopen(f"http://127.0.0.1:{op.health_port}/healthz", timeout=5) as r:
+            assert r.status == 200, "the chart's liveness probe path must answer"
+
+        run = base("PretrainRun")
+        cp.apply(run, ns)
+        job = cp.wait_for(lambda: cp.get("pytorchjob", "pt-train", ns), timeout=90,
+                          message=lambda: f"PyTorchJob pt-train; operator log:\n{op.tail()}")
+        assert job["metadata"]["ownerReferences"][0]["kind"] == "PretrainRun"
+        assert cp.get("configmap", "pt-spec", ns) is not None
+        pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+        assert pod["serviceAccountName"] == "devops-model-workload"
+        status = cp.wait_for(lambda: (cp.get("pretrainrun", "pt", ns) or {}).get("status", {}).get("conditions"),
+                             timeout=60, message="conditions on the PretrainRun")
+        assert status, status
+        assert "Forbidden" not in op.tail(400), f"the operator hit a permission the chart does not grant:\n{op.tail()}"
+    finally:
+        if op is not None:
+            op.stop()
+        cp.delete_namespace(ns)
