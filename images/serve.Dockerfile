@@ -1,0 +1,53 @@
+# syntax=docker/dockerfile:1.7
+# The built-in chat server (ChatDeployment engine.name: builtin): `devops-model serve`, an
+# OpenAI-compatible API with streaming, /health, /metrics and the web chat (docs/serving.md).
+#
+#   docker build -f images/serve.Dockerfile -t ghcr.io/devops-model/serve:0.1.0 .
+#
+# CUDA comes with torch's wheels (nvidia-* packages in the lock file), so the runtime base is enough:
+# nothing is compiled. Python packages: images/requirements/serve.txt, generated from pyproject.toml's
+# serve extra by images/requirements.py (tests/test_images.py checks it).
+# Pods run it as UID 1000 with a read-only root file system.
+
+ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
+
+FROM ${CUDA_RUNTIME_IMAGE} AS build
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.12 python3.12-venv \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3.12 -m venv /opt/venv && /opt/venv/bin/pip install uv==0.13.9
+COPY images/requirements/serve.txt /tmp/requirements.txt
+RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python --no-cache -r /tmp/requirements.txt
+COPY pyproject.toml README.md /src/
+COPY devops_model /src/devops_model
+COPY operator /src/operator
+COPY workloads /src/workloads
+RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python --no-cache --no-deps /src \
+    && /opt/venv/bin/pip uninstall -y uv \
+    && /opt/venv/bin/python -m compileall -q /opt/venv/lib/python3.12/site-packages/devops_model \
+       /opt/venv/lib/python3.12/site-packages/devops_workloads
+
+FROM ${CUDA_RUNTIME_IMAGE}
+LABEL org.opencontainers.image.title="devops-model serve" \
+      org.opencontainers.image.description="Built-in OpenAI-compatible chat server of the DevOps-Model platform" \
+      org.opencontainers.image.source="https://github.com/devops-model/devops-model" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.12 libgomp1 ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /opt/venv /opt/venv
+RUN usermod --login devops-model --home /tmp --shell /usr/sbin/nologin ubuntu \
+    && groupmod --new-name devops-model ubuntu
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    HF_HUB_DISABLE_TELEMETRY=1
+USER 1000:1000
+WORKDIR /tmp
+EXPOSE 8000
+ENTRYPOINT ["devops-model"]
+# The operator sets the command and arguments; this default serves a model mounted at /models/model.
+CMD ["serve", "--model", "/models/model", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,61 @@
+# syntax=docker/dockerfile:1.7
+# The workload image: continued pretraining, SFT (torchrun, DeepSpeed, peft), exam evaluation and
+# GPTQ int4 quantization (GPTQModel). The operator runs `devops-model run -f /etc/devops-model/resource.yaml`
+# in it (under torchrun for distributed training).
+#
+#   docker build -f images/workload.Dockerfile -t ghcr.io/devops-model/workload:0.1.0 .
+#
+# CUDA: torch's wheels bring their own CUDA runtime (nvidia-* packages in the lock file); the base
+# image's CUDA major matches them, and its compiler (devel stage) builds GPTQModel's and DeepSpeed's
+# kernels. Python packages: images/requirements/workload.txt, generated from pyproject.toml's
+# train, eval and quantize extras by images/requirements.py (tests/test_images.py checks it).
+# Pods run it as UID 1000 with a read-only root file system: /tmp, the cache and /dev/shm are volumes.
+
+ARG CUDA_DEVEL_IMAGE=nvidia/cuda:13.0.2-cudnn-devel-ubuntu24.04
+ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
+
+FROM ${CUDA_DEVEL_IMAGE} AS build
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.12 python3.12-venv python3.12-dev build-essential ninja-build git \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3.12 -m venv /opt/venv && /opt/venv/bin/pip install uv==0.13.9
+COPY images/requirements/workload.txt /tmp/requirements.txt
+# GPTQModel compiles CUDA kernels against the installed torch, so it builds without isolation;
+# TORCH_CUDA_ARCH_LIST covers A100 (8.0), L40S/4090 (8.9), H100/H200 (9.0) and B200 (10.0).
+ENV TORCH_CUDA_ARCH_LIST="8.0;8.9;9.0;10.0" MAX_JOBS=8
+RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python --no-cache \
+        -r /tmp/requirements.txt --no-build-isolation-package gptqmodel
+COPY pyproject.toml README.md /src/
+COPY devops_model /src/devops_model
+COPY operator /src/operator
+COPY workloads /src/workloads
+RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python --no-cache --no-deps /src \
+    && /opt/venv/bin/pip uninstall -y uv \
+    && /opt/venv/bin/python -m compileall -q /opt/venv/lib/python3.12/site-packages/devops_model \
+       /opt/venv/lib/python3.12/site-packages/devops_workloads
+
+FROM ${CUDA_RUNTIME_IMAGE}
+LABEL org.opencontainers.image.title="devops-model workload" \
+      org.opencontainers.image.description="Training, evaluation and quantization of the DevOps-Model platform" \
+      org.opencontainers.image.source="https://github.com/devops-model/devops-model" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV DEBIAN_FRONTEND=noninteractive
+# The interpreter (the venv links to it) and libgomp for torch's CPU ops; nothing else.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.12 libgomp1 ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /opt/venv /opt/venv
+# UID 1000: the operator config's workloads.runAsUser. Ubuntu's images already have UID 1000 (ubuntu);
+# it is renamed rather than duplicated.
+RUN usermod --login devops-model --home /tmp --shell /usr/sbin/nologin ubuntu \
+    && groupmod --new-name devops-model ubuntu
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    HF_HUB_DISABLE_TELEMETRY=1
+USER 1000:1000
+WORKDIR /tmp
+ENTRYPOINT ["devops-model"]
+CMD ["run", "-f", "/etc/devops-model/resource.yaml"]
