@@ -25,8 +25,18 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES_DIR = REPO / "images"
-sys.path.insert(0, str(IMAGES_DIR))
-import requirements as image_requirements  # noqa: E402  (images/requirements.py)
+
+def _load_image_requirements():
+    """images/requirements.py under a name that cannot clash with an installed `requirements` package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("devops_model_image_requirements", IMAGES_DIR / "requirements.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+image_requirements = _load_image_requirements()
 
 DOCKERFILES = {p.name.split(".")[0]: p for p in sorted(IMAGES_DIR.glob("*.Dockerfile"))}
 INSTRUCTIONS = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME", "USER",

@@ -252,18 +252,26 @@ def _render(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def variant_files(tmp_path_factory) -> dict[str, Path]:
+def variant_children(tmp_path_factory) -> dict[str, list[dict]]:
+    """The children of every variant, rendered in one `devops-model render` call (one process start)."""
     d = tmp_path_factory.mktemp("variants")
-    files = {}
+    out = {}
     for name, res in _variants():
-        files[name] = d / f"{name}.yaml"
-        files[name].write_text(yaml.safe_dump(res))
-    return files
+        res["metadata"]["name"] = name.lower()  # distinct names, so children can be told apart
+        res["metadata"]["namespace"] = "team-a"
+        (d / f"{name}.yaml").write_text(yaml.safe_dump(res))
+    every = d / "all.yaml"
+    every.write_text("---\n".join((d / f"{name}.yaml").read_text() for name, _ in _variants()))
+    children = _render(every)
+    for name, _ in _variants():
+        out[name] = [o for o in children if o["metadata"].get("labels", {}).get("devops-model.io/run") == name.lower()]
+    return out
 
 
 @pytest.mark.parametrize("variant", [name for name, _ in _variants()])
-def test_children_of_every_kind_are_restricted(variant, variant_files):
-    children = _render(variant_files[variant])
+def test_children_of_every_kind_are_restricted(variant, variant_children):
+    children = variant_children[variant]
+    assert children, f"{variant}: rendered no children"
     assert any(True for o in children for _ in pod_specs(o)) or any(o["kind"] == "TrainJob" for o in children), \
         f"{variant}: no pod template among {[o['kind'] for o in children]}"
     assert [v for o in children for v in check_manifest(o)] == []
@@ -276,15 +284,38 @@ def test_children_of_every_example_are_restricted(example):
     assert [v for o in children for v in check_manifest(o)] == []
 
 
-def test_secrets_reach_pods_by_reference_only(variant_files):
+def _containers(obj: dict) -> Iterator[dict]:
+    for _, spec in pod_specs(obj):
+        yield from spec.get("containers", [])
+    if obj.get("kind") == "TrainJob":
+        yield obj["spec"]["trainer"]
+
+
+def test_secrets_reach_pods_by_reference_only(variant_children):
     """No child carries secret material: credentials are secretKeyRef/secretRef names, and no Secret
     object is ever created by the operator."""
-    for name, path in variant_files.items():
-        for obj in _render(path):
+    for name, children in variant_children.items():
+        for obj in children:
             assert obj["kind"] != "Secret", f"{name}: the operator must not create Secrets"
-            for _, spec in pod_specs(obj):
-                for c in spec.get("containers", []):
-                    for e in c.get("env") or []:
-                        low = e["name"].lower()
-                        if any(w in low for w in ("token", "secret", "password", "api_key", "apikey")):
-                            assert "value" not in e, f"{name}: env {e['name']} carries a literal value; use valueFrom.secretKeyRef"
+            for c in _containers(obj):
+                for e in c.get("env") or []:
+                    low = e["name"].lower()
+                    if any(w in low for w in ("token", "secret", "password", "api_key", "apikey")):
+                        assert "value" not in e, f"{name}: env {e['name']} carries a literal value; use valueFrom.secretKeyRef"
+
+
+def _mentions_remote_code(obj: dict) -> bool:
+    text = yaml.safe_dump([c.get("command", []) + c.get("args", []) for c in _containers(obj)]).lower()
+    env = [e for c in _containers(obj) for e in c.get("env") or [] if "REMOTE_CODE" in e["name"].upper()]
+    return "trust-remote-code" in text or "trust_remote_code" in text or any(e.get("value") in ("1", "true", "True") for e in env)
+
+
+def test_trust_remote_code_only_when_the_resource_asks(variant_children, tmp_path):
+    for name, children in variant_children.items():
+        assert not any(_mentions_remote_code(o) for o in children), f"{name}: remote code trusted by default"
+    # And the switch is honoured when asked for (so the check above can see it).
+    chat = base("ChatDeployment")
+    chat["spec"]["engine"] = {"name": "builtin"}
+    chat["spec"]["model"]["trustRemoteCode"] = True
+    (tmp_path / "chat.yaml").write_text(yaml.safe_dump(chat))
+    assert any(_mentions_remote_code(o) for o in _render(tmp_path / "chat.yaml"))
