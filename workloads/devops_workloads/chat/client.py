@@ -16,6 +16,7 @@ gone). ``history`` is the seed's list of ``(query, response)`` pairs.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 History = list[tuple[str, str]]
@@ -102,7 +103,9 @@ class ChatClient:
             tgi_params["max_new_tokens"] = tgi_params.pop("max_tokens")
         stop = tgi_params.pop("stop", None) or []
         stop = [stop] if isinstance(stop, str) else list(stop)
-        for piece in self._tgi.text_generation(render_chatml(messages), stream=True, stop=stop + [IM_END], **tgi_params):
+        with _endpoint_not_hub():
+            pieces = self._tgi.text_generation(render_chatml(messages), stream=True, stop=stop + [IM_END], **tgi_params)
+        for piece in pieces:
             # TGI streams the stop sequence itself as the last token; the answer ends before it.
             if piece == IM_END:
                 break
@@ -114,6 +117,22 @@ class ChatClient:
         if self.api == "tgi" and response.endswith(IM_END):
             response = response[: -len(IM_END)]
         return response, [tuple(p) for p in history] + [(query, response)]
+
+
+@contextmanager
+def _endpoint_not_hub():
+    """Let InferenceClient reach an explicit TGI URL while HF_HUB_OFFLINE=1 (set in pods and tests so that
+    nothing is downloaded from the Hub): that flag blocks every request of huggingface_hub's session,
+    but a TGI server the user named is not the Hub. The request is sent inside this block; the stream
+    is read after it."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = False
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 def chat(query: str, history: Sequence[Sequence[str]] = (), url: str = "http://127.0.0.1:8000", **kwargs: Any) -> tuple[str, History]:

@@ -244,6 +244,7 @@ def create_app(config: ServerConfig, engine: BatchingEngine | None = None) -> Fa
             frequency_penalty=body.frequency_penalty or 0.0,
             stop=list(body.stop or []),
             seed=body.seed,
+            ignore_eos=body.ignore_eos,
         )
 
     async def events(eng: BatchingEngine, ids: list[int], params: SamplingParams, route: str) -> AsyncIterator[Event]:
@@ -513,7 +514,8 @@ def create_app(config: ServerConfig, engine: BatchingEngine | None = None) -> Fa
             return JSONResponse({"status": "loading", "model": name}, status_code=503)
         if not eng.alive:
             return JSONResponse({"status": "failed", "error": eng.failed or "the batching loop stopped"}, status_code=503)
-        return {"status": "ok", "model": name, "running": eng.running, "waiting": eng.queue_depth}
+        return {"status": "ok", "model": name, "running": eng.running, "waiting": eng.queue_depth,
+                "inFlight": state.in_flight}
 
     @app.get("/metrics")
     async def metrics():

@@ -52,6 +52,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    #: Keep generating past end-of-sequence tokens (vLLM's ignore_eos; benchmarks and load tests).
+    ignore_eos: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -413,7 +415,8 @@ class BatchingEngine:
             r.first_token_at = time.monotonic()
         p = r.params
         finish = None
-        if token in self.eos_ids:
+        is_eos = token in self.eos_ids and not p.ignore_eos
+        if is_eos:
             finish = "stop"
         else:
             r.generated.append(token)
@@ -446,6 +449,6 @@ class BatchingEngine:
             ev.finish_reason = finish
             ev.full_text = visible
             ev.prompt_tokens = len(r.prompt_ids)
-            ev.completion_tokens = len(r.generated) + (1 if token in self.eos_ids else 0)
+            ev.completion_tokens = len(r.generated) + (1 if is_eos else 0)
         r.sink(ev)
         return finish is not None

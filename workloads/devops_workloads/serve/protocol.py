@@ -107,6 +107,7 @@ class SamplingFields(_Body):
     stop: Stop = None
     seed: Optional[int] = Field(default=None, ge=0, le=2**63 - 1)
     n: Optional[int] = Field(default=None, ge=1, le=1)
+    ignore_eos: bool = Field(default=False, description="vLLM's extension: generate max_tokens tokens whatever comes")
     stream: bool = False
     stream_options: Optional[dict[str, Any]] = None
     user: Optional[str] = None
@@ -136,11 +137,13 @@ class SamplingFields(_Body):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1, max_length=1024)
 
-    @model_validator(mode="after")
-    def _last_is_user(self):
-        if self.messages[-1].role != "user":
-            raise ValueError(f"the last message must come from the user (got role {self.messages[-1].role!r})")
-        return self
+    @field_validator("messages")
+    @classmethod
+    def _last_is_user(cls, v):
+        # as the seed's api_demo: the model answers the user's last message
+        if v[-1].role != "user":
+            raise ValueError(f"the last message must come from the user (got role {v[-1].role!r})")
+        return v
 
 
 class CompletionRequest(SamplingFields):

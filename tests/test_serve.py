@@ -1,0 +1,344 @@
+"""The built-in server over real HTTP on loopback, with the tiny models.
+
+Every test talks to a real ``devops-model serve`` process (uvicorn, the batching engine, the tiny
+model) through the clients users use: ``openai``, ``huggingface_hub.InferenceClient`` and raw
+``httpx`` for what those clients would refuse to send. Greedy decoding (the tiny model's
+generation_config) makes answers reproducible, so batched, streamed and plain answers can be
+compared with ``transformers``' own ``generate``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import re
+
+import httpx
+import openai
+import pytest
+from huggingface_hub import InferenceClient
+
+from tests.plugins.serve import API_KEY, LINEAGE
+
+
+def sse_events(response: httpx.Response) -> list:
+    """The data: payloads of an SSE response, JSON-decoded ([DONE] kept as the string)."""
+    out = []
+    for line in response.iter_lines():
+        if line.startswith("data:"):
+            data = line[5:].strip()
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def client_for(server, key=None) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=key or "none", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_qwen):
+    """Greedy answers straight from transformers' generate, to compare the server with."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen, dtype=torch.float32).eval()
+
+    def answer(messages, max_new_tokens):
+        prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.inference_mode():
+            out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True), ids.shape[1]
+
+    return answer
+
+
+# ----------------------------------------------------------------------------- OpenAI API
+
+
+def test_models_and_health(bpe_server):
+    models = client_for(bpe_server).models.list()
+    assert [m.id for m in models.data] == ["tiny-bpe"]
+    r = httpx.get(bpe_server.url + "/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_chat_non_stream_matches_generate_with_chinese_and_history(qwen_server, reference):
+    client = client_for(qwen_server, API_KEY)
+    messages = [
+        {"role": "system", "content": "你是一个 DevOps 助手。"},
+        {"role": "user", "content": "什么是 Kubernetes 的 Pod？"},
+        {"role": "assistant", "content": "Pod 是 Kubernetes 中最小的调度单元。"},
+        {"role": "user", "content": "How do I restart a Deployment?"},
+    ]
+    res = client.chat.completions.create(model="tiny-qwen", messages=messages, max_tokens=12)
+    expected, prompt_tokens = reference(messages, 12)
+    assert res.choices[0].message.content == expected
+    assert res.choices[0].message.role == "assistant"
+    assert res.choices[0].finish_reason in ("stop", "length")
+    # usage counts the chat-templated prompt (system + history + question) exactly
+    assert res.usage.prompt_tokens == prompt_tokens
+    assert res.usage.completion_tokens >= 1
+    assert res.usage.total_tokens == res.usage.prompt_tokens + res.usage.completion_tokens
+    # the history changes the prompt, and so the usage
+    short = client.chat.completions.create(model="tiny-qwen", messages=messages[-1:], max_tokens=1)
+    assert short.usage.prompt_tokens < res.usage.prompt_tokens
+
+
+def test_chat_stream_equals_non_stream_and_ends_with_done(bpe_server):
+    body = {"messages": [{"role": "user", "content": "Kubernetes schedules pods"}], "max_tokens": 16}
+    plain = httpx.post(bpe_server.url + "/v1/chat/completions", json=body, timeout=60).json()
+    with httpx.stream("POST", bpe_server.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    pieces = [c["choices"][0]["delta"].get("content", "") for c in chunks]
+    assert sum(1 for p in pieces if p) > 1, "the answer must arrive in several pieces"
+    assert chunks[-1]["choices"][0]["delta"] == {} and chunks[-1]["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
+    assert "".join(pieces) == plain["choices"][0]["message"]["content"]
+
+
+def test_openai_client_streaming_with_usage(bpe_server):
+    stream = client_for(bpe_server).chat.completions.create(
+        model="tiny-bpe", messages=[{"role": "user", "content": "hello"}], max_tokens=8, stream=True,
+        stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+    assert text
+
+
+def test_completions_stream_and_not(bpe_server):
+    client = client_for(bpe_server)
+    res = client.completions.create(model="tiny-bpe", prompt="kubectl get pods -A lists", max_tokens=10)
+    assert res.object == "text_completion" and res.usage.completion_tokens >= 1
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="tiny-bpe", prompt="kubectl get pods -A lists", max_tokens=10, stream=True))
+    assert streamed == res.choices[0].text and streamed
+
+
+def test_stop_words_cut_the_answer_in_both_modes(bpe_server):
+    client = client_for(bpe_server)
+    messages = [{"role": "user", "content": "Prometheus scrapes metrics over HTTP"}]
+    full = client.chat.completions.create(model="tiny-bpe", messages=messages, max_tokens=24,
+                                          extra_body={"ignore_eos": True}).choices[0].message.content
+    assert len(full) > 6, full
+    stop = full[len(full) // 2: len(full) // 2 + 3]
+    cut = full[: full.index(stop)]
+    res = client.chat.completions.create(model="tiny-bpe", messages=messages, max_tokens=24, stop=[stop, "never-there"],
+                                         extra_body={"ignore_eos": True})
+    assert res.choices[0].message.content == cut
+    assert res.choices[0].finish_reason == "stop"
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="tiny-bpe", messages=messages, max_tokens=24, stop=stop, stream=True, extra_body={"ignore_eos": True}))
+    assert streamed == cut, "no part of the stop word may leak into the stream"
+
+
+def test_sampling_is_seeded_and_parameters_apply(bpe_server):
+    client = client_for(bpe_server)
+    kw = dict(model="tiny-bpe", messages=[{"role": "user", "content": "DevOps"}], max_tokens=12, temperature=1.5,
+              top_p=0.95, seed=7, extra_body={"ignore_eos": True, "top_k": 200})
+    a = client.chat.completions.create(**kw).choices[0].message.content
+    b = client.chat.completions.create(**kw).choices[0].message.content
+    assert a == b, "the same seed gives the same sample"
+    others = {client.chat.completions.create(**{**kw, "seed": s}).choices[0].message.content for s in (1, 2, 3)}
+    assert len(others | {a}) > 1, "different seeds sample differently at temperature 1.5"
+
+
+def test_concurrent_requests_are_batched_and_match_sequential(bpe_server):
+    prompts = ["Kubernetes", "Prometheus scrapes", "CI/CD 流水线", "kubectl describe"]
+    body = lambda p: {"messages": [{"role": "user", "content": p}], "max_tokens": 20, "ignore_eos": True}
+    sequential = [httpx.post(bpe_server.url + "/v1/chat/completions", json=body(p), timeout=60).json() for p in prompts]
+
+    def steps():
+        m = httpx.get(bpe_server.url + "/metrics").text
+        count = float(re.search(r"^devops_model_batch_size_count (\S+)$", m, re.M).group(1))
+        total = float(re.search(r"^devops_model_batch_size_sum (\S+)$", m, re.M).group(1))
+        return count, total
+
+    c0, s0 = steps()
+    with cf.ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(lambda p: httpx.post(bpe_server.url + "/v1/chat/completions", json=body(p), timeout=60).json(), prompts))
+    c1, s1 = steps()
+    assert [r["choices"][0]["message"]["content"] for r in together] == [r["choices"][0]["message"]["content"] for r in sequential]
+    # 4 × 20 tokens took fewer forward steps than 80: sequences shared steps
+    assert (s1 - s0) / (c1 - c0) > 1.5, f"mean batch size {(s1 - s0) / (c1 - c0):.2f}"
+
+
+def test_overload_gets_429_and_the_server_recovers(bpe_server):
+    """4 long streams fill --max-concurrency 4; the 5th request is refused at once, not queued."""
+    url = bpe_server.url + "/v1/chat/completions"
+    body = {"messages": [{"role": "user", "content": "long"}], "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    with httpx.Client(timeout=60) as http:
+        streams = [http.stream("POST", url, json=body) for _ in range(4)]
+        responses = [s.__enter__() for s in streams]
+        # keep the line iterators referenced: a dropped httpx iterator closes its connection
+        readers = [r.iter_lines() for r in responses]
+        try:
+            for r, lines in zip(responses, readers):  # each stream has started: all 4 are admitted
+                assert r.status_code == 200
+                assert next(lines).startswith("data:")
+            assert httpx.get(bpe_server.url + "/health").json()["inFlight"] == 4
+            refused = httpx.post(url, json={**body, "stream": False, "max_tokens": 4}, timeout=30)
+            assert refused.status_code == 429
+            assert refused.headers.get("retry-after") == "1"
+            err = refused.json()["error"]
+            assert err["type"] == "rate_limit_error" and "--max-concurrency 4" in err["message"]
+            tgi = httpx.post(bpe_server.url + "/generate", json={"inputs": "x"}, timeout=30)
+            assert tgi.status_code == 429 and tgi.json()["error_type"] == "overloaded"
+        finally:
+            for s in streams:  # the clients go away mid-answer: the server drops those sequences
+                s.__exit__(None, None, None)
+    ok = None
+    for _ in range(100):
+        ok = httpx.post(url, json={**body, "stream": False, "max_tokens": 4}, timeout=30)
+        if ok.status_code == 200:
+            break
+        import time
+        time.sleep(0.1)
+    assert ok.status_code == 200
+    metrics = httpx.get(bpe_server.url + "/metrics").text
+    assert re.search(r"^devops_model_rejected_total [1-9]", metrics, re.M)
+    health = httpx.get(bpe_server.url + "/health").json()
+    assert health["status"] == "ok"
+
+
+# ----------------------------------------------------------------------------- TGI API
+
+
+def test_tgi_routes_with_inference_client(qwen_server, monkeypatch):
+    from huggingface_hub import constants
+
+    # HF_HUB_OFFLINE=1 (no Hub downloads in tests) also blocks explicit endpoint URLs; this is loopback.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    client = InferenceClient(model=qwen_server.url, token=API_KEY)
+    text = client.text_generation("什么是 DevOps？", max_new_tokens=8)
+    details = client.text_generation("什么是 DevOps？", max_new_tokens=8, details=True)
+    assert details.generated_text == text
+    assert details.details.finish_reason in ("length", "eos_token", "stop_sequence")
+    assert details.details.generated_tokens == len(details.details.tokens)
+    pieces = list(client.text_generation("什么是 DevOps？", max_new_tokens=8, stream=True, details=True))
+    assert pieces[-1].generated_text == text
+    assert "".join(p.token.text for p in pieces) == text
+    assert all(p.generated_text is None for p in pieces[:-1])
+
+
+def test_tgi_generate_and_generate_stream_raw(bpe_server):
+    r = httpx.post(bpe_server.url + "/generate", json={"inputs": "Kubernetes", "parameters": {"max_new_tokens": 6, "details": True}})
+    assert r.status_code == 200
+    out = r.json()
+    assert out["details"]["generated_tokens"] == len(out["details"]["tokens"])
+    with httpx.stream("POST", bpe_server.url + "/generate_stream", json={"inputs": "Kubernetes", "parameters": {"max_new_tokens": 6}}) as s:
+        events = sse_events(s)
+    assert "[DONE]" not in events, "TGI streams end with the event that carries generated_text"
+    assert events[-1]["generated_text"] == out["generated_text"]
+    assert events[-1]["details"]["finish_reason"] == out["details"]["finish_reason"]
+
+
+# ----------------------------------------------------------------------------- API key, info, metrics
+
+
+def test_api_key_is_required_where_it_should_be(qwen_server):
+    url = qwen_server.url
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert httpx.post(url + "/v1/chat/completions", json=body).status_code == 401
+    wrong = httpx.post(url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(url + "/v1/models").status_code == 401
+    assert httpx.post(url + "/generate", json={"inputs": "x"}).status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        client_for(qwen_server, "wrong").models.list()
+    ok = httpx.post(url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+    assert ok.status_code == 200
+    # probes and scraping never need the key; the page itself neither (it asks for the key)
+    assert httpx.get(url + "/health").status_code == 200
+    assert httpx.get(url + "/metrics").status_code == 200
+    assert httpx.get(url + "/").status_code == 200
+
+
+def test_info_carries_lineage_and_scores(bpe_server):
+    info = httpx.get(bpe_server.url + "/v1/info").json()
+    assert info["model"] == "tiny-bpe" and info["engine"] == "builtin" and info["maxConcurrency"] == 4
+    assert info["lineage"] == LINEAGE["lineage"] and info["scores"] == LINEAGE["scores"]
+
+
+def test_metrics_count_requests_and_tokens(bpe_server):
+    httpx.post(bpe_server.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "m"}], "max_tokens": 3})
+    m = httpx.get(bpe_server.url + "/metrics").text
+    assert re.search(r'^devops_model_requests_total\{route="/v1/chat/completions",status="200"\} [1-9]', m, re.M)
+    assert re.search(r"^devops_model_generation_tokens_total [1-9]", m, re.M)
+    assert re.search(r"^devops_model_prompt_tokens_total [1-9]", m, re.M)
+    assert re.search(r"^devops_model_time_to_first_token_seconds_count [1-9]", m, re.M)
+    assert re.search(r'^devops_model_request_seconds_count\{route="/v1/chat/completions"\} [1-9]', m, re.M)
+    assert re.search(r"^devops_model_queue_depth 0", m, re.M)
+
+
+# ----------------------------------------------------------------------------- malformed requests
+
+CHAT = "/v1/chat/completions"
+USER = [{"role": "user", "content": "hi"}]
+
+# (id, route, raw body or JSON, expected status, parameter the error must name)
+MALFORMED = [
+    ("not-json", CHAT, b"{not json", 400, None),
+    ("empty-body", CHAT, b"", 400, None),
+    ("body-is-a-list", CHAT, [1, 2], 400, None),
+    ("no-messages", CHAT, {"model": "tiny-bpe"}, 400, "messages"),
+    ("empty-messages", CHAT, {"messages": []}, 400, "messages"),
+    ("bad-role", CHAT, {"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role"),
+    ("content-not-text", CHAT, {"messages": [{"role": "user", "content": 42}]}, 400, "messages[0].content"),
+    ("last-not-user", CHAT, {"messages": [*USER, {"role": "assistant", "content": "x"}]}, 400, "messages"),
+    ("temperature-too-high", CHAT, {"messages": USER, "temperature": 5}, 400, "temperature"),
+    ("temperature-not-number", CHAT, {"messages": USER, "temperature": "hot"}, 400, "temperature"),
+    ("top-p-zero", CHAT, {"messages": USER, "top_p": 0}, 400, "top_p"),
+    ("top-k-negative", CHAT, {"messages": USER, "top_k": -5}, 400, "top_k"),
+    ("max-tokens-zero", CHAT, {"messages": USER, "max_tokens": 0}, 400, "max_tokens"),
+    ("max-tokens-past-context", CHAT, {"messages": USER, "max_tokens": 100000}, 400, "max_tokens"),
+    ("n-two", CHAT, {"messages": USER, "n": 2}, 400, "n"),
+    ("too-many-stops", CHAT, {"messages": USER, "stop": [str(i) for i in range(9)]}, 400, "stop"),
+    ("empty-stop", CHAT, {"messages": USER, "stop": ""}, 400, "stop"),
+    ("presence-penalty", CHAT, {"messages": USER, "presence_penalty": 3}, 400, "presence_penalty"),
+    ("stream-not-bool", CHAT, {"messages": USER, "stream": "yes"}, 400, "stream"),
+    ("unknown-model", CHAT, {"messages": USER, "model": "gpt-4"}, 404, "model"),
+    ("prompt-too-long", CHAT, {"messages": [{"role": "user", "content": "kubectl " * 3000}]}, 400, "messages"),
+    ("completion-no-prompt", "/v1/completions", {"max_tokens": 3}, 400, "prompt"),
+    ("completion-two-prompts", "/v1/completions", {"prompt": ["a", "b"]}, 400, "prompt"),
+    ("tgi-no-inputs", "/generate", {"parameters": {}}, 422, None),
+    ("tgi-bad-top-p", "/generate", {"inputs": "x", "parameters": {"top_p": 2}}, 422, None),
+    ("tgi-negative-tokens", "/generate_stream", {"inputs": "x", "parameters": {"max_new_tokens": -1}}, 422, None),
+    ("tgi-grammar", "/generate", {"inputs": "x", "parameters": {"grammar": {"type": "json"}}}, 422, None),
+]
+
+
+@pytest.mark.parametrize("case", MALFORMED, ids=[c[0] for c in MALFORMED])
+def test_malformed_request_gets_4xx_naming_the_parameter(bpe_server, case):
+    _id, route, body, status, param = case
+    kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+    r = httpx.post(bpe_server.url + route, timeout=30, **kw)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    if route.startswith("/v1"):
+        assert err["param"] == param, err
+        if param:
+            assert err["message"].startswith(param.split("[")[0]), err["message"]
+    else:
+        field = {"tgi-no-inputs": "inputs", "tgi-bad-top-p": "parameters.top_p",
+                 "tgi-negative-tokens": "parameters.max_new_tokens", "tgi-grammar": "grammar"}[_id]
+        assert field in err, err
+        assert r.json()["error_type"] == "validation"
+
+
+def test_server_is_healthy_after_malformed_requests(bpe_server):
+    for _id, route, body, _status, _param in MALFORMED:
+        kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+        assert 400 <= httpx.post(bpe_server.url + route, timeout=30, **kw).status_code < 500
+    assert httpx.get(bpe_server.url + "/health").json()["status"] == "ok"
+    r = httpx.post(bpe_server.url + CHAT, json={"messages": USER, "max_tokens": 3}, timeout=30)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+    assert bpe_server.proc.poll() is None
+    assert "Traceback" not in bpe_server.log.read_text()
