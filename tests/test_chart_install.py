@@ -50,21 +50,22 @@ def _adopt_crds(cp, release: str, namespace: str) -> None:
 
 
 def test_install_upgrade_with_changed_crd_and_uninstall(control_plane, k8s_namespace, tmp_path):
-    cp, ns, release = control_plane, k8s_namespace, "devops-model"
+    # Not "devops-model": cluster-scoped names (ClusterRoles) must not clash with other tests' objects.
+    cp, ns, release = control_plane, k8s_namespace, "dm-install"
     _adopt_crds(cp, release, ns)
     r = cp.helm("install", release, str(CHART), "--namespace", ns, "--wait=false")
     notes = r.stdout
-    assert f"kubectl -n {ns} rollout status deployment/devops-model-operator" in notes
+    assert f"kubectl -n {ns} rollout status deployment/dm-install-devops-model-operator" in notes
     assert f"kubectl -n {ns} get sftruns -w" in notes
 
     for plural in CRD_NAMES:
         crd = _crd(cp, plural)
         assert crd["metadata"]["labels"]["helm.sh/chart"] == "devops-model-0.1.0"
         assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    dep = cp.get("deployment", "devops-model-operator", ns)
-    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "devops-model"
+    dep = cp.get("deployment", "dm-install-devops-model-operator", ns)
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "dm-install-devops-model"
     assert cp.get("customresourcedefinition", "clusterkopfpeerings.kopf.dev"), "crds/ of the chart installed"
-    assert cp.get("clusterrole", "devops-model-workload")
+    assert cp.get("clusterrole", "dm-install-devops-model-workload")
 
     # A run that exists before the upgrade must survive it.
     sft = base("SFTRun")
@@ -95,7 +96,7 @@ def test_install_upgrade_with_changed_crd_and_uninstall(control_plane, k8s_names
     assert [h["revision"] for h in json.loads(history)] == [1, 2, 3]
 
     cp.helm("uninstall", release, "--namespace", ns)
-    assert cp.get("deployment", "devops-model-operator", ns) is None
+    assert cp.get("deployment", "dm-install-devops-model-operator", ns) is None
     assert all(_crd(cp, p) for p in CRD_NAMES), "CRDs must be kept on uninstall (crds.keep)"
     assert cp.get("sftrun", "sft", ns) is not None, "runs must survive helm uninstall"
 
