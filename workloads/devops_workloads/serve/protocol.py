@@ -44,12 +44,14 @@ def raise_for_validation(exc: ValidationError, prefix: str = "") -> None:
     param = _param_path(tuple(err["loc"]))
     param = f"{prefix}{param}" if prefix and param else (prefix.rstrip(".") or param)
     msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
     value = err.get("input")
-    got = "" if err["type"] == "missing" else f" (got {value!r})" if not isinstance(value, (dict, list)) or len(repr(value)) < 80 else ""
     if err["type"] == "missing":
-        msg = "is required"
+        raise RequestError(f"{param} is required", param=param or None) from None
+    if err["type"] == "value_error":  # our own messages already show the value
+        msg, got = msg[len("Value error, "):] if msg.startswith("Value error, ") else msg, ""
+    else:
+        short = not isinstance(value, (dict, list)) or len(repr(value)) < 80
+        got = f" (got {value!r})" if short else ""
     raise RequestError(f"{param}: {msg}{got}" if param else f"{msg}{got}", param=param or None) from None
 
 
