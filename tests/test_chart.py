@@ -243,6 +243,10 @@ def test_peering_with_several_replicas(mode, kind):
     config = yaml.safe_load(find(objects, "ConfigMap", "rel-devops-model-config")[0]["data"]["operator.yaml"])
     assert config["reconcile"]["peering"] == "rel-devops-model"
     assert find(objects, "Deployment")[0]["spec"]["replicas"] == 3
+    (pdb,) = find(objects, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == find(objects, "Deployment")[0]["spec"]["selector"]["matchLabels"]
+    assert not find(render_chart(), "PodDisruptionBudget"), "one replica: a PDB would block every drain"
 
 
 @pytest.mark.parametrize("values_files", SCENARIOS)

@@ -319,3 +319,21 @@ def test_trust_remote_code_only_when_the_resource_asks(variant_children, tmp_pat
     chat["spec"]["model"]["trustRemoteCode"] = True
     (tmp_path / "chat.yaml").write_text(yaml.safe_dump(chat))
     assert any(_mentions_remote_code(o) for o in _render(tmp_path / "chat.yaml"))
+
+
+@pytest.mark.parametrize("engine", ["tgi", "builtin"])
+def test_chat_network_policy_admits_only_its_namespace(engine, variant_children):
+    """spec.networkPolicy: namespace puts a NetworkPolicy in front of the chat pods: only pods of the
+    same namespace reach the server's port."""
+    children = variant_children[f"ChatDeployment-{engine}"]
+    (dep,) = [o for o in children if o["kind"] == "Deployment"]
+    (np,) = [o for o in children if o["kind"] == "NetworkPolicy"]
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert np["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert np["spec"]["policyTypes"] == ["Ingress"]
+    for rule in np["spec"]["ingress"]:
+        assert rule.get("from"), "an ingress rule without `from` admits every pod in the cluster"
+        for peer in rule["from"]:
+            assert "namespaceSelector" not in peer and "ipBlock" not in peer, peer
+    assert not [o for o in variant_children["ChatDeployment"] if o["kind"] == "NetworkPolicy"], \
+        "networkPolicy: none (the default) creates none"
