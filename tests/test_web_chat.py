@@ -1,0 +1,132 @@
+"""The web chat in headless Chromium (Debian's chromium, driven over the DevTools protocol).
+
+A person's view: open the page, see the model's lineage and exam scores, type a question, watch the
+answer stream in token by token, ask a follow-up that uses the history, switch the language. The
+page's answers are compared with the API's answers for the same conversation (greedy decoding).
+A screenshot is written to ``$DEVOPS_MODEL_SCREENSHOTS`` (default: the test's tmp dir).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.plugins.serve import API_KEY, LINEAGE
+
+pytestmark = pytest.mark.browser
+
+# Records every text the last assistant bubble showed, as the DOM changed (set up before sending).
+OBSERVE = """
+window.__seen = [];
+new MutationObserver(() => {
+  const bubbles = document.querySelectorAll('.msg.assistant');
+  if (!bubbles.length) return;
+  const text = bubbles[bubbles.length - 1].textContent;
+  if (window.__seen[window.__seen.length - 1] !== text) window.__seen.push(text);
+}).observe(document.getElementById('messages'), {childList: true, subtree: true, characterData: true});
+true
+"""
+
+
+def type_and_send(page, text: str) -> None:
+    page.eval(f"document.getElementById('input').value = {json.dumps(text)}; true")
+    page.eval("document.getElementById('send').click(); true")
+
+
+def last_answer(page, n: int) -> str:
+    page.wait_for(f"document.querySelectorAll('.msg.assistant[data-done=\"true\"]').length >= {n}", timeout=90)
+    return page.eval("Array.from(document.querySelectorAll('.msg.assistant')).pop().textContent")
+
+
+def api_answer(server, messages, max_tokens, key=None) -> str:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    r = httpx.post(server.url + "/v1/chat/completions", headers=headers, timeout=60,
+                   json={"messages": messages, "max_tokens": max_tokens})
+    return r.json()["choices"][0]["message"]["content"]
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    d = Path(os.environ.get("DEVOPS_MODEL_SCREENSHOTS", tmp_path))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def test_web_chat_streams_answers_with_history_and_shows_lineage(bpe_server, chromium, tmp_path):
+    page = chromium
+    page.navigate(bpe_server.url + "/")
+    # lineage and scores from --lineage-file, via /v1/info
+    page.wait_for("document.querySelectorAll('#lineage li').length > 0")
+    lineage = page.eval("Array.from(document.querySelectorAll('#lineage li')).map(li => li.textContent)")
+    assert lineage[:3] == LINEAGE["lineage"]
+    scores = page.eval("document.getElementById('scores').textContent")
+    assert "62.0%" in scores and "devops-eval-k8s" in scores
+    assert page.eval("document.getElementById('model-name').textContent") == "tiny-bpe"
+
+    # first question (Chinese): the answer streams in, piece by piece
+    page.eval("document.getElementById('max-tokens').value = '48'; true")
+    page.eval(OBSERVE)
+    question = "如何排查 Pod 一直处于 CrashLoopBackOff？"
+    type_and_send(page, question)
+    answer = last_answer(page, 1)
+    seen = page.eval("window.__seen")
+    expected = api_answer(bpe_server, [{"role": "user", "content": question}], 48)
+    assert answer == expected and answer
+    growing = [s for s in seen if s]
+    assert len(growing) >= 3, f"the answer should appear incrementally, saw {growing!r}"
+    assert all(b.startswith(a) for a, b in zip(growing, growing[1:])), "each update extends the previous text"
+    assert growing[-1] == answer
+    user_text = page.eval("document.querySelector('.msg.user').textContent")
+    assert user_text == question
+
+    # follow-up (English): the page sends the history
+    follow = "How do I restart a Deployment?"
+    type_and_send(page, follow)
+    answer2 = last_answer(page, 2)
+    expected2 = api_answer(bpe_server, [{"role": "user", "content": question}, {"role": "assistant", "content": answer},
+                                        {"role": "user", "content": follow}], 48)
+    assert answer2 == expected2
+    status = page.eval("document.getElementById('status').textContent")
+    assert "已接收" in status or "chunks received" in status
+
+    shot = page.screenshot(screenshot_dir(tmp_path) / "web-chat.png")
+    assert shot.stat().st_size > 10_000
+
+    # language switch: labels change, the conversation stays
+    before = page.eval("document.getElementById('send').textContent")
+    page.eval("document.getElementById('lang').click(); true")
+    after = page.eval("document.getElementById('send').textContent")
+    assert {before, after} == {"发送", "Send"}
+    assert page.eval("document.querySelectorAll('.msg').length") == 4
+
+    # new chat forgets the history
+    page.eval("document.getElementById('new-chat').click(); true")
+    assert page.eval("document.querySelectorAll('.msg').length") == 0
+
+
+def test_web_chat_asks_for_the_api_key(qwen_server, chromium, tmp_path):
+    page = chromium
+    page.navigate(qwen_server.url + "/")
+    page.wait_for("document.getElementById('settings').open === true")
+    assert "API" in page.eval("document.getElementById('status').textContent")
+    page.eval(f"const k = document.getElementById('api-key'); k.value = {json.dumps(API_KEY)};"
+              "k.dispatchEvent(new Event('change')); true")
+    page.wait_for("document.getElementById('model-name').textContent === 'tiny-qwen'")
+    page.eval("document.getElementById('max-tokens').value = '8'; true")
+    type_and_send(page, "什么是 Kubernetes？")
+    answer = last_answer(page, 1)
+    assert answer == api_answer(qwen_server, [{"role": "user", "content": "什么是 Kubernetes？"}], 8, key=API_KEY)
+    assert page.eval("document.querySelectorAll('.msg.error').length") == 0
+    page.screenshot(screenshot_dir(tmp_path) / "web-chat-key.png")
+
+
+def test_web_page_is_self_contained():
+    """No CDN, no external fetch: the page must work offline in a cluster without internet."""
+    from devops_workloads.serve.app import WEB_PAGE
+
+    html = WEB_PAGE.read_text(encoding="utf-8")
+    for marker in ("http://", "https://", "//cdn", "<link ", "src="):
+        assert marker not in html, f"the web page refers to an external resource: {marker}"
