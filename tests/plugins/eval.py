@@ -73,4 +73,4 @@ def seed_exam_subset(seed_exams, tmp_path_factory) -> Path:
     """The first rows of one CMMLU and one C-Eval exam (both header styles), with full dev files:
     enough to compare the fast and plain paths on real prompts in seconds."""
     return copy_exam_subset(seed_exams, tmp_path_factory.mktemp("exam-subset"),
-                            {"cmmlu/computer_science": 6, "ceval/computer_network": 6})
+                            {"cmmlu/computer_science": 5, "ceval/computer_network": 5})

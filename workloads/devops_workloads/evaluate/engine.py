@@ -60,14 +60,20 @@ def _device(model: Any):
     return next(model.parameters()).device
 
 
-def run_plain(model: Any, requests: Sequence[Request], on_logits: OnLogits, progress: Callable[[int], None] | None = None) -> None:
-    """The seed's loop: one forward pass per request over its whole prompt, full logits."""
+def run_plain(model: Any, requests: Sequence[Request], on_logits: OnLogits, progress: Callable[[int], None] | None = None,
+              full_logits: bool = False) -> None:
+    """The seed's loop: one forward pass per request over its whole prompt.
+
+    ``full_logits`` computes the head at every position as the seed did; by default only the
+    scored positions get it (``logits_to_keep``): the same numbers, without a 151k-wide row for
+    each of a thousand prompt tokens."""
     import torch
 
     dev = _device(model)
     with torch.inference_mode():
         for i, req in enumerate(requests):
-            logits = model(input_ids=torch.tensor([list(req.ids)], device=dev)).logits
+            ids = torch.tensor([list(req.ids)], device=dev)
+            logits = model(input_ids=ids).logits if full_logits else model(input_ids=ids, logits_to_keep=req.n_last).logits
             on_logits(i, logits[0, -req.n_last:])
             if progress:
                 progress(1)

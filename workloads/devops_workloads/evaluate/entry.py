@@ -116,6 +116,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         data["baseline"] = {"evalRun": spec.baseline.eval_run, "overall": baseline}
         (out_path / "results.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     status: dict[str, Any] = {
+        "state": "Succeeded",
         "scores": {"exams": results["exams"], "overall": overall},
         "summary": summary_line(overall),
         "artifact": artifact,

@@ -1,0 +1,171 @@
+"""Exam evaluation on the tiny Qwen2 model with the real Qwen tokenizer: the fast path (batched,
+length-sorted, prefix-KV-cached) predicts exactly what the plain one-question-at-a-time loop
+predicts, on real exam prompts and the bundled sample; the EvalRun worker and the command line
+write the promised files and status."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devops_model.api.evaluation import Scores
+from devops_workloads.evaluate.evaluator import EvalConfig, evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _predictions(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def _compare(fast: Path, plain: Path, atol: float) -> int:
+    a, b = _predictions(fast), _predictions(plain)
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert (x["exam"], x["index"], x["shots"], x["style"]) == (y["exam"], y["index"], y["shots"], y["style"])
+        assert x["prediction"] == y["prediction"], (x, y)
+        assert x["logits"].keys() == y["logits"].keys()
+        for k in x["logits"]:
+            assert x["logits"][k] == pytest.approx(y["logits"][k], abs=atol)
+    return len(a)
+
+
+def _run_both(model: Path, root: Path, tmp: Path, **kw) -> tuple[dict, dict]:
+    results = {}
+    for engine in ("fast", "plain"):
+        cfg = EvalConfig(model=str(model), exams_root=str(root), engine=engine, **kw)
+        results[engine] = evaluate(cfg, tmp / engine)
+    return results["fast"], results["plain"]
+
+
+def test_fast_path_equals_plain_path_on_seed_exam_prompts(tiny_qwen, seed_exam_subset, tmp_path):
+    # One CMMLU and one C-Eval exam (both header styles), 0 and 5 shots, base and chat; batches of
+    # 4 so that several right-padded batches of different lengths run on one expanded prefix cache.
+    fast, plain = _run_both(tiny_qwen, seed_exam_subset, tmp_path, shots=[0, 5], styles=["base", "chat"], batch_size=4)
+    assert _compare(tmp_path / "fast", tmp_path / "plain", atol=1e-4) == 2 * 5 * 2 * 2
+    assert fast["exams"] == plain["exams"] and fast["overall"] == plain["overall"]
+    t = fast["timing"]
+    assert t["prefixes"] == 8  # one shared prefix per (exam, shots, style)
+    # five-shot prefixes are long and computed once: most prompt tokens never run per question
+    assert t["prefix_tokens"] + t["suffix_tokens"] < 0.5 * t["prompt_tokens"]
+    repro = fast["reproducibility"]
+    assert repro["scoring"] == "seed" and repro["dtype"] == "float32" and repro["engine"] == "fast"
+    assert set(repro["data"]["files"]) == {"cmmlu/test/computer_science.csv", "cmmlu/dev/computer_science.csv",
+                                           "ceval/val/computer_network.csv", "ceval/dev/computer_network.csv"}
+    assert repro["packages"]["transformers"] and repro["packages"]["torch"]
+    assert repro["letterTokenIds"] == {"A": 32, "B": 33, "C": 34, "D": 35}  # Qwen's single-letter tokens
+
+
+def test_fast_path_equals_plain_path_on_the_sample_exam(tiny_qwen, sample_exams, tmp_path):
+    # one of its two subjects keeps the plain loop's cost down; the worker test below runs both
+    fast, plain = _run_both(tiny_qwen, sample_exams, tmp_path, exams=["devops/containers"], shots=[0, 5],
+                            styles=["base", "chat"], batch_size=16)
+    assert _compare(tmp_path / "fast", tmp_path / "plain", atol=1e-4) == 20 * 4
+    assert [o["total"] for o in fast["overall"]] == [20, 20, 20, 20]
+    assert fast["overall"] == plain["overall"]
+
+
+def test_loglikelihood_mode_and_tokenizer_template_fast_equals_plain(tiny_qwen, seed_exam_subset, tmp_path):
+    fast, _ = _run_both(tiny_qwen, seed_exam_subset, tmp_path, exams=["ceval/computer_network"], shots=[0, 5],
+                        styles=["base", "chat"], chat_template="tokenizer", scoring="loglikelihood", batch_size=5)
+    _compare(tmp_path / "fast", tmp_path / "plain", atol=1e-4)
+    preds = _predictions(tmp_path / "fast")
+    # log-likelihoods of " A".." D": negative, and a probability distribution's share at most 1
+    assert all(v < 0 for p in preds for v in p["logits"].values())
+    assert all(sum(2.718281828 ** v for v in p["logits"].values()) <= 1.0 for p in preds)
+    assert fast["reproducibility"]["scoring"] == "loglikelihood"
+    assert "tokenizer's chat template" in fast["reproducibility"]["template"]
+
+
+def test_chat_prompt_tokens_are_the_seeds_chatml(tiny_qwen):
+    from transformers import AutoTokenizer
+
+    from devops_workloads.evaluate.prompts import chatml_text, encode_prompt
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen)
+    query = "以下是关于开发运维领域的单项选择题。\n问题：x\nA. 1\n答案："
+    ids = encode_prompt(tok, query, "chat", "chatml")
+    assert tok.decode(ids) == chatml_text(query)
+    assert ids[0] == tok.convert_tokens_to_ids("<|im_start|>") and ids.count(tok.convert_tokens_to_ids("<|im_end|>")) == 2
+    assert encode_prompt(tok, query, "base") == tok.encode(query)
+
+
+def _install(local_home: Path, tiny_qwen: Path) -> Path:
+    from devops_workloads.sample_data import install
+
+    storage = local_home / "storage"
+    install(storage)
+    shutil.copytree(tiny_qwen, storage / "models" / "tiny-qwen")
+    return storage
+
+
+def test_evalrun_worker_scores_status_artifact_and_baseline_delta(tiny_qwen, local_home):
+    from devops_workloads.runner import read_registry, run_file
+
+    storage = _install(local_home, tiny_qwen)
+    assert run_file(REPO / "examples/local/eval-base.yaml") == 0
+    base = read_registry("EvalRun", "base-eval")["status"]
+    assert base["state"] == "Succeeded"
+    scores = Scores.model_validate(base["scores"])  # the status is the API's Scores shape
+    assert {(o.shots, o.style) for o in scores.overall} == {(0, "base"), (0, "chat"), (5, "base"), (5, "chat")}
+    assert all(o.total == 40 for o in scores.overall)
+    assert {e.exam for e in scores.exams} == {"devops/containers", "devops/ci_cd"}
+    assert base["artifact"] == {"uri": "pvc://results/base-eval", "format": "eval-results", "baseModel": "pvc://models/tiny-qwen"}
+    assert base["summary"].startswith("0-shot base ") and "5-shot chat" in base["summary"]
+
+    # The tuned model's exam: fromRun SFTRun/sft-lora (recorded here as if it had run, on the same
+    # weights) with the base exam as baseline -> every delta is 0.0.
+    reg = local_home / "home" / "runs" / "sftrun"
+    reg.mkdir(parents=True)
+    (reg / "sft-lora.json").write_text(json.dumps({
+        "resource": {"apiVersion": "devops-model.io/v1alpha1", "kind": "SFTRun", "metadata": {"name": "sft-lora"}},
+        "status": {"state": "Succeeded", "artifact": {"uri": "pvc://models/tiny-qwen", "format": "hf-full"}},
+    }))
+    assert run_file(REPO / "examples/local/eval.yaml") == 0
+    tuned = read_registry("EvalRun", "sft-lora-eval")["status"]
+    assert [o["delta"] for o in tuned["scores"]["overall"]] == [0.0, 0.0, 0.0, 0.0]
+    assert "(+0.0)" in tuned["summary"] and tuned["artifact"]["parent"] == "SFTRun/sft-lora"
+
+    out = storage / "results" / "sft-lora-eval"
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert results["model"] == "pvc://models/tiny-qwen"
+    assert results["baseline"]["evalRun"] == "base-eval"
+    assert json.loads((out / "artifact.json").read_text())["format"] == "eval-results"
+    preds = _predictions(out)
+    assert len(preds) == 160
+    assert set(preds[0]) == {"exam", "index", "shots", "style", "prediction", "answer", "logits"}
+    assert set(preds[0]["logits"]) == {"A", "B", "C", "D"}
+    assert sorted({p["index"] for p in preds if p["exam"] == "devops/ci_cd"}) == list(range(20))
+    progress = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    assert progress[-1]["step"] == progress[-1]["total_steps"] == 160
+
+
+def test_evalrun_sha1_mismatch_fails_before_scoring(tiny_qwen, local_home, tmp_path):
+    from devops_workloads.runner import read_registry, run_file
+
+    _install(local_home, tiny_qwen)
+    spec = (REPO / "examples/local/eval-base.yaml").read_text().replace(
+        "    uri: pvc://samples/exams\n", "    uri: pvc://samples/exams\n    sha1: '" + "0" * 40 + "'\n")
+    f = tmp_path / "bad.yaml"
+    f.write_text(spec)
+    assert run_file(f) == 3
+    status = read_registry("EvalRun", "base-eval")["status"]
+    assert status["state"] == "Failed" and status["reason"] == "BadExamData"
+    assert "spec.exams.sha1: the exam files under" in status["message"]
+
+
+def test_devops_model_eval_command(tiny_qwen, sample_exams, tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "devops_model.cli", "eval", "--model", str(tiny_qwen), "--exams", str(sample_exams),
+                        "--exam", "devops/ci_cd", "--shots", "0,5", "--style", "base", "--out", str(out)],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "devops/ci_cd" in r.stdout and "0-shot" in r.stdout and "5-shot" in r.stdout
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert [(e["exam"], e["shots"], e["total"]) for e in results["exams"]] == [("devops/ci_cd", 0, 20), ("devops/ci_cd", 5, 20)]
+    assert len(_predictions(out)) == 40
