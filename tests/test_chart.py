@@ -287,8 +287,8 @@ def test_operator_deployment():
     assert c["command"] == ["devops-model", "operator"]
     assert "--health-port=8080" in c["args"] and "--metrics-port=9090" in c["args"]
     assert not any(a.startswith("--namespace") for a in c["args"]), "cluster scope watches every namespace"
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080, "metrics": 9090}
     assert c["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"} and c["resources"]["limits"]["memory"]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True

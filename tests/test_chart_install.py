@@ -173,8 +173,11 @@ def test_operator_with_the_charts_rbac_reconciles_a_run(control_plane, chart_rba
         work = tmp_path / "operator"
         work.mkdir()
         op = OperatorProcess(cp, ids.operator_kubeconfig, ns, work, config).start()
-        with urllib.request.urlopen(f"http://127.0.0.1:{op.health_port}/healthz", timeout=5) as r:
-            assert r.status == 200, "the chart's liveness probe path must answer"
+        probes = {o["kind"]: o for o in objects}["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+        for probe in ("livenessProbe", "readinessProbe"):
+            path = probes[probe]["httpGet"]["path"]
+            with urllib.request.urlopen(f"http://127.0.0.1:{op.health_port}{path}", timeout=5) as r:
+                assert r.status == 200, f"the chart's {probe} path {path} must answer 200"
 
         run = base("PretrainRun")
         cp.apply(run, ns)

@@ -97,6 +97,7 @@ def values_schema() -> dict:
                 "logLevel": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]},
                 "healthPort": PORT,
                 "healthPath": {"type": "string", "pattern": "^/"},
+                "readinessPath": {"type": "string", "pattern": "^/"},
                 "metricsPort": PORT,
                 "resources": _obj({"requests": STR_MAP, "limits": STR_MAP}),
                 "probes": _obj({"liveness": PROBE, "readiness": PROBE}),
