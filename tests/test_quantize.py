@@ -105,8 +105,9 @@ def _sft_parent(home: Path, model_dir: Path, data_file: Path, name: str = "sft-l
     p.write_text(json.dumps(entry))
 
 
-def test_impossibly_tight_limit_fails_the_run_with_the_numbers(local_home, tiny_qwen, devops_calibration):
-    """fromRun an SFTRun: calibration defaults to the SFT data; maxPerplexityIncrease "0" fails."""
+def test_impossibly_tight_limit_fails_the_run_with_the_numbers(local_home, tiny_qwen, devops_calibration, sample_exams):
+    """fromRun an SFTRun: calibration defaults to the SFT data; both models take the sample exam;
+    maxPerplexityIncrease "0" fails the run (int4 raises this model's perplexity by ~0.1 %)."""
     from devops_workloads.runner import read_registry, run_resource
 
     _sft_parent(local_home / "home", Path(tiny_qwen), devops_calibration)
@@ -115,7 +116,8 @@ def test_impossibly_tight_limit_fails_the_run_with_the_numbers(local_home, tiny_
         "spec": {
             "model": {"fromRun": {"kind": "SFTRun", "name": "sft-lora"}},
             "calibration": {"samples": 32, "minLength": 16},
-            "verification": {"maxPerplexityIncrease": "0"},
+            "verification": {"maxPerplexityIncrease": "0", "maxAccuracyDrop": "1",
+                             "exams": {"uri": Path(sample_exams).resolve().as_uri()}},
             "output": {"uri": "pvc://models/tight-int4"},
         },
     })
@@ -132,6 +134,11 @@ def test_impossibly_tight_limit_fails_the_run_with_the_numbers(local_home, tiny_
     assert report["calibration"]["sources"] == [devops_calibration.resolve().as_uri()]
     assert report["artifact"]["parent"] == "SFTRun/sft-lora"
     assert report["artifact"]["template"] == "chatml"
+    # the exam verification ran on both models through the eval workload's evaluator
+    assert 0.0 <= report["accuracyBefore"] <= 1.0 and 0.0 <= report["accuracyAfter"] <= 1.0
+    assert "exam accuracy" not in msg  # a drop of up to 1 (everything) is allowed here
+    results = json.loads((local_home / "home" / "work" / "quantizerun" / "tight" / "verification-exams" / "after" / "results.json").read_text())
+    assert results["overall"][0]["total"] > 0
     recorded = read_registry("QuantizeRun", "tight")["status"]
     assert recorded["state"] == "Failed" and recorded["reason"] == "VerificationFailed"
 

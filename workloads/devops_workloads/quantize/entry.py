@@ -63,15 +63,22 @@ def calibration_sources(spec: Any, parent: dict[str, Any] | None):
         reason="BadData", exit_code=EXIT_BAD_INPUT)
 
 
-def exam_accuracy(model_dir: Path, exams: Any, shots: int, out_dir: Path) -> float:
-    """Micro-averaged exam accuracy of one model, through the EvalRun workload's public function."""
+def exam_accuracy(model_dir: Path, exams: Any, shots: int, out_dir: Path, trust_remote_code: bool = False) -> float:
+    """Micro-averaged exam accuracy of one model, with the EvalRun workload's own evaluator (the
+    seed's prompt and scoring); its results.json and predictions.jsonl land in ``out_dir``."""
     try:
-        from ..evaluate import evaluate_model
+        from ..evaluate.evaluator import EvalConfig, evaluate
     except ImportError as exc:
         raise WorkloadError(f"spec.verification.exams needs the eval workload (devops_workloads.evaluate): {exc}",
                             reason="MissingDependency") from exc
-    result = evaluate_model(model_dir, exams, shots=shots, out_dir=out_dir)
-    return float(result["accuracy"] if isinstance(result, dict) else result)
+    if not exams.uri.startswith(("pvc://", "file://")):
+        raise WorkloadError(f"spec.verification.exams.uri: {exams.uri} must be a pvc:// or file:// folder",
+                            reason="BadExamData", exit_code=EXIT_BAD_INPUT)
+    cfg = EvalConfig(model=str(model_dir), exams_root=str(local_path(exams.uri)), layout=exams.layout,
+                     preset=exams.preset, exams=list(exams.exams) if exams.exams else None, shots=[shots],
+                     styles=["base"], trust_remote_code=trust_remote_code, sha1=exams.sha1)
+    results = evaluate(cfg, out_dir)
+    return float(results["overall"][0]["accuracy"])
 
 
 def verify(figures: dict[str, Any], verification: Any) -> list[str]:
@@ -156,8 +163,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     # 5. exams on both models
     if verification is not None and verification.exams is not None:
-        figures["accuracyBefore"] = exam_accuracy(model_dir, verification.exams, verification.shots, out_dir / "exams-before")
-        figures["accuracyAfter"] = exam_accuracy(out_dir, verification.exams, verification.shots, out_dir / "exams-after")
+        exams_dir = Path(ctx.workdir) / "verification-exams"
+        figures["accuracyBefore"] = exam_accuracy(model_dir, verification.exams, verification.shots,
+                                                  exams_dir / "before", trust)
+        figures["accuracyAfter"] = exam_accuracy(out_dir, verification.exams, verification.shots,
+                                                 exams_dir / "after", trust)
     progress.update(step=5, stage=STEPS[4])
 
     # 6. sizes, artifact, report
