@@ -57,6 +57,7 @@ def test_status_reports_sizes_and_perplexity(tiny_gptq, tiny_qwen):
     assert 1e4 < status["perplexityBefore"] < 1e6
     assert abs(status["perplexityAfter"] / status["perplexityBefore"] - 1) < 0.05
     assert status["artifact"]["format"] == "gptq"
+    assert status["state"] == "Succeeded"
     report = json.loads((tiny_gptq / "quantize.json").read_text())
     assert report["calibration"]["samples"] == 32
     assert report["linearRatio"] <= 0.30
