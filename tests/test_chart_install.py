@@ -195,3 +195,56 @@ def test_operator_with_the_charts_rbac_reconciles_a_run(control_plane, chart_rba
         if op is not None:
             op.stop()
         cp.delete_namespace(ns)
+
+
+def test_two_replicas_with_peering_reconcile_exactly_once(control_plane, chart_rbac, tmp_path, monkeypatch):
+    """Two operator replicas (the chart's peering config and KopfPeering object, its RBAC): both register
+    as peers, one reconciles, and the run gets exactly one child.
+
+    kopf peering is not leader election: peers of EQUAL priority all pause ("Pausing all operators,
+    including self"). Replicas of one Deployment therefore need distinct priorities, which the operator
+    has to derive per pod (the chart gives each pod POD_ID = its name). Until it does, this test ends
+    as XFAIL with kopf's own words, and any other failure (RBAC, peering object) still fails it."""
+    from tests.plugins.operator import OperatorProcess
+
+    cp = control_plane
+    ns = cp.namespace("peering")
+    ops = []
+    try:
+        ids = chart_rbac(ns, scope="namespaced", set_values=("operator.peering.enabled=true",))
+        peering_name = f"{ids.release}-devops-model"
+        assert cp.get("kopfpeering", peering_name, ns) is not None, "the chart creates the peering object"
+        objects = render_chart(set_values=("scope.mode=namespaced", "operator.peering.enabled=true"),
+                               namespace=ns, release=ids.release)
+        config = yaml.safe_load(next(o for o in objects if o["kind"] == "ConfigMap")["data"]["operator.yaml"])
+        assert config["reconcile"]["peering"] == peering_name
+        config["reconcile"].update({"requeueSeconds": 1, "watchdogIntervalSeconds": 5, "restartBackoffSeconds": 0})
+        for i in range(2):
+            work = tmp_path / f"operator-{i}"
+            work.mkdir()
+            # Each replica is a pod with its own name: the chart's POD_ID env (kopf's peer identity).
+            monkeypatch.setenv("POD_ID", f"{ids.release}-operator-{i}")
+            ops.append(OperatorProcess(cp, ids.operator_kubeconfig, ns, work, config).start())
+        cp.wait_for(lambda: len((cp.get("kopfpeering", peering_name, ns) or {}).get("status", {})) == 2,
+                    timeout=30, message="both replicas registered in the peering object's status")
+        cp.apply(base("PretrainRun"), ns)
+
+        def outcome():
+            if cp.get("pytorchjob", "pt-train", ns):
+                return "reconciled"
+            # Both see the other as an equal: kopf keeps (or puts) every such peer on pause.
+            if all("conflicting operators with the same priority" in o.tail(200) for o in ops):
+                return "all paused"
+            return None
+
+        result = cp.wait_for(outcome, timeout=60, message=lambda: "\n".join(o.tail(20) for o in ops))
+        for o in ops:
+            assert "Forbidden" not in o.tail(400), o.tail()
+        if result == "all paused":
+            pytest.xfail("equal-priority kopf peers all pause: devops_operator.main must give each replica a "
+                         "distinct peering priority (e.g. derived from POD_ID); the chart side is in place")
+        assert len(cp.get("pytorchjobs", namespace=ns)["items"]) == 1
+    finally:
+        for o in ops:
+            o.stop()
+        cp.delete_namespace(ns)
