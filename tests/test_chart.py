@@ -420,3 +420,18 @@ def test_every_value_is_commented():
     assert _undocumented_values((CHART / "values.yaml").read_text()) == []
     # The checker itself catches an undocumented key.
     assert _undocumented_values("a:\n  # doc\n  b: 1\n  c: 2\n") == ["a.c"]
+
+
+def test_packaged_chart_carries_the_crds_and_not_the_generator(tmp_path):
+    import tarfile
+
+    r = subprocess.run([str(helm_binary()), "package", str(CHART), "--destination", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    (archive,) = tmp_path.glob("devops-model-*.tgz")
+    names = tarfile.open(archive).getnames()
+    assert sum(n.startswith("devops-model/files/crds/") for n in names) == 5
+    assert "devops-model/generate.py" not in names and "devops-model/values.schema.json" in names
+    rendered = subprocess.run([str(helm_binary()), "template", "rel", str(archive)], capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    assert len(find([d for d in yaml.safe_load_all(rendered.stdout) if d], "CustomResourceDefinition")) == 5
