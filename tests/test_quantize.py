@@ -210,3 +210,16 @@ def test_example_resource_is_valid_and_quantizes_the_sft_model():
     if sft.exists():  # written by the training area; the names must match
         names = [r.metadata["name"] for r in load_resources(str(sft)) if r.kind == "SFTRun"]
         assert res.spec.model.from_run.name in names
+
+
+def test_llmcompressor_backend_is_refused_with_the_field(local_home):
+    from devops_workloads.quantize.entry import run
+    from devops_workloads.runner import RunContext
+
+    res = parse_resource({
+        "apiVersion": "devops-model.io/v1alpha1", "kind": "QuantizeRun", "metadata": {"name": "llmc"},
+        "spec": {"model": {"uri": "file:///m"}, "backend": "llmcompressor", "output": {"uri": "file:///o"}},
+    })
+    with pytest.raises(WorkloadError) as err:
+        run(RunContext(resource=res, resolved_model="file:///m", workdir=local_home))
+    assert err.value.reason == "UnsupportedBackend" and "spec.backend" in str(err.value)

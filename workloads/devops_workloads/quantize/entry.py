@@ -114,6 +114,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     res = ctx.resource
     spec = res.spec
+    if spec.backend != "gptqmodel":
+        # llm-compressor pins an older transformers than this image has, so it needs its own
+        # environment; until that image exists, say so instead of quantizing differently.
+        raise WorkloadError("spec.backend: llmcompressor is not available in this workload image; "
+                            "use backend: gptqmodel (the gptq format that vLLM and TGI load)",
+                            reason="UnsupportedBackend", exit_code=EXIT_BAD_INPUT)
     trust = spec.model.trust_remote_code
     model_uri = ctx.resolved_model or spec.model.uri
     model_dir = materialize_model(model_uri)
