@@ -31,6 +31,22 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 CRD_NAMES = ["pretrainruns", "sftruns", "evalruns", "quantizeruns", "chatdeployments"]
 
 
+@pytest.fixture
+def fresh_namespace(control_plane):
+    """fresh_namespace(prefix) -> a new namespace, deleted after the test. Request it BEFORE chart_rbac:
+    fixtures are torn down in reverse, so the releases are uninstalled (cluster-scoped objects too)
+    while their namespace and Helm's release record still exist."""
+    made: list[str] = []
+
+    def make(prefix: str) -> str:
+        made.append(control_plane.namespace(prefix))
+        return made[-1]
+
+    yield make
+    for ns in made:
+        control_plane.delete_namespace(ns)
+
+
 def _crd(cp, plural: str) -> dict:
     return cp.get("customresourcedefinition", f"{plural}.devops-model.io")
 
@@ -111,58 +127,54 @@ def _can(cp, kubeconfig: Path, verb: str, resource: str, namespace: str | None, 
 
 
 @pytest.mark.parametrize("scope", ["namespaced", "cluster"])
-def test_operator_cannot_read_secrets_and_workloads_cannot_create_pods(scope, control_plane, chart_rbac):
+def test_operator_cannot_read_secrets_and_workloads_cannot_create_pods(scope, control_plane, fresh_namespace, chart_rbac):
     cp = control_plane
-    ns = cp.namespace("rbac")
-    other = cp.namespace("other")
-    try:
-        ids = chart_rbac(ns, scope=scope)
-        cp.kubectl("create", "secret", "generic", "hub-token", "-n", ns, "--from-literal=token=hf_secret")
-        op, wl = ids.operator_kubeconfig, ids.workload_kubeconfig
+    ns = fresh_namespace("rbac")
+    other = fresh_namespace("other")
+    ids = chart_rbac(ns, scope=scope)
+    cp.kubectl("create", "secret", "generic", "hub-token", "-n", ns, "--from-literal=token=hf_secret")
+    op, wl = ids.operator_kubeconfig, ids.workload_kubeconfig
 
-        # The operator: everything it needs, in its namespace ...
-        for verb, res in [("create", "jobs.batch"), ("create", "configmaps"), ("watch", "sftruns.devops-model.io"),
-                          ("create", "pytorchjobs.kubeflow.org"), ("list", "pods"), ("create", "events")]:
-            assert _can(cp, op, verb, res, ns), f"operator cannot {verb} {res}"
-        assert _can(cp, op, "patch", "sftruns.devops-model.io", ns, subresource="status")
-        # ... and no Secrets, no pods of its own, in any mode.
-        for verb in ("get", "list", "watch"):
-            assert not _can(cp, op, verb, "secrets", ns), f"operator can {verb} secrets"
-        assert not _can(cp, op, "create", "pods", ns)
-        denied = cp.kubectl("get", "secret", "hub-token", "-n", ns, "-o", "json", check=False, kubeconfig=op)
-        assert denied.returncode != 0 and "Forbidden" in denied.stderr and "secrets" in denied.stderr
-        # Namespaced mode stays in its namespace; cluster mode reaches the others (still without Secrets).
-        assert _can(cp, op, "create", "jobs.batch", other) is (scope == "cluster")
-        assert not _can(cp, op, "get", "secrets", other)
-        assert _can(cp, op, "list", "namespaces", None), "kopf follows namespaces in both modes"
-        assert not _can(cp, op, "delete", "namespaces", None)
+    # The operator: everything it needs, in its namespace ...
+    for verb, res in [("create", "jobs.batch"), ("create", "configmaps"), ("watch", "sftruns.devops-model.io"),
+                      ("create", "pytorchjobs.kubeflow.org"), ("list", "pods"), ("create", "events")]:
+        assert _can(cp, op, verb, res, ns), f"operator cannot {verb} {res}"
+    assert _can(cp, op, "patch", "sftruns.devops-model.io", ns, subresource="status")
+    # ... and no Secrets, no pods of its own, in any mode.
+    for verb in ("get", "list", "watch"):
+        assert not _can(cp, op, verb, "secrets", ns), f"operator can {verb} secrets"
+    assert not _can(cp, op, "create", "pods", ns)
+    denied = cp.kubectl("get", "secret", "hub-token", "-n", ns, "-o", "json", check=False, kubeconfig=op)
+    assert denied.returncode != 0 and "Forbidden" in denied.stderr and "secrets" in denied.stderr
+    # Namespaced mode stays in its namespace; cluster mode reaches the others (still without Secrets).
+    assert _can(cp, op, "create", "jobs.batch", other) is (scope == "cluster")
+    assert not _can(cp, op, "get", "secrets", other)
+    assert _can(cp, op, "list", "namespaces", None), "kopf follows namespaces in both modes"
+    assert not _can(cp, op, "delete", "namespaces", None)
 
-        # The workloads: read their run and patch its status, nothing else.
-        cp.apply(base("EvalRun"), ns)
-        assert not _can(cp, wl, "create", "pods", ns)
-        assert not _can(cp, wl, "get", "secrets", ns)
-        assert not _can(cp, wl, "patch", "evalruns.devops-model.io", ns), "workloads must not change a spec"
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "escape", "namespace": ns},
-               "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
-        denied = cp.apply(pod, ns, check=False, kubeconfig=wl)
-        assert denied.returncode != 0 and "Forbidden" in denied.stderr and "pods" in denied.stderr
-        patched = cp.kubectl("patch", "evalrun", "ev", "-n", ns, "--subresource=status", "--type=merge",
-                             "-p", json.dumps({"status": {"summary": "from the workload"}}), check=False, kubeconfig=wl)
-        assert patched.returncode == 0, patched.stderr
-        assert cp.get("evalrun", "ev", ns)["status"]["summary"] == "from the workload"
-    finally:
-        cp.delete_namespace(ns)
-        cp.delete_namespace(other)
+    # The workloads: read their run and patch its status, nothing else.
+    cp.apply(base("EvalRun"), ns)
+    assert not _can(cp, wl, "create", "pods", ns)
+    assert not _can(cp, wl, "get", "secrets", ns)
+    assert not _can(cp, wl, "patch", "evalruns.devops-model.io", ns), "workloads must not change a spec"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "escape", "namespace": ns},
+           "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+    denied = cp.apply(pod, ns, check=False, kubeconfig=wl)
+    assert denied.returncode != 0 and "Forbidden" in denied.stderr and "pods" in denied.stderr
+    patched = cp.kubectl("patch", "evalrun", "ev", "-n", ns, "--subresource=status", "--type=merge",
+                         "-p", json.dumps({"status": {"summary": "from the workload"}}), check=False, kubeconfig=wl)
+    assert patched.returncode == 0, patched.stderr
+    assert cp.get("evalrun", "ev", ns)["status"]["summary"] == "from the workload"
 
 
-def test_operator_with_the_charts_rbac_reconciles_a_run(control_plane, chart_rbac, tmp_path):
+def test_operator_with_the_charts_rbac_reconciles_a_run(control_plane, fresh_namespace, chart_rbac, tmp_path):
     """`devops-model operator` authenticated as the chart's operator ServiceAccount (namespaced mode,
     no admin credentials) with the configuration file the chart renders: a PretrainRun becomes its spec
     ConfigMap and PyTorchJob, and the run's status says so."""
     from tests.plugins.operator import OperatorProcess
 
     cp = control_plane
-    ns = cp.namespace("reconcile")
+    ns = fresh_namespace("reconcile")
     op = None
     try:
         ids = chart_rbac(ns, scope="namespaced")
@@ -194,10 +206,9 @@ def test_operator_with_the_charts_rbac_reconciles_a_run(control_plane, chart_rba
     finally:
         if op is not None:
             op.stop()
-        cp.delete_namespace(ns)
 
 
-def test_two_replicas_with_peering_reconcile_exactly_once(control_plane, chart_rbac, tmp_path, monkeypatch):
+def test_two_replicas_with_peering_reconcile_exactly_once(control_plane, fresh_namespace, chart_rbac, tmp_path, monkeypatch):
     """Two operator replicas (the chart's peering config and KopfPeering object, its RBAC): both register
     as peers, one reconciles, and the run gets exactly one child.
 
@@ -208,7 +219,7 @@ def test_two_replicas_with_peering_reconcile_exactly_once(control_plane, chart_r
     from tests.plugins.operator import OperatorProcess
 
     cp = control_plane
-    ns = cp.namespace("peering")
+    ns = fresh_namespace("peering")
     ops = []
     try:
         ids = chart_rbac(ns, scope="namespaced", set_values=("operator.peering.enabled=true",))
@@ -247,4 +258,3 @@ def test_two_replicas_with_peering_reconcile_exactly_once(control_plane, chart_r
     finally:
         for o in ops:
             o.stop()
-        cp.delete_namespace(ns)

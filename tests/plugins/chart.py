@@ -13,7 +13,10 @@ Fixtures:
                                  ChartRBAC with the operator's and the workloads' ServiceAccount kubeconfigs.
                                  Requests made with operator_kubeconfig get exactly the chart's RBAC, so an
                                  operator started with it proves the chart grants enough (tests/test_operator.py
-                                 uses it). The releases are uninstalled after the test.
+                                 uses it). The releases are uninstalled after the test; request the
+                                 namespace's fixture before chart_rbac so the uninstall (which also
+                                 removes the release's cluster-scoped roles) runs while it still exists.
+                                 scope="cluster" binds ClusterRoles named after the release (dm-<ns>).
 """
 from __future__ import annotations
 
