@@ -168,7 +168,8 @@ def run_resource(resource: Any, spec_path: Path | None = None, workdir: Path | N
             write_registry(resource, status)
         raise
     status.update(result)
-    status.setdefault("state", "Succeeded")
+    if status.get("state") == "Running":  # the workload returned without naming a final state
+        status["state"] = "Succeeded"
     status["completionTime"] = _now()
     status["durationSeconds"] = round(time.time() - started, 1)
     if _is_rank0():

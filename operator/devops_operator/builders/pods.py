@@ -109,6 +109,10 @@ def workload_env(resource: Any, config: OperatorConfig, attempt: int) -> list[di
         {"name": "HF_HOME", "value": f"{cache}/huggingface"},
         {"name": "MODELSCOPE_CACHE", "value": f"{cache}/modelscope"},
         {"name": "TRITON_CACHE_DIR", "value": f"{TMP_DIR}/triton"},
+        # Compiled kernels (torch and GPTQModel JIT extensions take minutes to build on CPU) go to
+        # the cache too, so a cache claim keeps them across pods instead of the per-pod /tmp.
+        {"name": "TORCH_EXTENSIONS_DIR", "value": f"{cache}/torch_extensions"},
+        {"name": "GPTQMODEL_TORCH_EXTENSIONS_DIR", "value": f"{cache}/gptqmodel/torch_extensions"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
 
