@@ -199,6 +199,9 @@ def test_operator_with_the_charts_rbac_reconciles_a_run(control_plane, fresh_nam
         assert cp.get("configmap", "pt-spec", ns) is not None
         pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
         assert pod["serviceAccountName"] == "devops-model-workload"
+        # The child as the API server stored it (after defaulting) still meets the restricted profile.
+        from tests.test_pod_security import check_manifest
+        assert check_manifest(job) == []
         status = cp.wait_for(lambda: (cp.get("pretrainrun", "pt", ns) or {}).get("status", {}).get("conditions"),
                              timeout=60, message="conditions on the PretrainRun")
         assert status, status
