@@ -169,3 +169,26 @@ def test_devops_model_eval_command(tiny_qwen, sample_exams, tmp_path):
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert [(e["exam"], e["shots"], e["total"]) for e in results["exams"]] == [("devops/ci_cd", 0, 20), ("devops/ci_cd", 5, 20)]
     assert len(_predictions(out)) == 40
+
+
+def test_engine_multi_position_requests_and_mixed_groups_match_plain(tiny_qwen):
+    # Multi-token continuations need logits at several trailing positions; requests of one group
+    # share a prefix, a group of one keeps all but its scored tokens as prefix, and a group whose
+    # members share nothing runs without a cache.
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from devops_workloads.evaluate.engine import Request, run_fast, run_plain
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen, dtype=torch.float32).eval()
+    shared = tuple(range(100, 160))
+    reqs = [Request(shared + tuple(range(200, 200 + n)), "g", k) for n, k in ((3, 1), (9, 3), (5, 2), (12, 4), (1, 1))]
+    reqs += [Request(tuple(range(300, 340)), "solo", 2)]
+    reqs += [Request((7, 8, 9, 10), "disjoint", 1), Request((11, 12, 13), "disjoint", 2)]
+    fast, plain = {}, {}
+    stats = run_fast(model, reqs, lambda i, r: fast.__setitem__(i, r.clone()), batch_size=2)
+    run_plain(model, reqs, lambda i, r: plain.__setitem__(i, r.clone()))
+    for i, r in enumerate(reqs):
+        assert fast[i].shape == plain[i].shape == (r.n_last, model.config.vocab_size)
+        torch.testing.assert_close(fast[i], plain[i], atol=1e-4, rtol=1e-4)
+    assert stats["prefixes"] == 2 and stats["prefix_tokens"] == 60 + 38

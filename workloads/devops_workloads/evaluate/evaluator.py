@@ -149,7 +149,7 @@ def aggregate(predictions: list[dict[str, Any]], exam_order: list[str], shots: l
     return exams_out, overall
 
 
-def evaluate(cfg: EvalConfig, out_dir: Path, model_path: Path | None = None, quiet_bar: bool | None = None) -> dict[str, Any]:
+def evaluate(cfg: EvalConfig, out_dir: Path, model_path: Path | None = None, progress_bar: bool | None = None) -> dict[str, Any]:
     """Run the evaluation and write results.json + predictions.jsonl into ``out_dir``."""
     from .exams import ExamError
 
@@ -172,7 +172,7 @@ def evaluate(cfg: EvalConfig, out_dir: Path, model_path: Path | None = None, qui
         logits_of[i] = scorer.reduce(rows)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    reporter = ProgressReporter(out_dir, "exam questions", total=len(requests), unit="q", enable_bar=quiet_bar)
+    reporter = ProgressReporter(out_dir, "exam questions", total=len(requests), unit="q", enable_bar=progress_bar)
     t0 = time.time()
     stats: dict[str, int] = {}
     try:
