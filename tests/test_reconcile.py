@@ -1,0 +1,106 @@
+"""One reconcile pass against an in-memory API (no cluster): the decisions that the control-plane
+tests cannot provoke because the API server refuses the input (a spec changed after start), plus
+the result rules (no artifact, worker-patched results, restart bookkeeping)."""
+
+from __future__ import annotations
+
+import copy
+
+from devops_operator.config import OperatorConfig
+from devops_operator.reconcile import reconcile
+
+NOW = "2026-01-01T01:00:00Z"
+
+
+class FakeKube:
+    """The few calls reconcile makes, on dicts keyed by (kind, namespace, name)."""
+
+    def __init__(self):
+        self.objects: dict[tuple[str, str, str], dict] = {}
+        self.deleted: list[str] = []
+
+    def get(self, api_version, kind, ns, name):
+        obj = self.objects.get((kind, ns, name))
+        return copy.deepcopy(obj) if obj else None
+
+    def list(self, api_version, kind, ns, selector):
+        want = dict(kv.split("=", 1) for kv in selector.split(","))
+        return [copy.deepcopy(o) for (k, n, _), o in self.objects.items() if k == kind and n == ns
+                and all(o["metadata"].get("labels", {}).get(a) == b for a, b in want.items())]
+
+    def create_if_absent(self, manifest):
+        key = (manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+        if key in self.objects:
+            return copy.deepcopy(self.objects[key]), False
+        self.objects[key] = copy.deepcopy(manifest)
+        return copy.deepcopy(manifest), True
+
+    def apply(self, manifest):
+        self.objects[(manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])] = manifest
+        return manifest
+
+    def delete(self, api_version, kind, ns, name):
+        self.deleted.append(f"{kind}/{name}")
+        return self.objects.pop((kind, ns, name), None) is not None
+
+    def ensure_workload_identity(self, *a):
+        pass
+
+
+def sft(status=None, generation=1):
+    return {"apiVersion": "devops-model.io/v1alpha1", "kind": "SFTRun",
+            "metadata": {"name": "s", "namespace": "ns", "uid": "u1", "generation": generation},
+            "spec": {"model": {"uri": "pvc://m/base"}, "data": {"datasets": [{"uri": "pvc://d/x.jsonl"}]},
+                     "training": {"maxSteps": 5}, "launcher": "Job", "output": {"uri": "pvc://m/out"}},
+            "status": status or {}}
+
+
+def test_first_pass_creates_the_children_and_says_pending():
+    kube = FakeKube()
+    out = reconcile(sft(), kube, OperatorConfig(), now=NOW)
+    assert {k[0] for k in kube.objects} == {"ConfigMap", "Job"}
+    assert out.status["state"] == "Pending" and out.status["observedGeneration"] == 1
+    assert ("Normal", "Created", "created Job s-train") in out.events
+
+
+def test_a_spec_change_after_start_is_reported_and_not_adopted():
+    kube = FakeKube()
+    out = reconcile(sft({"startTime": NOW, "observedGeneration": 1, "state": "Running"}, generation=2), kube,
+                    OperatorConfig(), now=NOW)
+    cond = next(c for c in out.status["conditions"] if c["type"] == "SpecChanged")
+    assert cond["status"] == "True" and cond["reason"] == "SpecChangedAfterStart" and "new run" in cond["message"]
+    assert "observedGeneration" not in out.status
+    assert any(e[1] == "SpecChangedAfterStart" and e[0] == "Warning" for e in out.events)
+
+
+def _complete(kube, message=""):
+    job = kube.objects[("Job", "ns", "s-train")]
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    kube.objects[("Pod", "ns", "s-train-x")] = {
+        "metadata": {"name": "s-train-x", "labels": job["spec"]["template"]["metadata"]["labels"]},
+        "status": {"phase": "Succeeded", "containerStatuses": [
+            {"state": {"terminated": {"exitCode": 0, "message": message}}}]}}
+
+
+def test_success_without_any_artifact_fails_with_no_artifact():
+    kube = FakeKube()
+    reconcile(sft(), kube, OperatorConfig(), now=NOW)
+    _complete(kube)
+    out = reconcile(sft({"observedGeneration": 1}), kube, OperatorConfig(), now=NOW)
+    assert out.status["state"] == "Failed"
+    assert next(c for c in out.status["conditions"] if c["type"] == "Succeeded")["reason"] == "NoArtifact"
+
+
+def test_an_artifact_patched_by_the_worker_counts_when_the_message_is_lost():
+    kube = FakeKube()
+    reconcile(sft(), kube, OperatorConfig(), now=NOW)
+    _complete(kube, message="")  # e.g. the node died after the patch
+    art = {"uri": "pvc://m/out/final", "format": "hf-lora"}
+    out = reconcile(sft({"observedGeneration": 1, "artifact": art}), kube, OperatorConfig(), now=NOW)
+    assert out.status["state"] == "Succeeded" and "pvc://m/out/final" in out.status["message"]
+
+
+def test_terminal_runs_are_left_alone():
+    kube = FakeKube()
+    out = reconcile(sft({"state": "Succeeded", "observedGeneration": 1}), kube, OperatorConfig(), now=NOW)
+    assert kube.objects == {} and out.requeue is None
