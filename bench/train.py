@@ -1,0 +1,189 @@
+"""SFT throughput: our SFTRun workload vs TRL's SFTTrainer, same model, data and effective batch.
+
+    .venv/bin/python bench/train.py                 # writes bench/results/train.json (~5-10 min on 2 cores)
+    .venv/bin/python bench/train.py --steps 10      # quick look
+
+Same machine, same run, one after the other, every library imported first:
+
+* model: the tiny Qwen2 model with the small byte-level BPE tokenizer (``devops-model dev
+  tiny-model --tokenizer bpe``), fp32 on CPU, full fine-tuning, AdamW, constant learning rate;
+* data: the bundled DevOps Q&A (alpaca + sharegpt, multi-turn), rendered with the seed's chatml
+  template by our code; TRL gets the very same token ids and completion masks as a pre-tokenized
+  dataset (``input_ids`` + ``completion_mask``, ``completion_only_loss``), so both train the same
+  tokens;
+* effective batch: 2 sequences of at most 256 tokens per step (packed: 2 bins of ≤ 256 tokens),
+  the same number of optimizer steps;
+* ours: ``runner.run_resource`` (the real ``devops-model run`` path) with packing on and off;
+* TRL 1.16.0: ``packing=True`` (BFD, padding-free), ``padding_free=True`` without packing, and plain
+  padding.
+
+tokens/s = real (non-padding) tokens the training loop consumed / its wall-clock time
+(``train_runtime``; model loading and saving are outside). The final loss is the mean of the last
+five logged losses, to show both sides train to the same place. The machine is shared with other
+jobs: absolute numbers wander, ratios are what the bench is for. LLaMA-Factory is not compared: its
+current releases pin transformers/peft/trl versions that conflict with this project's pins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DEVOPS_MODEL_NO_PROGRESS", "1")
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+MAX_LEN = 256
+BATCH = 2
+LR = 3e-3
+
+
+def machine() -> str:
+    return f"{platform.machine()} {os.cpu_count()} cores, {platform.system()} (CPU only)"
+
+
+def _tail_loss(history: list[dict]) -> float:
+    losses = [h["loss"] for h in history if "loss" in h]
+    return round(sum(losses[-5:]) / len(losses[-5:]), 4)
+
+
+def run_ours(root: Path, packing: bool, steps: int) -> dict:
+    from devops_model.api.resource import parse_resource
+    from devops_workloads import runner
+
+    name = f"bench-ours-{'packed' if packing else 'padded'}"
+    res = {
+        "apiVersion": "devops-model.io/v1alpha1", "kind": "SFTRun", "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": "pvc://models/tiny-bpe"},
+            "data": {"registry": "pvc://samples", "datasets": [{"name": "devops_qa_alpaca"}, {"name": "devops_qa_sharegpt"}]},
+            "training": {"learningRate": str(LR), "lrScheduler": "constant", "warmupRatio": "0", "maxSteps": steps,
+                         "perDeviceBatchSize": BATCH, "maxLength": MAX_LEN, "packing": packing, "precision": "fp32",
+                         "gradientCheckpointing": False, "saveSteps": 100000, "loggingSteps": 1, "template": "chatml"},
+            "finetuning": {"type": "full"}, "launcher": "Job", "output": {"uri": f"pvc://runs/{name}"},
+        },
+    }
+    runner.run_resource(parse_resource(res, "bench"))
+    state = json.loads((root / "runs" / name / "trainer_state.json").read_text())
+    end = state["log_history"][-1]
+    return {"tokens": end["num_input_tokens_seen"], "seconds": end["train_runtime"], "loss": _tail_loss(state["log_history"])}
+
+
+def trl_dataset(model_dir: Path):
+    """Our chatml rendering of the sample set as pre-tokenized rows for TRL."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from devops_model.api.resource import parse_resource
+    from devops_workloads.templates import get_template
+    from devops_workloads.train.data import load_datasets
+    from devops_workloads.train.preprocess import encode_sft_all
+
+    spec = parse_resource({
+        "apiVersion": "devops-model.io/v1alpha1", "kind": "SFTRun", "metadata": {"name": "x"},
+        "spec": {"model": {"uri": "pvc://m"}, "data": {"registry": "pvc://samples", "datasets": [
+            {"name": "devops_qa_alpaca"}, {"name": "devops_qa_sharegpt"}]}, "training": {"maxSteps": 1},
+            "output": {"uri": "pvc://o"}}}, "bench").spec
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    examples, _ = encode_sft_all(load_datasets(spec.data, "sft").records, tok, get_template("chatml"), MAX_LEN)
+    rows = [{"input_ids": e.input_ids, "completion_mask": [int(l != -100) for l in e.labels]} for e in examples]
+    return Dataset.from_list(rows), tok
+
+
+def run_trl(model_dir: Path, out: Path, mode: str, steps: int, dataset, tok) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="sdpa")
+    cfg = SFTConfig(
+        output_dir=str(out / f"trl-{mode}"), max_steps=steps, per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False, fp16=False,
+        # padding_free without packing refuses max_length; our rows are already cut to MAX_LEN
+        max_length=None if mode == "padding_free" else MAX_LEN, packing=(mode == "packing"), padding_free=(mode in ("packing", "padding_free")),
+        completion_only_loss=True, include_num_input_tokens_seen="non_padding", disable_tqdm=True,
+        gradient_checkpointing=False, dataloader_num_workers=0, seed=42,
+    )
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tok)
+    result = trainer.train()
+    return {"tokens": trainer.state.num_input_tokens_seen, "seconds": result.metrics["train_runtime"],
+            "loss": _tail_loss(trainer.state.log_history)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "train.json")
+    args = ap.parse_args()
+
+    import trl  # noqa: F401  (imported before any timing)
+
+    from devops_workloads.sample_data import install
+    from devops_workloads.tiny import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "storage"
+        os.environ["DEVOPS_MODEL_STORAGE"] = str(root)
+        os.environ["DEVOPS_MODEL_HOME"] = str(Path(tmp) / "home")
+        install(root)
+        model_dir = build_tiny_model(root / "models" / "tiny-bpe", "bpe", seed=0)
+        dataset, tok = trl_dataset(model_dir)
+
+        results = {}
+        for label, fn in [
+            ("ours packed", lambda: run_ours(root, True, args.steps)),
+            ("ours padded", lambda: run_ours(root, False, args.steps)),
+            ("TRL packing", lambda: run_trl(model_dir, Path(tmp), "packing", args.steps, dataset, tok)),
+            ("TRL padding_free", lambda: run_trl(model_dir, Path(tmp), "padding_free", args.steps, dataset, tok)),
+            ("TRL padded", lambda: run_trl(model_dir, Path(tmp), "padded", args.steps, dataset, tok)),
+        ]:
+            r = fn()
+            r["tps"] = r["tokens"] / r["seconds"]
+            results[label] = r
+            print(f"{label:18s} {r['tokens']:7d} tokens in {r['seconds']:7.2f}s = {r['tps']:8.1f} tokens/s, loss {r['loss']}", flush=True)
+
+    trl_rows = {k: v for k, v in results.items() if k.startswith("TRL")}
+    best_trl = max(trl_rows, key=lambda k: trl_rows[k]["tps"])
+    ours = results["ours packed"]
+    common = (f"tiny Qwen2 (bpe tokenizer), fp32 CPU, full FT, {args.steps} steps × {BATCH} sequences ≤ {MAX_LEN} tokens, "
+              "same token ids and masks")
+    rows = [
+        {"figure": "SFT tokens/s, packing on: ours vs the faster TRL SFTTrainer mode", "ours": round(ours["tps"], 1),
+         "anchor_name": f"TRL 1.16.0 SFTTrainer ({best_trl.split(' ', 1)[1]})", "anchor": round(trl_rows[best_trl]["tps"], 1),
+         "ratio": round(ours["tps"] / trl_rows[best_trl]["tps"], 3), "unit": "tokens/s",
+         "notes": f"{common}; final loss ours {ours['loss']} vs TRL {trl_rows[best_trl]['loss']}"},
+        {"figure": "SFT tokens/s, packing on: ours vs TRL packing (BFD, padding-free)", "ours": round(ours["tps"], 1),
+         "anchor_name": "TRL 1.16.0 SFTTrainer packing=True", "anchor": round(results["TRL packing"]["tps"], 1),
+         "ratio": round(ours["tps"] / results["TRL packing"]["tps"], 3), "unit": "tokens/s",
+         "notes": f"{common}; final loss ours {ours['loss']} vs TRL {results['TRL packing']['loss']}"},
+        {"figure": "SFT tokens/s, packing off: ours (padded) vs TRL (padded)", "ours": round(results["ours padded"]["tps"], 1),
+         "anchor_name": "TRL 1.16.0 SFTTrainer (padding)", "anchor": round(results["TRL padded"]["tps"], 1),
+         "ratio": round(results["ours padded"]["tps"] / results["TRL padded"]["tps"], 3), "unit": "tokens/s",
+         "notes": f"{common}; final loss ours {results['ours padded']['loss']} vs TRL {results['TRL padded']['loss']}"},
+        {"figure": "SFT tokens/s: ours packed vs TRL padding_free without packing", "ours": round(ours["tps"], 1),
+         "anchor_name": "TRL 1.16.0 SFTTrainer padding_free=True", "anchor": round(results["TRL padding_free"]["tps"], 1),
+         "ratio": round(ours["tps"] / results["TRL padding_free"]["tps"], 3), "unit": "tokens/s",
+         "notes": f"{common}; final loss ours {ours['loss']} vs TRL {results['TRL padding_free']['loss']}"},
+    ]
+    out = {"area": "train", "machine": machine(), "date": time.strftime("%Y-%m-%d"), "rows": rows,
+           "raw": {k: {kk: round(vv, 3) if isinstance(vv, float) else vv for kk, vv in v.items()} for k, v in results.items()}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
