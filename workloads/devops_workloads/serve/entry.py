@@ -31,7 +31,6 @@ from ..runner import EXIT_BAD_INPUT, RunContext, WorkloadError, home, read_regis
 def run(ctx: RunContext) -> dict[str, Any]:
     from ..sources import materialize_model
     from .app import ServerConfig
-    from .cli import serve
 
     spec = ctx.resource.spec
     model_dir = materialize_model(ctx.resolved_model)
@@ -63,13 +62,36 @@ def run(ctx: RunContext) -> dict[str, Any]:
     )
     host = os.environ.get("DEVOPS_MODEL_SERVE_HOST") or ("0.0.0.0" if ctx.in_cluster else "127.0.0.1")
     port = int(os.environ.get("DEVOPS_MODEL_SERVE_PORT") or spec.port)
-    serve(config, host, port)  # returns after SIGINT/SIGTERM
+    _serve_until_stopped(config, host, port)
     url = f"http://{host}:{port}"
     return {
         "endpoint": {"url": url, "model": name, "ui": url + "/" if config.ui else None},
         "lineage": lineage.get("lineage"),
         "message": f"served {name} at {url} until interrupted",
     }
+
+
+def _serve_until_stopped(config, host: str, port: int) -> None:
+    """Serve until Ctrl-C or SIGTERM, then return normally so that the run is recorded.
+
+    uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal with the previous
+    handlers restored; SIGTERM's default would kill the process before the status is written, so
+    both are turned into KeyboardInterrupt here and caught.
+    """
+    import signal
+
+    from .cli import serve
+
+    def interrupt(_sig, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        serve(config, host, port)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _overall(scores: dict[str, Any], shots: int) -> float | None:
