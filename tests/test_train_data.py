@@ -228,3 +228,28 @@ def test_padded_collator_masks_padding():
     assert batch["input_ids"].shape == (2, 12)
     assert batch["attention_mask"][0].tolist() == [1] * 7 + [0] * 5
     assert batch["labels"][0, 7:].tolist() == [-100] * 5
+
+
+# --------------------------------------------------------------------------- sample data and examples
+
+
+def test_install_copies_the_sample_tree(tmp_path):
+    from devops_workloads.sample_data import ROOT, install
+
+    dest = install(tmp_path)
+    for f in ROOT.rglob("*"):
+        if f.is_file() and f.name != "__init__.py" and "__pycache__" not in f.parts:
+            assert (dest / f.relative_to(ROOT)).read_bytes() == f.read_bytes()
+
+
+@pytest.mark.parametrize("name", ["pretrain", "sft-lora", "sft-full"])
+def test_examples_parse_and_their_data_verifies(name, train_storage):
+    from devops_model.api.resource import load_documents
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "local" / f"{name}.yaml"
+    res = parse_resource(load_documents(path)[0], str(path))
+    stage = "pt" if res.kind == "PretrainRun" else "sft"
+    data = load_datasets(res.spec.data, stage)
+    assert data.problems.total() == 0 and all(fp["verified"] for fp in data.fingerprints.values())
+    if name == "sft-lora":
+        assert res.spec.model.from_run.kind == "PretrainRun" and res.spec.finetuning.lora.merge
