@@ -213,7 +213,8 @@ def test_operator_with_the_charts_rbac_reconciles_a_run(control_plane, fresh_nam
 
 def test_two_replicas_with_peering_reconcile_exactly_once(control_plane, fresh_namespace, chart_rbac, tmp_path, monkeypatch):
     """Two operator replicas (the chart's peering config and KopfPeering object, its RBAC): both register
-    as peers, one reconciles, and the run gets exactly one child.
+    as peers, one reconciles, and the run gets exactly one child; when the leader stops, the standby
+    takes over.
 
     kopf peering is not leader election: peers of EQUAL priority all pause ("Pausing all operators,
     including self"). Replicas of one Deployment therefore need distinct priorities, which the operator
@@ -238,6 +239,8 @@ def test_two_replicas_with_peering_reconcile_exactly_once(control_plane, fresh_n
             work.mkdir()
             # Each replica is a pod with its own name: the chart's POD_ID env (kopf's peer identity).
             monkeypatch.setenv("POD_ID", f"{ids.release}-operator-{i}")
+            # Fixed priorities make the leader known: replica 0 (the operator draws random ones).
+            monkeypatch.setenv("DEVOPS_MODEL_PEERING_PRIORITY", str(200 - 100 * i))
             ops.append(OperatorProcess(cp, ids.operator_kubeconfig, ns, work, config).start())
         cp.wait_for(lambda: len((cp.get("kopfpeering", peering_name, ns) or {}).get("status", {})) == 2,
                     timeout=30, message="both replicas registered in the peering object's status")
@@ -258,6 +261,15 @@ def test_two_replicas_with_peering_reconcile_exactly_once(control_plane, fresh_n
             pytest.xfail("equal-priority kopf peers all pause: devops_operator.main must give each replica a "
                          "distinct peering priority (e.g. derived from POD_ID); the chart side is in place")
         assert len(cp.get("pytorchjobs", namespace=ns)["items"]) == 1
+
+        # Fail-over: the leader stops (a drained node); the standby resumes and reconciles the next run.
+        ops[0].stop()
+        second = base("PretrainRun")
+        second["metadata"]["name"] = "pt2"
+        cp.apply(second, ns)
+        cp.wait_for(lambda: cp.get("pytorchjob", "pt2-train", ns), timeout=60,
+                    message=lambda: f"the standby taking over; its log:\n{ops[1].tail(30)}")
+        assert len(cp.get("pytorchjobs", namespace=ns)["items"]) == 2
     finally:
         for o in ops:
             o.stop()
