@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import os
 import re
+import signal
+import subprocess
+import time
 
 import httpx
 import openai
 import pytest
 from huggingface_hub import InferenceClient
 
-from tests.plugins.serve import API_KEY, LINEAGE
+from tests.plugins.serve import API_KEY, LINEAGE, cli, free_port
 
 
 def sse_events(response: httpx.Response) -> list:
@@ -199,7 +203,6 @@ def test_overload_gets_429_and_the_server_recovers(bpe_server):
         ok = httpx.post(url, json={**body, "stream": False, "max_tokens": 4}, timeout=30)
         if ok.status_code == 200:
             break
-        import time
         time.sleep(0.1)
     assert ok.status_code == 200
     metrics = httpx.get(bpe_server.url + "/metrics").text
@@ -342,3 +345,44 @@ def test_server_is_healthy_after_malformed_requests(bpe_server):
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
     assert bpe_server.proc.poll() is None
     assert "Traceback" not in bpe_server.log.read_text()
+
+
+# ----------------------------------------------------------------------------- web chat in front of another engine
+
+
+def test_proxy_serves_page_and_lineage_in_front_of_another_engine(bpe_server, start_server, tmp_path):
+    """`serve --upstream URL`: the page and /v1/info here, every API call passed through, streaming."""
+    lineage = tmp_path / "lineage.json"
+    lineage.write_text(json.dumps({"lineage": ["SFTRun/upstream-sft"]}))
+    proxy = start_server(None, "--upstream", bpe_server.url, "--lineage-file", str(lineage), name="ignored")
+    assert "DevOps-Model" in httpx.get(proxy.url + "/").text
+    info = httpx.get(proxy.url + "/v1/info").json()
+    assert info["lineage"] == ["SFTRun/upstream-sft"] and info["upstream"] == bpe_server.url
+    body = {"messages": [{"role": "user", "content": "Kubernetes"}], "max_tokens": 8}
+    direct = httpx.post(bpe_server.url + CHAT, json=body, timeout=60).json()["choices"][0]["message"]["content"]
+    with httpx.stream("POST", proxy.url + CHAT, json={**body, "stream": True}, timeout=60) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == direct
+    bad = httpx.post(proxy.url + CHAT, json={"messages": USER, "temperature": 9}, timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "temperature"
+    assert re.search(r'devops_model_proxy_requests_total\{status="200"\} [1-9]', httpx.get(proxy.url + "/metrics").text)
+
+
+def test_proxy_says_when_the_engine_is_unreachable():
+    dead = f"http://127.0.0.1:{free_port()}"
+    port = free_port()
+    proc = subprocess.Popen([*cli(), "serve", "--upstream", dead, "--port", str(port), "--log-level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for _ in range(300):
+            try:
+                r = httpx.post(f"http://127.0.0.1:{port}" + CHAT, json={"messages": USER}, timeout=10)
+                break
+            except httpx.ConnectError:
+                time.sleep(0.1)
+        assert r.status_code == 502 and dead in r.json()["error"]["message"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)

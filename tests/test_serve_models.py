@@ -192,3 +192,33 @@ def test_gate_refuses_to_serve(lineage_home, gate, reason):
     r = subprocess.run([*cli(), "run", "-f", str(f)], cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 3, r.stderr
     assert "GateNotPassed" in r.stderr and reason in r.stderr and "spec.gate" in r.stderr
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(tiny_bpe):
+    """An exception inside a forward step (out of memory, a kernel error) answers the requests in
+    the batch with an error; the loop keeps serving the next ones."""
+    from devops_workloads.serve.engine import BatchingEngine, SamplingParams
+
+    engine = BatchingEngine.load(tiny_bpe, device="cpu", max_batch_size=4)
+    real_forward = engine.model.forward
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated out of memory")
+        return real_forward(*args, **kwargs)
+
+    engine.model.forward = flaky
+    engine.start()
+    try:
+        events = []
+        done = threading.Event()
+        engine.submit(engine.tokenizer("hello").input_ids, SamplingParams(max_tokens=10, temperature=0),
+                      lambda ev: (events.append(ev), done.set() if ev.finish_reason else None))
+        assert done.wait(60)
+        assert events[-1].finish_reason == "error" and "simulated out of memory" in events[-1].error
+        assert engine.alive
+        assert engine_answers(engine, PROMPTS[:2], max_tokens=4) == engine_answers(engine, PROMPTS[:2], max_tokens=4)
+    finally:
+        engine.stop()

@@ -85,20 +85,21 @@ def _stop(server: Server) -> None:
 
 @pytest.fixture(scope="session")
 def start_server(tmp_path_factory):
-    """Factory: start_server(model_dir, *extra_flags, name=...) -> Server (healthy)."""
+    """Factory: start_server(model_dir, *extra_flags, name=...) -> Server (healthy).
+    model_dir None with ``--upstream URL`` in the flags starts the web chat proxy."""
     started: list[Server] = []
     counter = itertools.count()
 
-    def start(model: Path, *flags: str, name: str = "tiny", timeout: float = 180) -> Server:
+    def start(model: Path | None, *flags: str, name: str = "tiny", timeout: float = 180) -> Server:
         port = free_port()
         log = tmp_path_factory.mktemp(f"serve-{next(counter)}") / "serve.log"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         proc = subprocess.Popen(
-            [*cli(), "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
+            [*cli(), "serve", *(["--model", str(model)] if model else []), "--host", "127.0.0.1", "--port", str(port),
              "--served-model-name", name, "--log-level", "warning", *flags],
             stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=REPO,
         )
-        server = Server(f"http://127.0.0.1:{port}", proc, log, Path(model), name)
+        server = Server(f"http://127.0.0.1:{port}", proc, log, Path(model) if model else None, name)
         started.append(server)
         deadline = time.time() + timeout
         while server.health() != 200:

@@ -17,6 +17,7 @@ examples:
   devops-model serve --model /models/sft-int4 --host 0.0.0.0 --served-model-name devops-chat \\
       --max-concurrency 32 --api-key-file /var/run/secrets/api-key --lineage-file lineage.json
   DEVOPS_MODEL_API_KEY=s3cret devops-model serve --model ./merged
+  devops-model serve --upstream http://127.0.0.1:8001 --lineage-file lineage.json   # web chat for vLLM/TGI
 
 then:
   devops-model chat --url http://127.0.0.1:8000              # terminal chat
@@ -41,7 +42,10 @@ def register(sub) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="model folder (or a file:// / pvc:// URI)")
+    p.add_argument("--model", default=None, help="model folder (or a file:// / pvc:// URI)")
+    p.add_argument("--upstream", default=None, metavar="URL",
+                   help="instead of a model: serve the web chat and /v1/info in front of another engine "
+                   "(vLLM, TGI) at URL and pass its API through (a sidecar next to it)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in a pod; default %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port for the API, web chat, /health and /metrics (default %(default)s)")
     p.add_argument("--served-model-name", default=None, help="model id in the API (default: the folder name)")
@@ -88,16 +92,7 @@ def config_from_args(args):
         api_key = args.api_key
     elif os.environ.get("DEVOPS_MODEL_API_KEY"):
         api_key = os.environ["DEVOPS_MODEL_API_KEY"].strip()
-    lineage = {}
-    if args.lineage_file:
-        try:
-            lineage = json.loads(args.lineage_file.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise SystemExit(f"error: --lineage-file {args.lineage_file}: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
-            raise SystemExit(f"error: --lineage-file {args.lineage_file} is not valid JSON: {exc}") from None
-        if not isinstance(lineage, dict):
-            raise SystemExit(f"error: --lineage-file {args.lineage_file} must hold a JSON object (see docs/serving.md)")
+    lineage = _read_lineage(args.lineage_file)
     if args.max_concurrency < 1:
         raise SystemExit("error: --max-concurrency must be at least 1")
     if args.max_batch_size is not None and args.max_batch_size < 1:
@@ -117,6 +112,20 @@ def config_from_args(args):
     )
 
 
+def _read_lineage(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    try:
+        lineage = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SystemExit(f"error: --lineage-file {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"error: --lineage-file {path} is not valid JSON: {exc}") from None
+    if not isinstance(lineage, dict):
+        raise SystemExit(f"error: --lineage-file {path} must hold a JSON object (see docs/serving.md)")
+    return lineage
+
+
 def serve(config, host: str, port: int, log_level: str = "info") -> None:
     """Run the server in the foreground until SIGINT/SIGTERM."""
     import logging
@@ -133,6 +142,25 @@ def serve(config, host: str, port: int, log_level: str = "info") -> None:
 
 
 def _cmd_serve(args) -> int:
+    if args.upstream:
+        return _serve_proxy(args)
+    if not args.model:
+        raise SystemExit("error: give --model DIR (serve a model) or --upstream URL (web chat in front of vLLM/TGI)")
     config = config_from_args(args)
     serve(config, args.host, args.port, args.log_level)
+    return 0
+
+
+def _serve_proxy(args) -> int:
+    import uvicorn
+
+    from .proxy import create_proxy_app
+
+    if args.model:
+        raise SystemExit("error: --model and --upstream exclude each other: the model is served by the upstream engine")
+    lineage = _read_lineage(args.lineage_file)
+    print(f"web chat and /v1/info on http://{args.host}:{args.port}, API passed through to {args.upstream}",
+          file=sys.stderr, flush=True)
+    app = create_proxy_app(args.upstream, args.served_model_name, lineage, ui=not args.no_ui)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

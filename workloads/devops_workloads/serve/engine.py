@@ -229,34 +229,44 @@ class BatchingEngine:
     # ------------------------------------------------------------------ loop
     def _loop(self) -> None:
         torch = self.torch
-        try:
-            with torch.inference_mode():
-                while not self._stop.is_set():
-                    if not self._rows:
-                        try:
-                            first = self.waiting.get(timeout=0.1)
-                        except queue.Empty:
-                            continue
-                        self._admit([first])
-                    self._admit_waiting()
-                    if self._rows:
-                        self._decode_step()
-        except Exception as exc:  # the loop must not die silently: /health turns 503 and requests fail
-            log.exception("batching loop died")
-            self.failed = f"{type(exc).__name__}: {exc}"
-            for req in self._rows:
-                req.sink(Event(finish_reason="error", error=self.failed))
-            self._rows = []
+        with torch.inference_mode():
+            while not self._stop.is_set():
+                if not self._rows:
+                    try:
+                        first = self.waiting.get(timeout=0.1)
+                    except queue.Empty:
+                        continue
+                    self._guarded(self._admit, [first])
+                new = self._take_waiting()
+                if new:
+                    self._guarded(self._admit, new)
+                if self._rows:
+                    self._guarded(self._decode_step)
 
-    def _admit_waiting(self) -> None:
-        new = []
+    def _guarded(self, step, *args) -> None:
+        """Run one step; if it raises (out of memory, a kernel error), fail the requests it touched
+        with the reason and keep serving the rest instead of letting the loop die."""
+        try:
+            step(*args)
+        except Exception as exc:
+            log.exception("generation step failed")
+            why = f"{type(exc).__name__}: {exc}"
+            victims = list(self._rows) + [r for a in args if isinstance(a, list) for r in a]
+            self._rows, self._cache, self._mask, self._pending = [], None, None, None
+            for req in {id(r): r for r in victims}.values():
+                if not req.cancelled:
+                    req.cancelled = True
+                    req.sink(Event(finish_reason="error", error=why))
+
+    def _take_waiting(self) -> list[GenerationRequest]:
+        """Waiting requests that fit into the batch now."""
+        new: list[GenerationRequest] = []
         while len(self._rows) + len(new) < self.max_batch_size:
             try:
                 new.append(self.waiting.get_nowait())
             except queue.Empty:
                 break
-        if new:
-            self._admit(new)
+        return new
 
     def _admit(self, reqs: list[GenerationRequest]) -> None:
         """Prefill new requests together and merge them into the running batch."""

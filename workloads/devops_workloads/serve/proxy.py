@@ -1,0 +1,86 @@
+"""The web chat in front of another engine (vLLM, TGI): serve the page, the lineage, and pass the API through.
+
+    devops-model serve --upstream http://127.0.0.1:8001 --port 8000 --lineage-file lineage.json
+
+vLLM and TGI have no web chat and know nothing of the model's lineage. Run this next to them (a
+sidecar in the same pod): it serves the page at ``/``, ``/v1/info`` with the lineage and exam
+scores, and forwards every API route (``/v1/...``, ``/generate``, ``/generate_stream``) to the
+upstream, streaming responses through as they come. ``/health`` is the upstream's health, so the
+same probes keep working; ``/metrics`` counts the proxied requests. No model is loaded here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# httpx2 is the HTTP client that openai and huggingface_hub (the serve extra) bring along
+import httpx2 as httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from starlette.background import BackgroundTask
+
+from .app import WEB_PAGE
+
+#: Hop-by-hop headers are never forwarded (RFC 9110 §7.6.1); content-length is recomputed.
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+              "transfer-encoding", "upgrade", "content-length", "host"}
+
+
+def create_proxy_app(upstream: str, served_model_name: str | None = None, lineage: dict[str, Any] | None = None,
+                     ui: bool = True, engine: str = "upstream") -> FastAPI:
+    from contextlib import asynccontextmanager
+
+    upstream = upstream.rstrip("/")
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        await client.aclose()
+
+    app = FastAPI(title="devops-model web chat proxy", docs_url=None, redoc_url=None, lifespan=lifespan)
+    registry = CollectorRegistry()
+    proxied = Counter("devops_model_proxy_requests", "Requests passed to the upstream engine", ["status"], registry=registry)
+    client = httpx.AsyncClient(base_url=upstream, timeout=httpx.Timeout(600, connect=10))
+
+    async def forward(request: Request, path: str) -> Response:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        req = client.build_request(request.method, "/" + path, params=request.query_params, headers=headers,
+                                   content=await request.body())
+        try:
+            resp = await client.send(req, stream=True)
+        except httpx.HTTPError as exc:
+            proxied.labels("502").inc()
+            return JSONResponse({"error": {"message": f"the engine at {upstream} did not answer: {exc}",
+                                           "type": "server_error", "param": None, "code": "upstream_unreachable"}},
+                                status_code=502)
+        proxied.labels(str(resp.status_code)).inc()
+        out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}
+        return StreamingResponse(resp.aiter_raw(), status_code=resp.status_code, headers=out_headers,
+                                 background=BackgroundTask(resp.aclose))
+
+    @app.get("/v1/info")
+    async def info(request: Request):
+        name = served_model_name
+        if name is None:  # ask the engine (vLLM and TGI's Messages API list one model)
+            r = await client.get("/v1/models", headers={k: v for k, v in request.headers.items() if k.lower() == "authorization"})
+            if r.status_code == 401:
+                return JSONResponse(r.json(), status_code=401)
+            if r.status_code == 200 and r.json().get("data"):
+                name = r.json()["data"][0]["id"]
+        return {"model": name, "engine": engine, "upstream": upstream, **(lineage or {})}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    if ui:
+        @app.get("/", response_class=HTMLResponse)
+        async def web_chat():
+            return HTMLResponse(WEB_PAGE.read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+    async def passthrough(path: str, request: Request):
+        return await forward(request, path)
+
+    return app
