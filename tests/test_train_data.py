@@ -253,3 +253,24 @@ def test_examples_parse_and_their_data_verifies(name, train_storage):
     assert data.problems.total() == 0 and all(fp["verified"] for fp in data.fingerprints.values())
     if name == "sft-lora":
         assert res.spec.model.from_run.kind == "PretrainRun" and res.spec.finetuning.lora.merge
+
+
+def test_selective_head_loss_and_gradients_equal_the_full_head(tiny_bpe):
+    """The LM head only at trained positions: same loss and gradients as the plain forward pass."""
+    from transformers import AutoModelForCausalLM
+
+    from devops_workloads.train.selective_loss import selective_lm_loss
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_bpe), dtype=torch.float32)
+    for batch in [pp.PackedCollator()(pp.pack_examples(_examples(), 64, 0)), pp.PaddedCollator(0)(_examples())]:
+        model.zero_grad()
+        full = model(**batch).loss
+        full.backward()
+        ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        loss, out = selective_lm_loss(model, batch)
+        loss.backward()
+        assert loss.item() == pytest.approx(full.item(), rel=1e-5)
+        assert out.logits.shape[0] == int((batch["labels"][:, 1:] != -100).sum())  # only trained rows projected
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(p.grad, ref[n], atol=1e-6, rtol=1e-4)

@@ -183,9 +183,10 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
         model.config.use_cache = False  # no KV cache in training; packed position_ids need cache=None
 
     # 4. trainer
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import TrainingArguments
 
     from .callbacks import CheckpointConfigCallback, PreemptionCallback, ProgressCallback
+    from .selective_loss import SelectiveHeadTrainer
 
     ckpt_dir = out / "checkpoints"
     out.mkdir(parents=True, exist_ok=True)
@@ -240,7 +241,7 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
         (out / "data_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str))
 
     progress = ProgressCallback(out, f"{res.kind}/{ctx.name}", spec.output.uri)
-    trainer = Trainer(
+    trainer = SelectiveHeadTrainer(  # the LM head only where a token is trained (same loss, less compute)
         model=model,
         args=args,
         train_dataset=pp.ExampleDataset(train_items),
