@@ -357,3 +357,40 @@ def test_termination_message_keeps_the_essentials_within_4096_bytes(tmp_path, mo
     assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
     status = json.loads(text)["status"]
     assert status["summary"] == "0-shot 50.0%" and status["artifact"]["uri"] == "pvc://m/r" and "scores" not in status
+
+
+def test_two_replicas_with_peering_one_works_and_the_other_takes_over(control_plane, k8s_namespace, run_operator):
+    """Leader election: the chart's peering CRDs and RBAC (peering enabled), two operator processes."""
+    from tests.plugins.operator import REPO, render_chart_with
+
+    cp, ns = control_plane, k8s_namespace
+    cp.apply_crds([REPO / "charts" / "devops-model" / "crds" / "kopf-peerings.yaml"])
+    # The operator here watches one namespace, so kopf peers through a KopfPeering in it: that is
+    # the chart's namespaced mode, whose Role (with the kopfpeerings rule) is bound in this namespace.
+    docs = render_chart_with(cp, "--set", "scope.mode=namespaced", "--set", "operator.peering.enabled=true")
+    role = [d for d in docs if d["kind"] in ("Role", "RoleBinding") and d["metadata"]["name"] == "devops-model"]
+    assert any("kopfpeerings" in r["resources"] for d in role if d["kind"] == "Role" for r in d["rules"])
+    for d in role:
+        d["metadata"]["namespace"] = ns
+    cp.apply(role, namespace=ns)
+    cp.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "devops-model"}}, namespace=ns)
+    cfg = {"reconcile": {"peering": "devops-model"}}
+    a = run_operator(ns, cfg)
+    b = run_operator(ns, cfg)
+
+    def paused():
+        return [op for op in (a, b) if "Pausing operations in favour of" in op.tail(400)]
+
+    (follower,) = cp.wait_for(lambda: len(paused()) == 1 and paused(), timeout=90,
+                              message=lambda: f"one paused replica\nA:\n{a.tail(15)}\nB:\n{b.tail(15)}")
+    leader = b if follower is a else a
+    cp.apply([sft(f"p{i}", launcher="Job") for i in range(3)], namespace=ns)
+    for i in range(3):
+        cp.wait_for(lambda: state_of(cp, "sftrun", f"p{i}", ns) == "Pending", timeout=45, message=lambda: leader.tail())
+    assert "reconcile_sftrun" not in follower.tail(400)
+    leader.stop(kill=True)
+    cp.apply(sft("after", launcher="Job"), namespace=ns)
+    cp.wait_for(lambda: cp.get("job", "after-train", ns), timeout=120,
+                message=lambda: f"the follower takes over\n{follower.tail(20)}")
+    jobs = [j["metadata"]["name"] for j in cp.get("jobs", namespace=ns)["items"]]
+    assert sorted(jobs) == ["after-train", "p0-train", "p1-train", "p2-train"]

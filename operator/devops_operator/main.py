@@ -6,13 +6,16 @@
 Health (``--health-port``): ``GET /healthz`` 200 while the kopf loop runs; ``GET /readyz`` 200
 once start-up finished (handlers registered, API reachable). Metrics (``--metrics-port``):
 ``GET /metrics`` (see :mod:`devops_operator.metrics`). With ``reconcile.peering`` set (the chart
-does when replicas > 1) only the replica holding the kopf peering handles resources.
+does when replicas > 1) the replicas register in that kopf peering object with random priorities
+and only the highest handles resources; the others pause until it is gone
+(``$DEVOPS_MODEL_PEERING_PRIORITY`` fixes a replica's priority).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional, Sequence
@@ -70,12 +73,19 @@ def run_operator(*, namespaces: Sequence[str] = (), all_namespaces: bool = True,
     health = _health_server(health_port, ready, alive) if health_port else None
     if not namespaces and CONFIG.scope == "namespaced" and CONFIG.namespace:
         namespaces = [CONFIG.namespace]
+    # kopf peering pauses every operator when peers share a priority, and the one with the highest
+    # priority works: a random priority per process makes that a leader election (a new replica of
+    # a rolling update may take over; handlers are idempotent, so that is harmless).
+    priority = None
+    if CONFIG.reconcile.peering:
+        priority = int(os.environ.get("DEVOPS_MODEL_PEERING_PRIORITY") or random.SystemRandom().randint(1, 2**30))
     try:
         kopf.run(
             clusterwide=not namespaces,
             namespaces=list(namespaces),
             standalone=CONFIG.reconcile.peering is None,
             peering_name=CONFIG.reconcile.peering,
+            priority=priority,
             memo=memo,
             ready_flag=ready,
             stop_flag=stop_flag,

@@ -41,10 +41,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def render_chart(cp) -> list[dict]:
-    """``helm template`` of the chart with its default values (release devops-model)."""
-    r = cp.helm("template", "devops-model", str(REPO / "charts" / "devops-model"), "--namespace", OPERATOR_NS)
+def render_chart_with(cp, *args: str) -> list[dict]:
+    """``helm template`` of the chart (release devops-model) with extra helm arguments."""
+    r = cp.helm("template", "devops-model", str(REPO / "charts" / "devops-model"), "--namespace", OPERATOR_NS, *args)
     return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+def render_chart(cp) -> list[dict]:
+    """``helm template`` of the chart with its default values."""
+    return render_chart_with(cp)
 
 
 @pytest.fixture(scope="session")
