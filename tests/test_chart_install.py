@@ -216,10 +216,8 @@ def test_two_replicas_with_peering_reconcile_exactly_once(control_plane, fresh_n
     as peers, one reconciles, and the run gets exactly one child; when the leader stops, the standby
     takes over.
 
-    kopf peering is not leader election: peers of EQUAL priority all pause ("Pausing all operators,
-    including self"). Replicas of one Deployment therefore need distinct priorities, which the operator
-    has to derive per pod (the chart gives each pod POD_ID = its name). Until it does, this test ends
-    as XFAIL with kopf's own words, and any other failure (RBAC, peering object) still fails it."""
+    kopf pauses every peer that sees another of EQUAL priority, so this also proves the operator gives
+    each replica its own priority (here fixed through DEVOPS_MODEL_PEERING_PRIORITY)."""
     from tests.plugins.operator import OperatorProcess
 
     cp = control_plane
@@ -246,20 +244,11 @@ def test_two_replicas_with_peering_reconcile_exactly_once(control_plane, fresh_n
                     timeout=30, message="both replicas registered in the peering object's status")
         cp.apply(base("PretrainRun"), ns)
 
-        def outcome():
-            if cp.get("pytorchjob", "pt-train", ns):
-                return "reconciled"
-            # Both see the other as an equal: kopf keeps (or puts) every such peer on pause.
-            if all("conflicting operators with the same priority" in o.tail(200) for o in ops):
-                return "all paused"
-            return None
-
-        result = cp.wait_for(outcome, timeout=60, message=lambda: "\n".join(o.tail(20) for o in ops))
+        cp.wait_for(lambda: cp.get("pytorchjob", "pt-train", ns), timeout=60,
+                    message=lambda: "\n".join(o.tail(20) for o in ops))
         for o in ops:
             assert "Forbidden" not in o.tail(400), o.tail()
-        if result == "all paused":
-            pytest.xfail("equal-priority kopf peers all pause: devops_operator.main must give each replica a "
-                         "distinct peering priority (e.g. derived from POD_ID); the chart side is in place")
+            assert "conflicting operators with the same priority" not in o.tail(400), o.tail()
         assert len(cp.get("pytorchjobs", namespace=ns)["items"]) == 1
 
         # Fail-over: the leader stops (a drained node); the standby resumes and reconciles the next run.
