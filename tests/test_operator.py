@@ -374,7 +374,7 @@ def test_two_replicas_with_peering_one_works_and_the_other_takes_over(control_pl
         d["metadata"]["namespace"] = ns
     cp.apply(role, namespace=ns)
     cp.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "devops-model"}}, namespace=ns)
-    cfg = {"reconcile": {"peering": "devops-model"}}
+    cfg = {"reconcile": {"peering": "devops-model", "peeringLifetimeSeconds": 10}}
     a = run_operator(ns, cfg)
     b = run_operator(ns, cfg)
 
@@ -390,7 +390,7 @@ def test_two_replicas_with_peering_one_works_and_the_other_takes_over(control_pl
     assert "reconcile_sftrun" not in follower.tail(400)
     leader.stop(kill=True)
     cp.apply(sft("after", launcher="Job"), namespace=ns)
-    cp.wait_for(lambda: cp.get("job", "after-train", ns), timeout=120,
+    cp.wait_for(lambda: cp.get("job", "after-train", ns), timeout=60,
                 message=lambda: f"the follower takes over\n{follower.tail(20)}")
     jobs = [j["metadata"]["name"] for j in cp.get("jobs", namespace=ns)["items"]]
     assert sorted(jobs) == ["after-train", "p0-train", "p1-train", "p2-train"]

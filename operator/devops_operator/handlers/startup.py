@@ -27,6 +27,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     if CONFIG.reconcile.peering:
         settings.peering.name = CONFIG.reconcile.peering
         settings.peering.mandatory = True
+        settings.peering.lifetime = CONFIG.reconcile.peering_lifetime_seconds
     memo.config = CONFIG
     memo.kube = getattr(memo, "kube", None) or Kube()
     memo.locks = {}
