@@ -144,11 +144,11 @@ def run_quickstart(workdir: Path, exams: Path | None = None, fresh: bool = False
 
     # last: serve the int4 model and ask one question ---------------------------------------------
     t0 = time.time()
-    answer = _serve_and_ask(workdir, env, summary)
+    answer, info = _serve_and_ask(workdir, env)
     timings["chat"] = time.time() - t0
-    _say(f"✓ {'chat':<20} Q: {QUESTION}\n{'':23}A: {answer[:200]!r}")
+    _say(f"✓ {'chat':<20} Q: {QUESTION}\n{'':23}A: {answer[:200]!r} ({timings['chat']:.0f}s)")
 
-    report = write_report(workdir, summary, timings, QUESTION, answer)
+    report = write_report(workdir, summary, timings, QUESTION, answer, info)
     _say(f"\nreport: {report} (and report.html)")
     return report
 
@@ -169,46 +169,53 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve_and_ask(workdir: Path, env: dict[str, str], summary: list[dict[str, Any]]) -> str:
+def _serve_and_ask(workdir: Path, env: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """`devops-model run -f chat.yaml` (the ChatDeployment, built-in engine) on a free port, ask
+    one question through the chat client, stop the server. Returns the answer and /v1/info."""
     import urllib.request
 
-    quant = next(s for s in summary if s["kind"] == "QuantizeRun")
-    from devops_model.uris import local_path
-
-    model = local_path(quant["status"]["artifact"]["uri"])
+    src = EXAMPLES / "chat.yaml"
+    if not src.exists():
+        raise QuickstartError(f"{src} is missing; the quickstart runs the examples in examples/local/")
+    dst = workdir / "resources" / "chat.yaml"
+    shutil.copyfile(src, dst)
     port = _free_port()
-    log = open(workdir / "serve.log", "w")
-    proc = subprocess.Popen(
-        [*_cli(), "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-         "--served-model-name", "devops-model-tiny-int4"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 180
-        while True:
-            if proc.poll() is not None:
-                raise QuickstartError(f"the built-in server exited early; see {workdir / 'serve.log'}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                raise QuickstartError(f"the built-in server did not become healthy in 180s; see {workdir / 'serve.log'}")
-            time.sleep(0.5)
-        from .chat.client import ChatClient
-
-        client = ChatClient(f"http://127.0.0.1:{port}/v1")
-        response, _history = client.chat(QUESTION, [], max_tokens=48)
-        return response
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+    log_path = workdir / "serve.log"
+    _say(f"▶ {'chat':<20} devops-model run -f {dst}  (port {port})")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([*_cli(), "run", "-f", str(dst)], env={**env, "DEVOPS_MODEL_SERVE_PORT": str(port)},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+            deadline = time.time() + 300
+            while True:
+                if proc.poll() is not None:
+                    raise QuickstartError(f"the chat server exited early (exit {proc.returncode}); see {log_path}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.time() > deadline:
+                    raise QuickstartError(f"the chat server did not become healthy in 300s; see {log_path}")
+                time.sleep(0.5)
+            info: dict[str, Any] = {}
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/info", timeout=5) as r:
+                    info = json.loads(r.read())
+            except (OSError, ValueError):
+                pass
+            from .chat.client import ChatClient
+
+            client = ChatClient(f"http://127.0.0.1:{port}")
+            response, _history = client.chat(QUESTION, [], max_tokens=48)
+            return response, info
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 # ----------------------------------------------------------------------------- report
@@ -241,7 +248,8 @@ def _score_table(summary: list[dict[str, Any]]) -> tuple[list[str], list[list[st
     return header, rows
 
 
-def write_report(workdir: Path, summary: list[dict[str, Any]], timings: dict[str, float], question: str, answer: str) -> Path:
+def write_report(workdir: Path, summary: list[dict[str, Any]], timings: dict[str, float], question: str, answer: str,
+                 info: dict[str, Any] | None = None) -> Path:
     from devops_model.uris import local_path
 
     lines = ["# DevOps-Model quickstart report", "",
@@ -252,12 +260,13 @@ def write_report(workdir: Path, summary: list[dict[str, Any]], timings: dict[str
     for s in summary:
         st = s["status"]
         art = (st.get("artifact") or {}).get("uri", "")
-        took = "reused" if s["reused"] else f"{timings.get(s['stage'], 0):.0f}s"
+        took = (f"{st.get('durationSeconds', 0):.0f}s (reused)" if s["reused"]
+                else f"{timings.get(s['stage'], 0):.0f}s")
         lines.append(f"| {s['stage']} | {s['kind']}/{s['name']} | {st.get('state')} | {took} | `{art}` |")
         if s["kind"] in ("PretrainRun", "SFTRun") and art:
             for png in sorted(local_path(art).rglob("training_loss*.png")):
                 plots.append((s["stage"], png))
-    lines.append(f"| chat | built-in server | answered | {timings.get('chat', 0):.0f}s | |")
+    lines.append(f"| chat | ChatDeployment/devops-chat (built-in engine) | answered | {timings.get('chat', 0):.0f}s | |")
     lines += ["", "## Loss curves", ""]
     for title, png in plots:
         lines.append(f"![{title}]({os.path.relpath(png, workdir)})")
@@ -277,7 +286,12 @@ def write_report(workdir: Path, summary: list[dict[str, Any]], timings: dict[str
             if st.get("sizeAfterBytes"):
                 lines.append(f"| GPTQ int4 | {st['sizeAfterBytes'] / 1e6:.1f} MB (ratio {st.get('compressionRatio', 0):.2f}×; "
                              f"perplexity {st.get('perplexityBefore', 0):.1f} → {st.get('perplexityAfter', 0):.1f}) |")
-    lines += ["", "## Chat", "", f"**Q:** {question}", "", f"**A:** {answer}", "",
+    lines += ["", "## Chat", ""]
+    lineage = (info or {}).get("lineage")
+    if lineage:
+        lines += ["Served model lineage (from `/v1/info`, also shown by the web chat): "
+                  + " → ".join(f"`{x}`" for x in lineage), ""]
+    lines += [f"**Q:** {question}", "", f"**A:** {answer}", "",
               "## The same on a cluster", "", "```bash",
               "helm install devops-model charts/devops-model -n devops-model --create-namespace",
               "kubectl apply -f examples/cluster/chain.yaml      # pretrain → sft → eval → quantize → chat",
