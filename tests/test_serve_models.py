@@ -222,3 +222,46 @@ def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(tiny_bpe):
         assert engine_answers(engine, PROMPTS[:2], max_tokens=4) == engine_answers(engine, PROMPTS[:2], max_tokens=4)
     finally:
         engine.stop()
+
+
+def test_requests_joining_a_running_batch_get_exactly_generates_answers(tiny_bpe):
+    """Continuous batching: requests of different lengths arrive while others are decoding; each is
+    prefilled, merged into the running batch (left-padded caches) and leaves when done. Greedy
+    answers must equal transformers' generate for each prompt alone."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from devops_workloads.serve.engine import BatchingEngine, SamplingParams
+
+    tok = AutoTokenizer.from_pretrained(tiny_bpe)
+    model = AutoModelForCausalLM.from_pretrained(tiny_bpe, dtype=torch.float32).eval()
+    prompts = ["Kubernetes schedules pods", "hello", "CI/CD 流水线在每次提交时构建、测试并发布应用。 more text here",
+               "a", "Prometheus scrapes", "kubectl get pods -A lists"]
+    lengths = [20, 5, 30, 12, 8, 25]
+    expected = []
+    with torch.inference_mode():
+        for p, n in zip(prompts, lengths):
+            ids = tok(p, return_tensors="pt").input_ids
+            out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            expected.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+
+    engine = BatchingEngine(model, tok, max_batch_size=4)
+    batch_sizes = []
+    engine.stats.on_step = batch_sizes.append
+    engine.start()
+    got, done = {}, threading.Event()
+    try:
+        for i, (p, n) in enumerate(zip(prompts, lengths)):
+            def sink(ev, i=i):
+                if ev.finish_reason:
+                    got[i] = (ev.full_text, ev.completion_tokens)
+                    if len(got) == len(prompts):
+                        done.set()
+            engine.submit(tok(p).input_ids, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True), sink)
+            time.sleep(0.01 * i)  # staggered: later requests join a batch that is already decoding
+        assert done.wait(120)
+    finally:
+        engine.stop()
+    assert [got[i][0] for i in range(len(prompts))] == expected
+    assert [got[i][1] for i in range(len(prompts))] == lengths
+    assert max(batch_sizes) > 1 and max(batch_sizes) <= 4

@@ -182,7 +182,11 @@ class BatchingEngine:
         self.defaults.update(defaults or {})
         import inspect
 
-        self._cache_arg_is_cache = "cache" in inspect.signature(model.forward).parameters
+        forward_params = inspect.signature(model.forward).parameters
+        self._cache_arg_is_cache = "cache" in forward_params
+        # Only the last position's logits are needed: a 2,000-token prompt with Qwen's 151k vocabulary
+        # would otherwise allocate 2,000 × 151,936 floats (1.2 GB) per sequence at prefill.
+        self._logits_to_keep = "logits_to_keep" in forward_params
         self.waiting: queue.Queue[GenerationRequest] = queue.Queue()
         self.stats = EngineStats()
         self._thread: threading.Thread | None = None
@@ -307,8 +311,10 @@ class BatchingEngine:
     def _forward(self, ids, mask, position_ids, cache):
         # The cache object is updated in place; transformers 5 names the argument ``cache``
         # (``past_key_values`` is deprecated there), older or remote-code models still use the old name.
-        key = "cache" if self._cache_arg_is_cache else "past_key_values"
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **{key: cache})
+        kwargs = {"cache" if self._cache_arg_is_cache else "past_key_values": cache}
+        if self._logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **kwargs)
 
     def _merge(self, reqs, cache, mask, tokens) -> None:
         """Append rows to the running batch, left-padding whichever cache is shorter."""
