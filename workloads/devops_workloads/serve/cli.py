@@ -115,6 +115,10 @@ def config_from_args(args):
 def _read_lineage(path: Path | None) -> dict:
     if path is None:
         return {}
+    if not path.exists():
+        # Lineage only decorates the web chat: a missing file must not keep the model from being served.
+        print(f"warning: --lineage-file {path} does not exist; serving without lineage and scores", file=sys.stderr)
+        return {}
     try:
         lineage = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
