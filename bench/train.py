@@ -20,6 +20,12 @@ Same machine, same run, one after the other, every library imported first:
 * TRL 1.16.0: ``packing=True`` (BFD, padding-free), ``padding_free=True`` without packing, and plain
   padding.
 
+What differs on our side: the LM head is computed only at positions whose next token is trained
+(``train/selective_loss.py``; same loss and gradients), packed micro-batches are flattened into one
+row with no padding, and pre-tokenized data goes straight to a plain torch Dataset. A last row
+repeats the packed comparison with the real Qwen tokenizer (151k vocabulary), where the LM head is
+most of a tiny model's compute.
+
 tokens/s = real (non-padding) tokens the training loop consumed / its wall-clock time
 (``train_runtime``; model loading and saving are outside). The final loss is the mean of the last
 three logged losses (every 2 steps), to show both sides train to the same place. The machine is shared with other
@@ -132,7 +138,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--qwen-steps", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "train.json")
     args = ap.parse_args()
 
@@ -174,13 +180,16 @@ def main() -> None:
         # dominates a tiny model's compute, so this row shows the selective head's effect at its largest
         qwen_dir = build_tiny_model(root / "models" / "tiny-qwen", "qwen", seed=0)
         qdata, qtok = trl_dataset(qwen_dir)
-        qwen = {}
-        for label, fn in [("ours packed", lambda: run_ours(root, True, args.qwen_steps, "qwen", "tiny-qwen")),
-                          ("TRL packing", lambda: run_trl(qwen_dir, Path(tmp), "packing", args.qwen_steps, qdata, qtok, "qwen"))]:
-            r = fn()
-            r["tps"] = r["tokens"] / r["seconds"]
-            qwen[label] = r
-            print(f"qwen tokenizer {label:14s} {r['tokens']:7d} tokens in {r['seconds']:7.2f}s = {r['tps']:8.1f} tokens/s, loss {r['loss']}", flush=True)
+        qwen: dict[str, dict] = {}
+        qconfigs = [("ours packed", lambda i: run_ours(root, True, args.qwen_steps, f"qwen{i}", "tiny-qwen")),
+                    ("TRL packing", lambda i: run_trl(qwen_dir, Path(tmp), "packing", args.qwen_steps, qdata, qtok, f"qwen{i}"))]
+        for rnd in range(2):  # interleaved, best of two, as above
+            for label, fn in (qconfigs if rnd == 0 else qconfigs[::-1]):
+                r = fn(rnd)
+                r["tps"] = r["tokens"] / r["seconds"]
+                print(f"qwen round {rnd} {label:14s} {r['tokens']:7d} tokens in {r['seconds']:7.2f}s = {r['tps']:8.1f} tokens/s, loss {r['loss']}", flush=True)
+                if label not in qwen or r["tps"] > qwen[label]["tps"]:
+                    qwen[label] = r
 
     trl_rows = {k: v for k, v in results.items() if k.startswith("TRL")}
     best_trl = max(trl_rows, key=lambda k: trl_rows[k]["tps"])
@@ -207,7 +216,7 @@ def main() -> None:
         {"figure": "SFT tokens/s with the real Qwen tokenizer (151k vocabulary), packing on", "ours": round(qwen["ours packed"]["tps"], 1),
          "anchor_name": "TRL 1.16.0 SFTTrainer packing=True", "anchor": round(qwen["TRL packing"]["tps"], 1),
          "ratio": round(qwen["ours packed"]["tps"] / qwen["TRL packing"]["tps"], 3), "unit": "tokens/s",
-         "notes": f"tiny Qwen2 with the real Qwen tokenizer, {args.qwen_steps} steps, one round; final loss ours "
+         "notes": f"tiny Qwen2 with the real Qwen tokenizer, {args.qwen_steps} steps, best of two interleaved rounds; final loss ours "
                   f"{qwen['ours packed']['loss']} vs TRL {qwen['TRL packing']['loss']}; the LM head dominates a tiny model, "
                   "so this exaggerates what the selective head saves on a 7B model"},
     ]
