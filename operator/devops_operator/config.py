@@ -72,7 +72,7 @@ class Reconcile(_Model):
     """How the operator reconciles."""
 
     requeue_seconds: int = Field(default=15, ge=1, description="How often a waiting resource (parent not ready, child starting) is looked at again.")
-    watchdog_interval_seconds: int = Field(default=60, ge=5, description="How often running runs are checked for stalls (spec.failurePolicy.stallTimeout) and child state.")
+    watchdog_interval_seconds: int = Field(default=60, ge=1, description="How often running runs are checked for stalls (spec.failurePolicy.stallTimeout) and child state.")
     restart_backoff_seconds: int = Field(default=30, ge=0, description="Delay before a failed child is recreated (restart n waits n x this).")
     peering: Optional[str] = Field(default=None, description="kopf peering object name for leader election between replicas (the chart sets it when replicas > 1); None runs standalone.")
     peering_lifetime_seconds: int = Field(default=60, ge=5, description="How long a replica's peering record counts without a heartbeat: a killed leader is replaced after at most this long.")

@@ -42,6 +42,9 @@ class Outcome:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)
     requeue: Optional[float] = None
+    #: "Kind/namespace/name" -> resourceVersion of the children this pass has seen (a child event
+    #: carrying one of these versions brings nothing new and needs no pass).
+    observed: dict[str, str] = field(default_factory=dict)
 
 
 def now_rfc3339() -> str:
@@ -98,6 +101,7 @@ class _Pass:
         self.status: dict[str, Any] = {}
         self.events: list[tuple[str, str, str]] = []
         self.generation = body["metadata"].get("generation")
+        self.observed: dict[str, str] = {}
 
     def cond(self, type_: str, status: bool | str, reason: str, message: str = "") -> None:
         before = C.get_condition(self.conditions, type_)
@@ -118,7 +122,12 @@ class _Pass:
 
     def outcome(self, requeue: Optional[float]) -> Outcome:
         self.status["conditions"] = self.conditions
-        return Outcome(self.status, self.events, requeue)
+        return Outcome(self.status, self.events, requeue, self.observed)
+
+    def saw(self, obj: Optional[dict[str, Any]]) -> None:
+        meta = (obj or {}).get("metadata") or {}
+        if meta.get("resourceVersion"):
+            self.observed[f"{obj['kind']}/{meta.get('namespace')}/{meta['name']}"] = meta["resourceVersion"]
 
 
 def reconcile(body: dict[str, Any], kube: Any, config: OperatorConfig, now: Optional[str] = None) -> Outcome:
@@ -248,6 +257,7 @@ def reconcile_run(body: dict[str, Any], kube: Any, config: OperatorConfig, now: 
                 p.events.append(("Normal", "Created", f"created {child['kind']} {child['metadata']['name']}"
                                  + (f" (restart {restarts})" if restarts else "")))
     p.status["children"] = names
+    p.saw(workload)
     wl = children[-1]
     if wl["kind"] == "TrainJob":
         selector = f"jobset.sigs.k8s.io/jobset-name={wl['metadata']['name']}"
@@ -405,6 +415,7 @@ def reconcile_chat(body: dict[str, Any], kube: Any, config: OperatorConfig, now:
     p.status["children"] = names
     deploy_manifest = children[1]
     deploy = kube.get("apps/v1", "Deployment", ns, deploy_manifest["metadata"]["name"])
+    p.saw(deploy)
     sel = ",".join(f"{k}={v}" for k, v in selector_labels(res).items())
     pods = kube.list("v1", "Pod", ns, sel)
     ds = deployment_state(deploy, pods, res.spec.replicas)

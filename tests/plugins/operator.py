@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
 OPERATOR_NS = "devops-model-system"
 OPERATOR_SA = "devops-model-operator"
 
-#: Fast reconcile for tests: the timers look every second, restarts have no back-off.
+#: Fast reconcile for tests: waits retry every second, timers every 2 s, restarts have no back-off.
 FAST_CONFIG = {
-    "reconcile": {"requeueSeconds": 1, "watchdogIntervalSeconds": 5, "restartBackoffSeconds": 0},
+    "reconcile": {"requeueSeconds": 1, "watchdogIntervalSeconds": 2, "restartBackoffSeconds": 0},
 }
 
 
@@ -97,7 +97,8 @@ class OperatorProcess:
 
     def ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.tail()}")
+            # pytest.fail (not an Exception) ends the wait at once instead of retrying until the timeout.
+            pytest.fail(f"the operator exited with {self.proc.returncode}:\n{self.tail()}", pytrace=False)
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=1) as r:
                 return r.status == 200

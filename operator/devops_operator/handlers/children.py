@@ -19,6 +19,9 @@ def _owner_changed(body, memo, logger, **_):
     ns = body.get("metadata", {}).get("namespace")
     if not kind or not name or not ns:
         return
+    meta = body.get("metadata", {})
+    if memo.observed.get(f"{body.get('kind')}/{ns}/{meta.get('name')}") == meta.get("resourceVersion"):
+        return  # the pass that created or last read this child already saw this version
     owner = memo.kube.get(API_VERSION, kind, ns, name)
     if owner is None or (owner.get("metadata") or {}).get("deletionTimestamp"):
         return

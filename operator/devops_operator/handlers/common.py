@@ -40,6 +40,7 @@ def run_pass(body: Any, memo: Any, logger: Any) -> Outcome:
         finally:
             memo.metrics.latency(plain["kind"], time.perf_counter() - started)
     memo.metrics.state(key, plain["kind"], outcome.status.get("state") or (plain.get("status") or {}).get("state"))
+    memo.observed.update(outcome.observed)
     return outcome
 
 

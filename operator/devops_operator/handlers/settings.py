@@ -12,8 +12,10 @@ from devops_model.api import GROUP, VERSION
 from ..config import OperatorConfig
 
 CONFIG = OperatorConfig.load()
-#: Seconds between timer passes over each resource (reconcile.requeueSeconds).
-INTERVAL = float(CONFIG.reconcile.requeue_seconds)
+#: Seconds between timer passes over each resource (reconcile.watchdogIntervalSeconds): the stall
+#: watchdog and pod-level news (Unschedulable, ImagePullBackOff). Transitions of the children come
+#: as child events, and waiting for a parent retries every reconcile.requeueSeconds.
+INTERVAL = float(CONFIG.reconcile.watchdog_interval_seconds)
 MANAGED_BY = {"app.kubernetes.io/managed-by": "devops-model-operator"}
 
 __all__ = ["CONFIG", "GROUP", "INTERVAL", "MANAGED_BY", "VERSION"]

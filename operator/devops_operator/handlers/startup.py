@@ -31,6 +31,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     memo.config = CONFIG
     memo.kube = getattr(memo, "kube", None) or Kube()
     memo.locks = {}
+    memo.observed = {}  # child "Kind/ns/name" -> resourceVersion last seen by a pass
     memo.locks_guard = threading.Lock()
     memo.metrics = getattr(memo, "metrics", None) or OperatorMetrics()
     memo.ready = True
