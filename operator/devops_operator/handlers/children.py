@@ -27,8 +27,7 @@ def _owner_changed(body, memo, logger, **_):
         return
     if (owner.get("status") or {}).get("state") in ("Succeeded", "Failed") and kind != "ChatDeployment":
         return
-    outcome = run_pass(owner, memo, logger)
-    memo.kube.patch_status(API_VERSION, kind, ns, name, outcome.status)
+    outcome = run_pass(owner, memo, logger)  # writes the owner's status
     post_events(owner, outcome)
 
 

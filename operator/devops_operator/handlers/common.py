@@ -1,5 +1,5 @@
 """What every kind's handlers share: run one reconcile pass under a per-resource lock, write the
-status on purpose (``patch.status``), post Events on transitions, and ask kopf to come back later
+status on purpose (a merge patch of the status subresource, inside the lock), post Events on transitions, and ask kopf to come back later
 (``kopf.TemporaryError``) while something is still waiting or running.
 
 Process state lives in kopf's ``memo`` (set up in :mod:`devops_operator.handlers.startup`):
@@ -13,6 +13,8 @@ import time
 from typing import Any
 
 import kopf
+
+from devops_model.api import API_VERSION
 
 from ..reconcile import Outcome, reconcile
 
@@ -33,7 +35,18 @@ def run_pass(body: Any, memo: Any, logger: Any) -> Outcome:
     started = time.perf_counter()
     with _lock_for(memo, key):
         try:
+            # kopf's body may predate the last pass's status write (the watch lags): read it fresh,
+            # so decisions such as the restart count build on what the previous pass wrote.
+            fresh = memo.kube.get(API_VERSION, plain["kind"], plain["metadata"].get("namespace"), plain["metadata"]["name"])
+            if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp"):
+                return Outcome()
+            plain = _plain(fresh)
             outcome = reconcile(plain, memo.kube, memo.config)
+            # Written inside the lock, on purpose (a merge patch of the status subresource): the
+            # next pass over this resource (a timer, a child event) must read what this one decided,
+            # e.g. the restart count, or it could act on a stale status.
+            memo.kube.patch_status(API_VERSION, plain["kind"], plain["metadata"].get("namespace"),
+                                   plain["metadata"]["name"], outcome.status)
         except Exception:
             memo.metrics.errors(plain["kind"])
             raise
@@ -68,10 +81,8 @@ WAITING = ("Waiting", "WaitingForGate")
 
 
 def handle(body: Any, patch: Any, memo: Any, logger: Any) -> None:
-    """The whole of a kind's handler: reconcile, patch.status, events, come back when waiting."""
+    """The whole of a kind's handler: reconcile (which writes the status), events, come back when waiting."""
     outcome = run_pass(body, memo, logger)
-    for key, value in outcome.status.items():
-        patch.status[key] = value
     post_events(body, outcome)
     if outcome.requeue is not None and outcome.status.get("state") in WAITING:
         # Not an error: "look again soon" (the parent or the gate's EvalRun has not succeeded yet).
@@ -83,6 +94,4 @@ def handle_timer(body: Any, patch: Any, memo: Any, logger: Any) -> None:
     if (body.get("status") or {}).get("state") in ("Succeeded", "Failed") and body.get("kind") != "ChatDeployment":
         return
     outcome = run_pass(body, memo, logger)
-    for key, value in outcome.status.items():
-        patch.status[key] = value
     post_events(body, outcome)
