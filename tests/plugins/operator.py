@@ -71,8 +71,9 @@ def operator_identity(control_plane):
 
 
 class OperatorProcess:
-    def __init__(self, cp, kubeconfig: Path, namespace: str, work: Path, config: dict):
+    def __init__(self, cp, kubeconfig: Path, namespace: str, work: Path, config: dict, env: dict | None = None):
         self.cp = cp
+        self.extra_env = dict(env or {})
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.work = work
@@ -87,6 +88,7 @@ class OperatorProcess:
         env = self.cp.env(self.kubeconfig)
         env.pop("KUBERNETES_SERVICE_HOST", None)
         env["DEVOPS_MODEL_OPERATOR_CONFIG"] = str(self.config_file)
+        env.update(self.extra_env)
         cmd = [str(REPO / ".venv" / "bin" / "devops-model"), "operator", "--namespace", self.namespace,
                "--kubeconfig", str(self.kubeconfig), "--health-port", str(self.health_port),
                "--metrics-port", str(self.metrics_port)]
@@ -136,7 +138,7 @@ def run_operator(control_plane, operator_identity, tmp_path):
 
     kubeconfig, chart_config = operator_identity
 
-    def start(namespace: str, config: dict | None = None) -> OperatorProcess:
+    def start(namespace: str, config: dict | None = None, env: dict | None = None) -> OperatorProcess:
         # The chart's configuration, with fast reconcile timings (and the test's own overrides).
         cfg = json.loads(json.dumps(chart_config))
         for override in (FAST_CONFIG, config or {}):
@@ -144,7 +146,7 @@ def run_operator(control_plane, operator_identity, tmp_path):
                 cfg.setdefault(k, {}).update(v) if isinstance(v, dict) else cfg.__setitem__(k, v)
         work = tmp_path / f"operator-{len(started)}"
         work.mkdir()
-        op = OperatorProcess(control_plane, kubeconfig, namespace, work, cfg)
+        op = OperatorProcess(control_plane, kubeconfig, namespace, work, cfg, env)
         started.append(op)
         return op.start()
 
