@@ -143,9 +143,12 @@ def test_each_kind_creates_its_children(control_plane, k8s_namespace, run_operat
 
 
 def test_job_status_follows_pods_to_scores(control_plane, k8s_namespace, run_operator):
-    """Unschedulable -> Running -> Succeeded with the scores from the termination message."""
+    """Unschedulable -> Running -> Succeeded with the scores from the termination message.
+
+    The watchdog interval is long here: pod-level news (the Job does not change when its pod is
+    unschedulable) must come from the quick look at starting runs, every requeueSeconds."""
     cp, ns = control_plane, k8s_namespace
-    op = run_operator(ns)
+    op = run_operator(ns, {"reconcile": {"watchdogIntervalSeconds": 600, "requeueSeconds": 1}})
     cp.apply(evalrun("ev"), namespace=ns)
     pod = cp.wait_for(lambda: job_pod(cp, ns, "ev-eval"), timeout=45, message=lambda: op.tail())
     patch_status(cp, "pod", pod, ns, {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",

@@ -54,7 +54,16 @@ def run_pass(body: Any, memo: Any, logger: Any) -> Outcome:
             memo.metrics.latency(plain["kind"], time.perf_counter() - started)
     memo.metrics.state(key, plain["kind"], outcome.status.get("state") or (plain.get("status") or {}).get("state"))
     memo.observed.update(outcome.observed)
+    # When the timer should look again: the pass's own wish (a starting pod soon, a running run at
+    # the watchdog interval); a pass with nothing more to do leaves it to the watchdog interval.
+    wait = outcome.requeue if outcome.requeue is not None else memo.config.reconcile.watchdog_interval_seconds
+    memo.next_look[key] = time.monotonic() + float(wait)
     return outcome
+
+
+def _key(body: Any) -> str:
+    meta = body.get("metadata") or {}
+    return f"{body.get('kind')}/{meta.get('namespace')}/{meta.get('name')}"
 
 
 def _plain(body: Any) -> dict[str, Any]:
@@ -86,12 +95,17 @@ def handle(body: Any, patch: Any, memo: Any, logger: Any) -> None:
     post_events(body, outcome)
     if outcome.requeue is not None and outcome.status.get("state") in WAITING:
         # Not an error: "look again soon" (the parent or the gate's EvalRun has not succeeded yet).
+        # This retry is the quick look; the timer need not look as well.
+        memo.next_look[_key(body)] = time.monotonic() + float(memo.config.reconcile.watchdog_interval_seconds)
         raise kopf.TemporaryError(outcome.status.get("message") or "waiting", delay=outcome.requeue)
 
 
 def handle_timer(body: Any, patch: Any, memo: Any, logger: Any) -> None:
-    """Periodic pass (stall watchdog, parents finishing, child state); terminal runs are skipped."""
+    """Periodic pass (stall watchdog, parents finishing, pod-level news such as Unschedulable);
+    terminal runs are skipped, and so is a wake-up before the time the last pass asked for."""
     if (body.get("status") or {}).get("state") in ("Succeeded", "Failed") and body.get("kind") != "ChatDeployment":
+        return
+    if time.monotonic() < memo.next_look.get(_key(body), 0.0):
         return
     outcome = run_pass(body, memo, logger)
     post_events(body, outcome)

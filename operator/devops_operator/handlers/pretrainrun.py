@@ -6,7 +6,7 @@ from __future__ import annotations
 import kopf
 
 from .common import handle, handle_timer
-from .settings import GROUP, INTERVAL, VERSION
+from .settings import GROUP, TICK, VERSION
 
 
 @kopf.on.resume(GROUP, VERSION, "pretrainruns")
@@ -16,6 +16,6 @@ def reconcile_pretrainrun(body, patch, memo, logger, **_):
     handle(body, patch, memo, logger)
 
 
-@kopf.timer(GROUP, VERSION, "pretrainruns", interval=INTERVAL, initial_delay=INTERVAL)
+@kopf.timer(GROUP, VERSION, "pretrainruns", interval=TICK, initial_delay=TICK)
 def watch_pretrainrun(body, patch, memo, logger, **_):
     handle_timer(body, patch, memo, logger)

@@ -32,6 +32,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     memo.kube = getattr(memo, "kube", None) or Kube()
     memo.locks = {}
     memo.observed = {}  # child "Kind/ns/name" -> resourceVersion last seen by a pass
+    memo.next_look = {}  # "Kind/ns/name" -> time.monotonic() when the timer should pass over it again
     memo.locks_guard = threading.Lock()
     memo.metrics = getattr(memo, "metrics", None) or OperatorMetrics()
     memo.ready = True
