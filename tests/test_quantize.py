@@ -34,6 +34,14 @@ def test_checkpoint_is_gptq_int4_group_128(tiny_gptq):
     assert artifact["baseModel"].startswith("file://")
 
 
+def test_generation_settings_stay_those_of_the_original(tiny_gptq, tiny_qwen):
+    # GPTQModel's save turns do_sample on; a greedy model must not start sampling once quantized.
+    original = json.loads((tiny_qwen / "generation_config.json").read_text())
+    quantized = json.loads((tiny_gptq / "generation_config.json").read_text())
+    assert original["do_sample"] is False
+    assert quantized == original
+
+
 def test_quantized_linear_layers_are_at_most_30_percent(tiny_gptq, tiny_qwen):
     from devops_workloads.quantize.measure import linear_bytes, tensor_bytes
 

@@ -79,8 +79,18 @@ def quantize_gptq(model_dir: Path, out_dir: Path, samples: Sequence[Sequence[int
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(str(out_dir))
     _ensure_gptq_format(out_dir, settings)
+    _keep_generation_config(model_dir, out_dir)
     return {"loadSeconds": round(loaded - t0, 2), "quantizeSeconds": round(quantized - loaded, 2),
             "saveSeconds": round(time.time() - quantized, 2), "device": device}
+
+
+def _keep_generation_config(model_dir: Path, out_dir: Path) -> None:
+    """The quantized model generates as the original did: GPTQModel's save rewrites
+    ``generation_config.json`` (it turns ``do_sample`` on), so a greedy model would start sampling
+    once quantized. The source model's file is copied back unchanged."""
+    src = Path(model_dir) / "generation_config.json"
+    if src.exists():
+        (out_dir / "generation_config.json").write_bytes(src.read_bytes())
 
 
 def _ensure_gptq_format(out_dir: Path, settings: GptqSettings) -> None:
