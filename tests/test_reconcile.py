@@ -63,6 +63,20 @@ def test_first_pass_creates_the_children_and_says_pending():
     assert ("Normal", "Created", "created Job s-train") in out.events
 
 
+def test_a_starting_run_is_looked_at_soon_and_a_long_queued_one_at_the_watchdog_interval():
+    kube, config = FakeKube(), OperatorConfig()
+    first = reconcile(sft(), kube, config, now=NOW)
+    assert first.requeue == config.reconcile.requeue_seconds  # just created: pod news within seconds
+    job = kube.objects[("Job", "ns", "s-train")]
+    job["metadata"]["creationTimestamp"] = "2026-01-01T00:55:00Z"  # 5 min ago: still the quick looks
+    again = reconcile(sft(first.status), kube, config, now=NOW)
+    assert again.status["state"] == "Pending" and again.requeue == config.reconcile.requeue_seconds
+    job["metadata"]["creationTimestamp"] = "2026-01-01T00:30:00Z"  # 30 min: queued, no need to poll
+    later = reconcile(sft(again.status), kube, config, now=NOW)
+    assert later.status["state"] == "Pending"
+    assert later.requeue == config.reconcile.watchdog_interval_seconds > config.reconcile.requeue_seconds
+
+
 def test_a_spec_change_after_start_is_reported_and_not_adopted():
     kube = FakeKube()
     out = reconcile(sft({"startTime": NOW, "observedGeneration": 1, "state": "Running"}, generation=2), kube,

@@ -51,6 +51,20 @@ def now_rfc3339() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+#: How long after an attempt's child was created its pods are looked at every requeueSeconds: the
+#: scheduler's verdict, image pulls and first crashes happen in this window. A run still pending
+#: after it (queued by Kueue, waiting for GPUs) is looked at every watchdogIntervalSeconds, so
+#: hundreds of queued runs do not poll the API server every few seconds.
+QUICK_LOOK_SECONDS = 600
+
+
+def _starting_requeue(workload: dict[str, Any], config: Any, now: str) -> float:
+    created = _epoch((workload.get("metadata") or {}).get("creationTimestamp"))
+    if created is not None and (_epoch(now) or 0) - created > QUICK_LOOK_SECONDS:
+        return float(config.reconcile.watchdog_interval_seconds)
+    return float(config.reconcile.requeue_seconds)
+
+
 def _epoch(ts: Optional[str]) -> Optional[float]:
     if not ts:
         return None
@@ -299,7 +313,7 @@ def reconcile_run(body: dict[str, Any], kube: Any, config: OperatorConfig, now: 
     p.cond(C.RUNNING, False, obs.reason, obs.message)
     p.cond(C.SUCCEEDED, "Unknown", obs.reason, obs.message)
     p.state("Pending" if obs.reason in (C.PENDING, C.CREATED) else obs.reason, obs.message)
-    return p.outcome(config.reconcile.requeue_seconds)
+    return p.outcome(_starting_requeue(workload, config, now))
 
 
 def _succeeded(p: _Pass, kind: str, obs: Any) -> Outcome:
