@@ -183,6 +183,8 @@ def test_oom_restarts_a_new_child_then_succeeds_with_the_artifact(control_plane,
                         message=lambda: f"restart child; {cp.get('sftrun', 's', ns).get('status')}\n{op.tail()}")
     obj = cp.get("sftrun", "s", ns)
     assert obj["status"]["restarts"] == 1
+    last = obj["status"]["lastRestart"]  # stays after the Event expires
+    assert last["attempt"] == 1 and last["reason"] == "OOMKilled" and last["time"]
     events = [e for e in cp.get("events", namespace=ns)["items"] if e["involvedObject"]["name"] == "s"]
     restarting = [e for e in events if e["reason"] == "Restarting"]
     assert restarting and "OOMKilled" in restarting[0]["message"] and restarting[0]["type"] == "Warning"

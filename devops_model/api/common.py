@@ -284,6 +284,15 @@ class TrainingProgress(ApiModel):
     updated: Optional[str] = Field(default=None, description="When the worker last reported (RFC 3339).")
 
 
+class RestartRecord(ApiModel):
+    """Why the latest attempt was replaced (Events expire after an hour; this stays)."""
+
+    attempt: int = Field(ge=1, description="The attempt that replaced the failed one (1 = the first restart).")
+    reason: str = Field(max_length=1024, description="Why the previous attempt failed: OOMKilled, NCCLTimeout, Preempted, Stalled, ...")
+    message: str = Field(default="", max_length=32768, description="The detail, as in the Restarting Event.")
+    time: str = Field(description="When the failed attempt was replaced (RFC 3339).")
+
+
 class CommonStatus(ApiModel):
     """Status fields common to all kinds."""
 
@@ -293,4 +302,5 @@ class CommonStatus(ApiModel):
     start_time: Optional[str] = None
     completion_time: Optional[str] = None
     restarts: Optional[int] = Field(default=None, ge=0)
+    last_restart: Optional[RestartRecord] = Field(default=None, description="Why the latest restart happened.")
     message: Optional[str] = Field(default=None, description="Human summary of the current state.")

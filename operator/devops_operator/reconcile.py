@@ -348,6 +348,7 @@ def _failed(p: _Pass, kube: Any, config: OperatorConfig, wl: dict[str, Any], rea
         restarts += 1
         msg = f"restart {restarts}/{fp.max_restarts} after {reason}: {message}"
         p.status["restarts"] = restarts
+        p.status["lastRestart"] = {"attempt": restarts, "reason": reason, "message": message[:32768], "time": p.now}
         p.cond(C.RUNNING, False, C.RESTARTING, msg)
         p.state("Restarting", msg)
         return p.outcome(max(1, config.reconcile.restart_backoff_seconds * restarts))
