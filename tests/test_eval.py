@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from devops_model.api.evaluation import PRESETS
-from devops_workloads.evaluate.evaluator import aggregate, summary_line
+from devops_model.scores import summary_line
+from devops_workloads.evaluate.evaluator import aggregate
 from devops_workloads.evaluate.exams import (
     ExamError,
     combined_sha1,

@@ -24,7 +24,7 @@ class FakeKube:
         return copy.deepcopy(obj) if obj else None
 
     def list(self, api_version, kind, ns, selector):
-        want = dict(kv.split("=", 1) for kv in selector.split(","))
+        want = dict(kv.split("=", 1) for kv in selector.split(",")) if selector else {}
         return [copy.deepcopy(o) for (k, n, _), o in self.objects.items() if k == kind and n == ns
                 and all(o["metadata"].get("labels", {}).get(a) == b for a, b in want.items())]
 
@@ -45,6 +45,9 @@ class FakeKube:
 
     def ensure_workload_identity(self, *a):
         pass
+
+    def patch_status(self, api_version, kind, ns, name, status):
+        self.objects[(kind, ns, name)].setdefault("status", {}).update(copy.deepcopy(status))
 
 
 def sft(status=None, generation=1):
@@ -118,3 +121,50 @@ def test_terminal_runs_are_left_alone():
     kube = FakeKube()
     out = reconcile(sft({"state": "Succeeded", "observedGeneration": 1}), kube, OperatorConfig(), now=NOW)
     assert kube.objects == {} and out.requeue is None
+
+
+def evalrun(name, status=None, baseline=None):
+    spec = {"model": {"uri": "pvc://m/base"}, "exams": {"uri": "pvc://d/exams"}, "shots": [0]}
+    if baseline:
+        spec["baseline"] = {"evalRun": baseline}
+    return {"apiVersion": "devops-model.io/v1alpha1", "kind": "EvalRun",
+            "metadata": {"name": name, "namespace": "ns", "uid": f"u-{name}", "generation": 1},
+            "spec": spec, "status": status or {}}
+
+
+def _finish_eval(kube, name, accuracy):
+    """Run the EvalRun's passes until its Job completed with these scores; returns the last outcome."""
+    import json
+
+    first = reconcile(evalrun(name, baseline=None if name == "base" else "base"), kube, OperatorConfig(), now=NOW)
+    job = next(o for (k, _, n), o in kube.objects.items() if k == "Job" and n.startswith(name))
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    overall = [{"shots": 0, "style": "base", "correct": int(40 * accuracy), "total": 40, "accuracy": accuracy}]
+    msg = json.dumps({"status": {"state": "Succeeded", "scores": {"overall": overall, "exams": []},
+                                 "artifact": {"uri": f"pvc://r/{name}", "format": "eval-results"}}})
+    kube.objects[("Pod", "ns", f"{name}-x")] = {
+        "metadata": {"name": f"{name}-x", "labels": job["spec"]["template"]["metadata"]["labels"]},
+        "status": {"phase": "Succeeded", "containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": msg}}}]}}
+    body = evalrun(name, {**first.status, "observedGeneration": 1}, baseline=None if name == "base" else "base")
+    out = reconcile(body, kube, OperatorConfig(), now=NOW)
+    body["status"].update(out.status)
+    kube.objects[("EvalRun", "ns", name)] = body
+    return out
+
+
+def test_eval_baseline_delta_when_the_baseline_finished_first():
+    kube = FakeKube()
+    assert _finish_eval(kube, "base", 0.25).status["state"] == "Succeeded"
+    out = _finish_eval(kube, "tuned", 0.35)
+    assert out.status["state"] == "Succeeded"
+    assert out.status["scores"]["overall"][0]["delta"] == 10.0
+    assert out.status["summary"] == "0-shot 35.0% (+10.0)"
+
+
+def test_eval_baseline_delta_when_the_baseline_finished_last():
+    kube = FakeKube()
+    tuned = _finish_eval(kube, "tuned", 0.35)
+    assert tuned.status["state"] == "Succeeded" and tuned.status["scores"]["overall"][0].get("delta") is None
+    _finish_eval(kube, "base", 0.30)  # the baseline's success fills in the run that compares with it
+    st = kube.objects[("EvalRun", "ns", "tuned")]["status"]
+    assert st["scores"]["overall"][0]["delta"] == 5.0 and st["summary"] == "0-shot 35.0% (+5.0)"

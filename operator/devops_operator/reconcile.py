@@ -19,6 +19,7 @@ from typing import Any, Optional
 from devops_model.api import API_VERSION, KINDS
 from devops_model.api.common import FailurePolicy, duration_seconds
 from devops_model.api.resource import InvalidResource, parse_resource
+from devops_model.scores import summary_line, with_deltas
 
 from . import conditions as C
 from .builders import render_children
@@ -281,7 +282,10 @@ def reconcile_run(body: dict[str, Any], kube: Any, config: OperatorConfig, now: 
     obs = workload_state(workload, pods)
 
     if obs.phase == "Succeeded":
-        return _succeeded(p, kind, obs)
+        outcome = _succeeded(p, kind, obs)
+        if kind == "EvalRun" and outcome.status.get("state") == "Succeeded":
+            _baseline_deltas(p, kube, res, ns, name)
+        return outcome
     if obs.phase == "Failed":
         return _failed(p, kube, config, wl, obs.reason, obs.message, obs.retryable, restarts, fp)
     if obs.phase == "Running":
@@ -337,6 +341,39 @@ def _succeeded(p: _Pass, kind: str, obs: Any) -> Outcome:
     p.cond(C.SUCCEEDED, True, C.SUCCEEDED_REASON, msg)
     p.state("Succeeded", msg)
     return p.outcome(None)
+
+
+def _baseline_deltas(p: _Pass, kube: Any, res: Any, ns: str, name: str) -> None:
+    """EvalRun scores against ``spec.baseline.evalRun``, in the cluster.
+
+    A worker pod cannot see other runs (locally the worker reads the run registry itself), so the
+    operator adds ``delta`` to ``scores.overall`` when this run succeeds and its baseline already
+    has scores; and when a baseline succeeds, to the finished runs that compare with it (the two
+    may finish in either order)."""
+    scores = p.status.get("scores") or p.old.get("scores") or {}
+    ref = res.spec.baseline
+    if ref is not None and ref.eval_run and scores.get("overall") and \
+            all(o.get("delta") is None for o in scores["overall"]):
+        base = ((kube.get(API_VERSION, "EvalRun", ns, ref.eval_run) or {}).get("status") or {}).get("scores") or {}
+        if base.get("overall"):
+            overall = with_deltas(scores["overall"], base["overall"])
+            p.status["scores"] = {**scores, "overall": overall}
+            p.status["summary"] = summary_line(overall)
+            p.state("Succeeded", p.status["summary"])
+            p.cond(C.SUCCEEDED, True, C.SUCCEEDED_REASON, p.status["summary"])
+    mine = (p.status.get("scores") or scores).get("overall")
+    if not mine:
+        return
+    for other in kube.list(API_VERSION, "EvalRun", ns, ""):
+        ost = other.get("status") or {}
+        oscores = ost.get("scores") or {}
+        if ((other.get("spec") or {}).get("baseline") or {}).get("evalRun") != name or ost.get("state") != "Succeeded" \
+                or not oscores.get("overall") or any(o.get("delta") is not None for o in oscores["overall"]):
+            continue
+        overall = with_deltas(oscores["overall"], mine)
+        summary = summary_line(overall)
+        kube.patch_status(API_VERSION, "EvalRun", ns, other["metadata"]["name"],
+                          {"scores": {**oscores, "overall": overall}, "summary": summary, "message": summary})
 
 
 def _failed(p: _Pass, kube: Any, config: OperatorConfig, wl: dict[str, Any], reason: str, message: str,

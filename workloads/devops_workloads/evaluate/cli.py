@@ -80,7 +80,9 @@ def register(sub) -> None:
 def _cmd(args) -> int:
     from ..runner import WorkloadError
     from ..sources import materialize_model
-    from .evaluator import EvalConfig, evaluate, summary_line
+    from devops_model.scores import summary_line
+
+    from .evaluator import EvalConfig, evaluate
 
     try:
         from devops_model.uris import local_path

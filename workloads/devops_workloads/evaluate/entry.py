@@ -8,7 +8,8 @@ status fields: ``scores`` (per exam and overall, per shots/style), ``summary`` f
 column, ``artifact``, and with ``spec.baseline.evalRun`` the change against that run's overall
 scores (``overall[].delta``, in accuracy points), read from the run registry
 (``$DEVOPS_MODEL_HOME/runs/evalrun/<name>.json``). A baseline that has not run is noted in the
-message, not an error: the scores are still worth having.
+message, not an error: the scores are still worth having. (In a pod there is no registry: the
+operator adds the deltas from the baseline EvalRun's status.)
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from devops_model.scores import summary_line, with_deltas
 from devops_model.uris import local_path
 
 from ..runner import EXIT_BAD_INPUT, RunContext, WorkloadError, read_registry
-from .evaluator import EvalConfig, evaluate, summary_line
+from .evaluator import EvalConfig, evaluate
 
 FORMAT = "eval-results"
 
@@ -48,19 +50,6 @@ def baseline_overall(ctx: RunContext) -> tuple[list[dict[str, Any]] | None, str 
     if not overall:
         return None, f"baseline EvalRun/{name} has no scores (state {status.get('state')!r}); no change is reported"
     return overall, None
-
-
-def with_deltas(overall: list[dict[str, Any]], baseline: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """``overall`` with ``delta`` (accuracy points vs the baseline's same shots/style, if any)."""
-    if not baseline:
-        return overall
-    base = {(b["shots"], b["style"]): b["accuracy"] for b in baseline}
-    out = []
-    for o in overall:
-        key = (o["shots"], o["style"])
-        delta = round(100 * (o["accuracy"] - base[key]), 2) if key in base else None
-        out.append({**o, "delta": delta})
-    return out
 
 
 def config_from_spec(ctx: RunContext, model_path: Path) -> EvalConfig:

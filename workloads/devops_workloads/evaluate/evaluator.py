@@ -236,16 +236,3 @@ def evaluate(cfg: EvalConfig, out_dir: Path, model_path: Path | None = None, pro
         for p in predictions:
             fh.write(json.dumps(p, ensure_ascii=False) + "\n")
     return results
-
-
-def summary_line(overall: list[dict[str, Any]]) -> str:
-    """``0-shot 61.2% / 5-shot 63.9%`` (style named when several; baseline change in points)."""
-    styles = {o["style"] for o in overall}
-    parts = []
-    for o in overall:
-        label = f"{o['shots']}-shot" + (f" {o['style']}" if len(styles) > 1 else "")
-        text = f"{label} {100 * o['accuracy']:.1f}%"
-        if o.get("delta") is not None:
-            text += f" ({o['delta']:+.1f})"
-        parts.append(text)
-    return " / ".join(parts)
