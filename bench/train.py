@@ -1,4 +1,4 @@
-"""SFT throughput: our SFTRun workload vs TRL's SFTTrainer, same model, data and effective batch.
+"""SFT throughput: our SFTRun workload vs TRL's SFTTrainer (and LLaMA-Factory), same model, data and effective batch.
 
     .venv/bin/python bench/train.py                 # writes bench/results/train.json (~5-10 min on 2 cores)
     .venv/bin/python bench/train.py --steps 10      # quick look
@@ -26,11 +26,25 @@ row with no padding, and pre-tokenized data goes straight to a plain torch Datas
 repeats the packed comparison with the real Qwen tokenizer (151k vocabulary), where the LM head is
 most of a tiny model's compute.
 
+LLaMA-Factory 0.9.5 (optional): it pins transformers ≤ 5.6, trl ≤ 0.24, peft ≤ 0.18, accelerate ≤ 1.11
+and datasets ≤ 4.0, so it runs in its own venv (``bench/setup_llamafactory.sh``; without that venv
+the row is skipped). Each round starts one process there that runs LLaMA-Factory's ``run_exp``
+(what ``llamafactory-cli train`` calls on a CPU machine) twice: a 3-step warm-up, then the timed run.
+Stage sft, full FT, ``packing`` + ``neat_packing`` (greedy knapsack into rows of ≤ ``cutoff_len``
+256, block-diagonal 4-D attention mask, the equivalent of our packing), 2 rows per step, the same
+learning rate, scheduler, steps, seed, fp32, sdpa, gradient checkpointing off. Its data is the same
+normalized records, written as a sharegpt dataset + ``dataset_info.json`` with the same system
+prompt, rendered by its ``chatml`` template: its token ids differ slightly from ours (its
+transformers 5.6 loads the BPE tokenizer without Qwen2's digit splitting, and its chatml also trains
+the newline after each ``<|im_end|>``; +0.2 % tokens in all), so the loss is not the identical
+computation as in the TRL rows. Its Trainer's ``num_input_tokens_seen`` sums the 4-D float mask
+under neat_packing (meaningless), so the worker counts the non-padding positions of every batch its
+collator builds instead; ``train_runtime`` is the same Trainer timer as TRL's.
+
 tokens/s = real (non-padding) tokens the training loop consumed / its wall-clock time
 (``train_runtime``; model loading and saving are outside). The final loss is the mean of the last
 three logged losses (every 2 steps), to show both sides train to the same place. The machine is shared with other
-jobs: absolute numbers wander, ratios are what the bench is for. LLaMA-Factory is not compared: its
-current releases pin transformers/peft/trl versions that conflict with this project's pins.
+jobs: absolute numbers wander, ratios are what the bench is for.
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +73,11 @@ MAX_LEN = 256
 BATCH = 2
 LR = 3e-3
 LOG_EVERY = 2
+
+LF_VERSION = "0.9.5"
+#: the separate venv of the LLaMA-Factory anchor (bench/setup_llamafactory.sh creates it)
+LF_VENV = Path(os.environ.get("DEVOPS_MODEL_LF_VENV", Path.home() / ".cache" / "devops-model" / "bench-llamafactory-venv"))
+LF_WARMUP = 3
 
 
 def machine() -> str:
@@ -91,23 +111,29 @@ def run_ours(root: Path, packing: bool, steps: int, tag: str, model: str = "tiny
     return {"tokens": end["num_input_tokens_seen"], "seconds": end["train_runtime"], "loss": _tail_loss(state["log_history"])}
 
 
-def trl_dataset(model_dir: Path):
-    """Our chatml rendering of the sample set as pre-tokenized rows for TRL."""
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-
+def sample_records() -> list[dict]:
+    """The sample set as our loader normalizes it: ``{"system", "turns": [(query, response), ...]}``."""
     from devops_model.api.resource import parse_resource
-    from devops_workloads.templates import get_template
     from devops_workloads.train.data import load_datasets
-    from devops_workloads.train.preprocess import encode_sft_all
 
     spec = parse_resource({
         "apiVersion": "devops-model.io/v1alpha1", "kind": "SFTRun", "metadata": {"name": "x"},
         "spec": {"model": {"uri": "pvc://m"}, "data": {"registry": "pvc://samples", "datasets": [
             {"name": "devops_qa_alpaca"}, {"name": "devops_qa_sharegpt"}]}, "training": {"maxSteps": 1},
             "output": {"uri": "pvc://o"}}}, "bench").spec
+    return load_datasets(spec.data, "sft").records
+
+
+def trl_dataset(model_dir: Path):
+    """Our chatml rendering of the sample set as pre-tokenized rows for TRL."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from devops_workloads.templates import get_template
+    from devops_workloads.train.preprocess import encode_sft_all
+
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    examples, _ = encode_sft_all(load_datasets(spec.data, "sft").records, tok, get_template("chatml"), MAX_LEN)
+    examples, _ = encode_sft_all(sample_records(), tok, get_template("chatml"), MAX_LEN)
     rows = [{"input_ids": e.input_ids, "completion_mask": [int(l != -100) for l in e.labels]} for e in examples]
     return Dataset.from_list(rows), tok
 
@@ -134,6 +160,76 @@ def run_trl(model_dir: Path, out: Path, mode: str, steps: int, dataset, tok, tag
             "loss": _tail_loss(trainer.state.log_history)}
 
 
+def lf_dataset(out: Path) -> Path:
+    """The same records as a LLaMA-Factory sharegpt dataset; our chatml's system prompt made explicit
+    (LLaMA-Factory's chatml template has no default one)."""
+    from devops_workloads.templates import get_template
+
+    default_system = get_template("chatml").system
+    rows = []
+    for r in sample_records():
+        conv = []
+        for query, response in r["turns"]:
+            conv += [{"from": "human", "value": query}, {"from": "gpt", "value": response}]
+        rows.append({"conversations": conv, "system": r.get("system") or default_system})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "devops_qa.json").write_text(json.dumps(rows, ensure_ascii=False))
+    (out / "dataset_info.json").write_text(json.dumps({"devops_qa": {
+        "file_name": "devops_qa.json", "formatting": "sharegpt", "columns": {"messages": "conversations", "system": "system"}}}))
+    return out
+
+
+def run_llamafactory(model_dir: Path, data_dir: Path, out: Path, steps: int, tag: str) -> dict:
+    """One LLaMA-Factory run in its own venv (see the module docstring); warm-up inside the process."""
+    run_dir = out / f"lf-{tag}"
+    args = {  # what one would put in the yaml for ``llamafactory-cli train``
+        "model_name_or_path": str(model_dir), "stage": "sft", "do_train": True, "finetuning_type": "full",
+        "dataset": "devops_qa", "dataset_dir": str(data_dir), "template": "chatml", "cutoff_len": MAX_LEN,
+        "packing": True, "neat_packing": True, "overwrite_cache": True, "cache_dir": str(out / "lf-cache"),
+        "output_dir": str(run_dir), "overwrite_output_dir": True, "logging_steps": LOG_EVERY, "save_strategy": "no",
+        "report_to": "tensorboard",  # same logging as ours and TRL
+        "per_device_train_batch_size": BATCH, "gradient_accumulation_steps": 1, "learning_rate": LR,
+        "lr_scheduler_type": "constant", "warmup_ratio": 0.0, "max_steps": steps, "bf16": False, "fp16": False,
+        "use_cpu": True, "seed": 42, "disable_tqdm": True, "flash_attn": "sdpa", "disable_gradient_checkpointing": True,
+        "dataloader_num_workers": 0,
+    }
+    job = out / f"lf-{tag}.json"
+    job.write_text(json.dumps({"args": args, "warmup": LF_WARMUP}))
+    # -P: bench/ (operator.py, eval.py, ...) must not shadow the standard library there
+    proc = subprocess.run([str(LF_VENV / "bin" / "python"), "-P", str(Path(__file__).resolve()), "--llamafactory-worker", str(job)],
+                          capture_output=True, text=True)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("LFRESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"LLaMA-Factory run failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return json.loads(lines[-1][len("LFRESULT "):])
+
+
+def _lf_worker(job_path: str) -> None:
+    """Runs inside the LLaMA-Factory venv: warm-up run, then the timed run; prints ``LFRESULT {json}``."""
+    from llamafactory.data import collator
+    from llamafactory.train.tuner import run_exp
+
+    job = json.loads(Path(job_path).read_text())
+    batches: list[int] = []  # real tokens of each batch, in the order the collator builds them
+    cls = collator.SFTDataCollatorWith4DAttentionMask
+    orig = cls.__call__
+
+    def counting(self, features):  # packed rows: attention_mask is 1, 2, ... per sample, 0 on padding
+        batches.append(sum(sum(1 for m in f["attention_mask"] if m) for f in features))
+        return orig(self, features)
+
+    cls.__call__ = counting
+    args = job["args"]
+    run_exp(args={**args, "max_steps": job["warmup"], "output_dir": args["output_dir"] + "-warm"})
+    batches.clear()
+    run_exp(args=args)
+    # accelerate's loader collates one batch ahead: only the first max_steps batches were trained on
+    tokens = sum(batches[: args["max_steps"] * args["gradient_accumulation_steps"]])
+    history = json.loads((Path(args["output_dir"]) / "trainer_state.json").read_text())["log_history"]
+    print("LFRESULT " + json.dumps({"tokens": tokens, "batches_built": len(batches), "seconds": history[-1]["train_runtime"],
+                                    "loss": _tail_loss(history)}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=20)
@@ -154,6 +250,7 @@ def main() -> None:
         install(root)
         model_dir = build_tiny_model(root / "models" / "tiny-bpe", "bpe", seed=0)
         dataset, tok = trl_dataset(model_dir)
+        lf_data = lf_dataset(Path(tmp) / "lf-data")
 
         configs = [
             ("ours packed", lambda n, i: run_ours(root, True, n, i)),
@@ -164,6 +261,10 @@ def main() -> None:
         ]
         for _, fn in configs:  # warm-up: thread pools, allocator, kernels; not recorded
             fn(3, "warm")
+        if (LF_VENV / "bin" / "python").exists():  # warms up inside each of its processes
+            configs.append(("LLaMA-Factory neat_packing", lambda n, i: run_llamafactory(model_dir, lf_data, Path(tmp), n, i)))
+        else:
+            print(f"LLaMA-Factory anchor skipped: no venv at {LF_VENV} (create it with bench/setup_llamafactory.sh)", flush=True)
         results: dict[str, dict] = {}
         # rounds interleave the configurations so that a burst of load from other jobs on this
         # shared machine hits all of them alike; each keeps its best round
@@ -220,6 +321,15 @@ def main() -> None:
                   f"{qwen['ours packed']['loss']} vs TRL {qwen['TRL packing']['loss']}; the LM head dominates a tiny model, "
                   "so this exaggerates what the selective head saves on a 7B model"},
     ]
+    if "LLaMA-Factory neat_packing" in results:
+        lf = results["LLaMA-Factory neat_packing"]
+        rows.insert(4, {
+            "figure": "SFT tokens/s, packing on: ours vs LLaMA-Factory (packing + neat_packing)", "ours": round(ours["tps"], 1),
+            "anchor_name": f"LLaMA-Factory {LF_VERSION} (run_exp, what llamafactory-cli train runs: stage sft, full FT, packing + neat_packing)",
+            "anchor": round(lf["tps"], 1), "ratio": round(ours["tps"] / lf["tps"], 3), "unit": "tokens/s",
+            "notes": f"tiny Qwen2 (bpe tokenizer), fp32 CPU, full FT, {args.steps} steps × {BATCH} packed rows ≤ {MAX_LEN} tokens, "
+                     "same records rendered by its own chatml template in its own venv (transformers 5.6; +0.2 % tokens), "
+                     f"3-step warm-up in the same process; final loss ours {ours['loss']} vs LLaMA-Factory {lf['loss']}"})
     if best_trl == "TRL packing":  # the first row would repeat the second
         rows.pop(0)
     out = {"area": "train", "machine": machine(), "date": time.strftime("%Y-%m-%d"), "rows": rows,
@@ -231,4 +341,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--llamafactory-worker":
+        sys.path.remove(str(REPO))  # in the LLaMA-Factory venv: none of this project's packages
+        _lf_worker(sys.argv[2])
+    else:
+        main()
