@@ -195,7 +195,7 @@ def run_llamafactory(model_dir: Path, data_dir: Path, out: Path, steps: int, tag
     }
     job = out / f"lf-{tag}.json"
     job.write_text(json.dumps({"args": args, "warmup": LF_WARMUP}))
-    # -P: bench/ (operator.py, eval.py, ...) must not shadow the standard library there
+    # -P: bench/ (eval.py, ...) must not shadow the standard library there
     proc = subprocess.run([str(LF_VENV / "bin" / "python"), "-P", str(Path(__file__).resolve()), "--llamafactory-worker", str(job)],
                           capture_output=True, text=True)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("LFRESULT ")]

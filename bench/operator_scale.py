@@ -1,6 +1,6 @@
 """Operator benchmark: 200 resources applied at once to a real control plane.
 
-    .venv/bin/python bench/operator.py            # writes bench/results/operator.json
+    .venv/bin/python bench/operator_scale.py            # writes bench/results/operator.json
 
 Starts its own kube-apiserver + etcd + kube-controller-manager (tests/cluster, binaries from
 `make cluster-build`), runs `devops-model operator` as a separate process with the default
