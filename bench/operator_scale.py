@@ -112,6 +112,9 @@ def free_port() -> int:
 
 
 def main() -> int:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     sys.path.insert(0, str(REPO))
     from devops_model.api.resource import parse_resource
     from devops_operator.builders import render_children

@@ -123,6 +123,9 @@ def our_cli_seconds(model_dir: Path, data: Path, out: Path) -> float:
 
 
 def main() -> int:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     from devops_model.api.resource import parse_resource
     from devops_workloads.quantize.calibration import build_calibration, collect_texts, resolve_datasets
     from devops_workloads.quantize.entry import run
