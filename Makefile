@@ -35,7 +35,8 @@ quickstart: venv
 
 # Benchmarks: each bench/<area>.py compares against the tool a user would otherwise pick and writes
 # bench/results/<area>.json; report.py turns them into bench/RESULTS.md.
-bench: venv
+bench: venv cluster-build
+	bash bench/setup_llamafactory.sh   # LLaMA-Factory's own venv (the train anchor), outside the repo
 	@set -e; for b in bench/train.py bench/eval.py bench/quantize.py bench/serve.py bench/operator_scale.py; do \
 	  if [ -f $$b ]; then echo "== $$b"; $(BIN)/python $$b; fi; done
 	$(BIN)/python bench/report.py > /dev/null
