@@ -74,7 +74,6 @@ BATCH = 2
 LR = 3e-3
 LOG_EVERY = 2
 
-LF_VERSION = "0.9.5"
 #: the separate venv of the LLaMA-Factory anchor (bench/setup_llamafactory.sh creates it)
 LF_VENV = Path(os.environ.get("DEVOPS_MODEL_LF_VENV", Path.home() / ".cache" / "devops-model" / "bench-llamafactory-venv"))
 LF_WARMUP = 3
@@ -226,7 +225,9 @@ def _lf_worker(job_path: str) -> None:
     # accelerate's loader collates one batch ahead: only the first max_steps batches were trained on
     tokens = sum(batches[: args["max_steps"] * args["gradient_accumulation_steps"]])
     history = json.loads((Path(args["output_dir"]) / "trainer_state.json").read_text())["log_history"]
-    print("LFRESULT " + json.dumps({"tokens": tokens, "batches_built": len(batches), "seconds": history[-1]["train_runtime"],
+    import llamafactory
+
+    print("LFRESULT " + json.dumps({"version": llamafactory.__version__, "tokens": tokens, "batches_built": len(batches), "seconds": history[-1]["train_runtime"],
                                     "loss": _tail_loss(history)}), flush=True)
 
 
@@ -261,7 +262,8 @@ def main() -> None:
         ]
         for _, fn in configs:  # warm-up: thread pools, allocator, kernels; not recorded
             fn(3, "warm")
-        if (LF_VENV / "bin" / "python").exists():  # warms up inside each of its processes
+        have_lf = (LF_VENV / "bin" / "python").exists()
+        if have_lf:  # warms up inside each of its processes
             configs.append(("LLaMA-Factory neat_packing", lambda n, i: run_llamafactory(model_dir, lf_data, Path(tmp), n, i)))
         else:
             print(f"LLaMA-Factory anchor skipped: no venv at {LF_VENV} (create it with bench/setup_llamafactory.sh)", flush=True)
@@ -284,7 +286,7 @@ def main() -> None:
         qwen: dict[str, dict] = {}
         qconfigs = [("ours packed", lambda i: run_ours(root, True, args.qwen_steps, f"qwen{i}", "tiny-qwen")),
                     ("TRL packing", lambda i: run_trl(qwen_dir, Path(tmp), "packing", args.qwen_steps, qdata, qtok, f"qwen{i}"))]
-        if (LF_VENV / "bin" / "python").exists():
+        if have_lf:
             qconfigs.append(("LLaMA-Factory", lambda i: run_llamafactory(qwen_dir, lf_data, Path(tmp), args.qwen_steps, f"qwen{i}")))
         for rnd in range(2):  # interleaved, best of two, as above
             for label, fn in (qconfigs if rnd == 0 else qconfigs[::-1]):
@@ -327,7 +329,7 @@ def main() -> None:
         lf = results["LLaMA-Factory neat_packing"]
         rows.insert(4, {
             "figure": "SFT tokens/s, packing on: ours vs LLaMA-Factory (packing + neat_packing)", "ours": round(ours["tps"], 1),
-            "anchor_name": f"LLaMA-Factory {LF_VERSION} (run_exp, what llamafactory-cli train runs: stage sft, full FT, packing + neat_packing)",
+            "anchor_name": f"LLaMA-Factory {lf['version']} (run_exp, what llamafactory-cli train runs: stage sft, full FT, packing + neat_packing)",
             "anchor": round(lf["tps"], 1), "ratio": round(ours["tps"] / lf["tps"], 3), "unit": "tokens/s",
             "notes": f"tiny Qwen2 (bpe tokenizer), fp32 CPU, full FT, {args.steps} steps × {BATCH} packed rows ≤ {MAX_LEN} tokens, "
                      "same records rendered by its own chatml template in its own venv (transformers 5.6; +0.2 % tokens), "
@@ -336,7 +338,7 @@ def main() -> None:
         lq = qwen["LLaMA-Factory"]
         rows.append({
             "figure": "SFT tokens/s with the real Qwen tokenizer (151k vocabulary): ours vs LLaMA-Factory", "ours": round(qwen["ours packed"]["tps"], 1),
-            "anchor_name": f"LLaMA-Factory {LF_VERSION} (packing + neat_packing)", "anchor": round(lq["tps"], 1),
+            "anchor_name": f"LLaMA-Factory {lq['version']} (packing + neat_packing)", "anchor": round(lq["tps"], 1),
             "ratio": round(qwen["ours packed"]["tps"] / lq["tps"], 3), "unit": "tokens/s",
             "notes": f"tiny Qwen2 with the real Qwen tokenizer, {args.qwen_steps} steps, best of two interleaved rounds; final loss ours "
                      f"{qwen['ours packed']['loss']} vs LLaMA-Factory {lq['loss']} (its own chatml rendering); our loss computes "

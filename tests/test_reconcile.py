@@ -132,11 +132,11 @@ def evalrun(name, status=None, baseline=None):
             "spec": spec, "status": status or {}}
 
 
-def _finish_eval(kube, name, accuracy):
+def _finish_eval(kube, name, accuracy, baseline=None):
     """Run the EvalRun's passes until its Job completed with these scores; returns the last outcome."""
     import json
 
-    first = reconcile(evalrun(name, baseline=None if name == "base" else "base"), kube, OperatorConfig(), now=NOW)
+    first = reconcile(evalrun(name, baseline=baseline), kube, OperatorConfig(), now=NOW)
     job = next(o for (k, _, n), o in kube.objects.items() if k == "Job" and n.startswith(name))
     job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
     overall = [{"shots": 0, "style": "base", "correct": int(40 * accuracy), "total": 40, "accuracy": accuracy}]
@@ -145,7 +145,7 @@ def _finish_eval(kube, name, accuracy):
     kube.objects[("Pod", "ns", f"{name}-x")] = {
         "metadata": {"name": f"{name}-x", "labels": job["spec"]["template"]["metadata"]["labels"]},
         "status": {"phase": "Succeeded", "containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": msg}}}]}}
-    body = evalrun(name, {**first.status, "observedGeneration": 1}, baseline=None if name == "base" else "base")
+    body = evalrun(name, {**first.status, "observedGeneration": 1}, baseline=baseline)
     out = reconcile(body, kube, OperatorConfig(), now=NOW)
     body["status"].update(out.status)
     kube.objects[("EvalRun", "ns", name)] = body
@@ -155,15 +155,17 @@ def _finish_eval(kube, name, accuracy):
 def test_eval_baseline_delta_when_the_baseline_finished_first():
     kube = FakeKube()
     assert _finish_eval(kube, "base", 0.25).status["state"] == "Succeeded"
-    out = _finish_eval(kube, "tuned", 0.35)
+    out = _finish_eval(kube, "tuned", 0.35, baseline="base")
     assert out.status["state"] == "Succeeded"
     assert out.status["scores"]["overall"][0]["delta"] == 10.0
     assert out.status["summary"] == "0-shot 35.0% (+10.0)"
+    succeeded = next(c for c in out.status["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["message"] == out.status["message"] == "0-shot 35.0% (+10.0)"
 
 
 def test_eval_baseline_delta_when_the_baseline_finished_last():
     kube = FakeKube()
-    tuned = _finish_eval(kube, "tuned", 0.35)
+    tuned = _finish_eval(kube, "tuned", 0.35, baseline="base")
     assert tuned.status["state"] == "Succeeded" and tuned.status["scores"]["overall"][0].get("delta") is None
     _finish_eval(kube, "base", 0.30)  # the baseline's success fills in the run that compares with it
     st = kube.objects[("EvalRun", "ns", "tuned")]["status"]

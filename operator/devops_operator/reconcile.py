@@ -282,10 +282,7 @@ def reconcile_run(body: dict[str, Any], kube: Any, config: OperatorConfig, now: 
     obs = workload_state(workload, pods)
 
     if obs.phase == "Succeeded":
-        outcome = _succeeded(p, kind, obs)
-        if kind == "EvalRun" and outcome.status.get("state") == "Succeeded":
-            _baseline_deltas(p, kube, res, ns, name)
-        return outcome
+        return _succeeded(p, kind, obs, kube, res)
     if obs.phase == "Failed":
         return _failed(p, kube, config, wl, obs.reason, obs.message, obs.retryable, restarts, fp)
     if obs.phase == "Running":
@@ -320,7 +317,7 @@ def reconcile_run(body: dict[str, Any], kube: Any, config: OperatorConfig, now: 
     return p.outcome(_starting_requeue(workload, config, now))
 
 
-def _succeeded(p: _Pass, kind: str, obs: Any) -> Outcome:
+def _succeeded(p: _Pass, kind: str, obs: Any, kube: Any, res: Any) -> Outcome:
     allowed = _status_fields(kind) - RESULT_EXCLUDE
     result = {k: v for k, v in obs.result.items() if k in allowed}
     p.status.update(result)
@@ -335,7 +332,9 @@ def _succeeded(p: _Pass, kind: str, obs: Any) -> Outcome:
         p.cond(C.RUNNING, False, C.COMPLETED, "the workload finished")
         p.state("Failed", msg)
         return p.outcome(None)
-    summary = result.get("summary") or p.old.get("summary") or result.get("message")
+    if kind == "EvalRun":
+        _baseline_deltas(p, kube, res)
+    summary = p.status.get("summary") or p.old.get("summary") or result.get("message")
     msg = summary or (f"artifact {artifact['uri']}" if artifact else "done")
     p.cond(C.RUNNING, False, C.COMPLETED, "the workload finished")
     p.cond(C.SUCCEEDED, True, C.SUCCEEDED_REASON, msg)
@@ -343,13 +342,14 @@ def _succeeded(p: _Pass, kind: str, obs: Any) -> Outcome:
     return p.outcome(None)
 
 
-def _baseline_deltas(p: _Pass, kube: Any, res: Any, ns: str, name: str) -> None:
+def _baseline_deltas(p: _Pass, kube: Any, res: Any) -> None:
     """EvalRun scores against ``spec.baseline.evalRun``, in the cluster.
 
     A worker pod cannot see other runs (locally the worker reads the run registry itself), so the
     operator adds ``delta`` to ``scores.overall`` when this run succeeds and its baseline already
     has scores; and when a baseline succeeds, to the finished runs that compare with it (the two
     may finish in either order)."""
+    ns, name = namespace_of(res), res.metadata["name"]
     scores = p.status.get("scores") or p.old.get("scores") or {}
     ref = res.spec.baseline
     if ref is not None and ref.eval_run and scores.get("overall") and \
@@ -358,9 +358,7 @@ def _baseline_deltas(p: _Pass, kube: Any, res: Any, ns: str, name: str) -> None:
         if base.get("overall"):
             overall = with_deltas(scores["overall"], base["overall"])
             p.status["scores"] = {**scores, "overall": overall}
-            p.status["summary"] = summary_line(overall)
-            p.state("Succeeded", p.status["summary"])
-            p.cond(C.SUCCEEDED, True, C.SUCCEEDED_REASON, p.status["summary"])
+            p.status["summary"] = summary_line(overall)  # the Succeeded message, with the deltas
     mine = (p.status.get("scores") or scores).get("overall")
     if not mine:
         return
