@@ -11,6 +11,7 @@ EXTRAS ?= operator,train,eval,quantize,serve,dev
 help:
 	@echo "make quickstart   the whole life cycle on this machine with a tiny model (sets up .venv)"
 	@echo "make test         every test: unit, workload, control plane, browser (sets up what it needs)"
+	@echo "make test-unit    the pure tests only (API, builders, conditions, reconcile): under a minute"
 	@echo "make crds         regenerate crds/ from the typed API"
 
 $(BIN)/.installed: pyproject.toml
@@ -29,6 +30,10 @@ lint: venv
 
 test: venv
 	bash tests/run_all.sh
+
+# The pure tests (typed API, builders, conditions, reconcile logic): no cluster, no model, < 1 minute.
+test-unit: venv
+	$(BIN)/python -m pytest -p no:cacheprovider -q -m "not cluster and not slow and not browser" tests/api tests/operator
 
 quickstart: venv
 	$(BIN)/devops-model quickstart

@@ -5,7 +5,7 @@
 #   docker build -f images/operator.Dockerfile -t ghcr.io/devops-model/operator:0.1.0 .
 #
 # Build context: the repository root. Python packages: images/requirements/operator.txt, generated
-# from pyproject.toml's `operator` extra by images/requirements.py (tests/test_images.py checks it).
+# from pyproject.toml's `operator` extra by images/requirements.py (tests/deploy/test_images.py checks it).
 
 ARG PYTHON_IMAGE=python:3.12.12-slim-bookworm
 

@@ -8,7 +8,7 @@ An image is a set of the project's extras (IMAGES below). Its direct requirement
 dependencies plus those extras, exactly as pinned in pyproject.toml. `--lock` resolves them with
 `uv pip compile` for the image's Python and Linux x86_64 into images/requirements/<image>.txt (every
 transitive package pinned too, so a rebuild next month installs the same thing); the Dockerfiles
-install that file and then the project itself with --no-deps. tests/test_images.py fails when a lock
+install that file and then the project itself with --no-deps. tests/deploy/test_images.py fails when a lock
 file lacks a pin of pyproject.toml, has a different version of it, or the operator's carries torch.
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@
 # int4 models (GPTQModel's kernels, compiled in the devel stage like in the workload image). CUDA's
 # runtime comes with torch's wheels (nvidia-* packages in the lock file). Python packages:
 # images/requirements/serve.txt, generated from pyproject.toml's serve extra (+ peft, gptqmodel, optimum) by
-# images/requirements.py (tests/test_images.py checks it). Pods run it as UID 1000 with a read-only
+# images/requirements.py (tests/deploy/test_images.py checks it). Pods run it as UID 1000 with a read-only
 # root file system.
 
 ARG CUDA_DEVEL_IMAGE=nvidia/cuda:13.0.2-cudnn-devel-ubuntu24.04

@@ -8,7 +8,7 @@
 # CUDA: torch's wheels bring their own CUDA runtime (nvidia-* packages in the lock file); the base
 # image's CUDA major matches them, and its compiler (devel stage) builds GPTQModel's and DeepSpeed's
 # kernels. Python packages: images/requirements/workload.txt, generated from pyproject.toml's
-# train, eval and quantize extras by images/requirements.py (tests/test_images.py checks it).
+# train, eval and quantize extras by images/requirements.py (tests/deploy/test_images.py checks it).
 # Pods run it as UID 1000 with a read-only root file system: /tmp, the cache and /dev/shm are volumes.
 
 ARG CUDA_DEVEL_IMAGE=nvidia/cuda:13.0.2-cudnn-devel-ubuntu24.04

@@ -6,7 +6,7 @@ Python, unknown fields refused (as the API server does with strict field validat
 A cross-field rule is written once as a :class:`Rule`: the CEL expression goes into the CRD's
 ``x-kubernetes-validations`` (enforced by the API server on ``kubectl apply``) and the Python
 predicate with the very same message runs locally (``devops-model run`` / ``render``), so a user
-gets the same sentence before and after ``kubectl apply``. ``tests/test_api_rules.py`` checks
+gets the same sentence before and after ``kubectl apply``. ``tests/api/test_api.py`` checks
 that each rule's CEL and Python halves agree on the table of bad resources, and the control-plane
 tests check the server side.
 """

@@ -12,7 +12,7 @@ Fixtures:
                                  crds.install=false, operator.replicas=0) into the namespace, and returns a
                                  ChartRBAC with the operator's and the workloads' ServiceAccount kubeconfigs.
                                  Requests made with operator_kubeconfig get exactly the chart's RBAC, so an
-                                 operator started with it proves the chart grants enough (tests/test_operator.py
+                                 operator started with it proves the chart grants enough (tests/cluster/test_operator.py
                                  uses it). The releases are uninstalled after the test; request the
                                  namespace's fixture before chart_rbac so the uninstall (which also
                                  removes the release's cluster-scoped roles) runs while it still exists.

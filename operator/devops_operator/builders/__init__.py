@@ -4,7 +4,7 @@
     children = render_children(sft_run, OperatorConfig(), resolved_model="pvc://models/pt/final")
 
 No I/O, no clock, no randomness: the same input renders the same manifests (golden-tested in
-``tests/test_builders.py``), so re-running a handler is harmless. ``devops-model render -f FILE``
+``tests/operator/test_builders.py``), so re-running a handler is harmless. ``devops-model render -f FILE``
 prints what these functions return.
 
 Children per kind:

@@ -16,7 +16,7 @@ import pytest
 from devops_model.api.evaluation import Scores
 from devops_workloads.evaluate.evaluator import EvalConfig, evaluate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _predictions(out: Path) -> list[dict]:

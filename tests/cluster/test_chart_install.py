@@ -1,6 +1,6 @@
 """The Helm chart on a real control plane (kube-apiserver + etcd + controller-manager, tests/plugins/cluster.py).
 
-    .venv/bin/python -m pytest tests/test_chart_install.py -q
+    .venv/bin/python -m pytest tests/cluster/test_chart_install.py -q
 
 - `helm install` adopts CRDs that were applied with kubectl (the documented migration), installs the
   release, and `helm upgrade` with a changed CRD (an extra printer column) updates the CRD in place
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.api_cases import base
+from tests.api.api_cases import base
 from tests.plugins.chart import CHART, render_chart
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -200,7 +200,7 @@ def test_operator_with_the_charts_rbac_reconciles_a_run(control_plane, fresh_nam
         pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
         assert pod["serviceAccountName"] == "devops-model-workload"
         # The child as the API server stored it (after defaulting) still meets the restricted profile.
-        from tests.test_pod_security import check_manifest
+        from tests.deploy.test_pod_security import check_manifest
         assert check_manifest(job) == []
         status = cp.wait_for(lambda: (cp.get("pretrainrun", "pt", ns) or {}).get("status", {}).get("conditions"),
                              timeout=60, message="conditions on the PretrainRun")
@@ -270,7 +270,7 @@ def test_api_servers_pod_security_admission_accepts_every_pod(control_plane, fre
     example. Server-side dry run: admission runs, nothing is stored. A pod breaking the profile is the
     control that enforcement is on."""
     from tests.plugins.chart import CI_VALUES
-    from tests.test_pod_security import _examples, _render, _variants, pod_specs
+    from tests.deploy.test_pod_security import _examples, _render, _variants, pod_specs
 
     cp = control_plane
     ns = fresh_namespace("restricted")

@@ -1,13 +1,13 @@
 """The Helm chart (charts/devops-model), rendered without a cluster.
 
-    .venv/bin/python -m pytest tests/test_chart.py -q
+    .venv/bin/python -m pytest tests/deploy/test_chart.py -q
 
 Uses the helm that tests/cluster/build.sh builds (missing: the tests fail and say `make cluster-build`).
 Covers: `helm lint --strict`, `helm template` with the default values and every ci/*-values.yaml,
 the operator's and the workloads' RBAC rules (no wildcards, no secrets, exactly what the operator needs),
 labels and names, the operator Deployment, the operator ConfigMap against OperatorConfig, CRDs that
 match crds/, values.schema.json refusals, and that every value in values.yaml is commented.
-On a real control plane: tests/test_chart_install.py.
+On a real control plane: tests/cluster/test_chart_install.py.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import yaml
 
 from tests.plugins.chart import CHART, CI_VALUES, find, helm_binary, helm_template, render_chart
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "operator"))
 from devops_operator.config import OperatorConfig  # noqa: E402
 

@@ -14,9 +14,9 @@ from devops_model.api import KINDS
 from devops_model.api.base import ApiModel
 from devops_model.api.crdgen import build_crd, crd_files
 from devops_model.api.resource import InvalidResource, load_documents, parse_resource
-from tests.api_cases import BAD_CASES, BASE, bad_resource, base
+from tests.api.api_cases import BAD_CASES, BASE, bad_resource, base
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("kind", sorted(BASE))

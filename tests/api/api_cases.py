@@ -1,5 +1,5 @@
 """Valid base resources of each kind and the table of bad resources, shared by the local
-validation tests (tests/test_api.py) and the API-server tests (tests/test_api_server.py).
+validation tests (tests/api/test_api.py) and the API-server tests (tests/cluster/test_api_server.py).
 
 Each bad case is (id, kind, mutation, field) where ``mutation(obj)`` breaks a valid resource and
 ``field`` is the path both the local validator and the API server must name.

@@ -1,6 +1,6 @@
 """Static checks of the container images (images/*.Dockerfile); no Docker engine runs here.
 
-    .venv/bin/python -m pytest tests/test_images.py -q
+    .venv/bin/python -m pytest tests/deploy/test_images.py -q
 
 Each Dockerfile is parsed into instructions (continuation lines joined) and checked:
 - every base image is pinned by an exact version tag or a digest (no `latest`, no bare major);
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 IMAGES_DIR = REPO / "images"
 
 def _load_image_requirements():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLI = REPO / ".venv" / "bin" / "devops-model"
 STAGES = ["continued pretraining", "LoRA SFT", "exam: base model", "exam: tuned model", "GPTQ int4", "exam: int4 model"]
 

@@ -28,7 +28,7 @@ import yaml
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 API = "devops-model.io/v1alpha1"
 CHAIN_TIMEOUT = 900
 #: operator storage.cacheClaim for this test (hub downloads and compiled kernels).

@@ -210,7 +210,7 @@ def test_no_calibration_data_without_sft_parent_is_explained():
 def test_example_resource_is_valid_and_quantizes_the_sft_model():
     from devops_model.api.resource import load_resources
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     (res,) = load_resources(str(repo / "examples" / "local" / "quantize.yaml"))
     assert res.kind == "QuantizeRun"
     assert res.spec.model.from_run.kind == "SFTRun"

@@ -1,8 +1,8 @@
 """The pure builders: golden manifests for every kind and launcher, and properties every child
 must have (restricted Pod Security Standard, names within 63 characters, labels, owner references).
 
-    .venv/bin/python -m pytest tests/test_builders.py -q                    # compare
-    .venv/bin/python -m pytest tests/test_builders.py -q --update-golden    # rewrite output.yaml
+    .venv/bin/python -m pytest tests/operator/test_builders.py -q                    # compare
+    .venv/bin/python -m pytest tests/operator/test_builders.py -q --update-golden    # rewrite output.yaml
 
 Each case is tests/golden/builders/<case>/input.yaml: ``resource`` plus the optional ``config``
 (operator configuration), ``resolvedModel``, ``parent``, ``artifactFormat``, ``lineage`` and
@@ -22,7 +22,7 @@ from devops_operator.builders import render_children
 from devops_operator.config import OperatorConfig
 from devops_operator.naming import child_name
 
-GOLDEN = Path(__file__).parent / "golden" / "builders"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "builders"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.yaml").exists())
 
 

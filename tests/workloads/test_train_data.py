@@ -246,7 +246,7 @@ def test_install_copies_the_sample_tree(tmp_path):
 def test_examples_parse_and_their_data_verifies(name, train_storage):
     from devops_model.api.resource import load_documents
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "local" / f"{name}.yaml"
+    path = Path(__file__).resolve().parents[2] / "examples" / "local" / f"{name}.yaml"
     res = parse_resource(load_documents(path)[0], str(path))
     stage = "pt" if res.kind == "PretrainRun" else "sft"
     data = load_datasets(res.spec.data, stage)

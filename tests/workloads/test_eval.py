@@ -24,7 +24,7 @@ from devops_workloads.evaluate.exams import (
 from devops_workloads.evaluate.prompts import HEADER, chatml_text, render_query
 from devops_workloads.evaluate.scoring import continuation_ids, pick
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # SHA-1s published in ../shared/data/exams/README.md
 SEED_SHA1 = {

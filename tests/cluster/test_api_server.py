@@ -10,7 +10,7 @@ import json
 import pytest
 
 from devops_model.api import KINDS
-from tests.api_cases import BAD_CASES, BASE, bad_resource, base
+from tests.api.api_cases import BAD_CASES, BASE, bad_resource, base
 
 pytestmark = pytest.mark.cluster
 
@@ -70,7 +70,7 @@ def test_chat_deployment_spec_can_change(control_plane, k8s_namespace):
 def _example_files():
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1] / "examples"
+    root = Path(__file__).resolve().parents[2] / "examples"
     return sorted(root.rglob("*.yaml"))
 
 

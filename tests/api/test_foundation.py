@@ -16,7 +16,7 @@ from devops_workloads import sources
 from devops_workloads.progress import ProgressReporter, StatusPatcher
 from devops_workloads.runner import WorkloadError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -191,7 +191,7 @@ def test_only_rank0_reports(tmp_path, monkeypatch):
 @pytest.mark.cluster
 def test_status_patcher_patches_the_owner_with_a_service_account(control_plane, k8s_namespace, tmp_path):
     """In a pod, progress reaches status through the API server with the pod's token (stdlib HTTP)."""
-    from tests.api_cases import base
+    from tests.api.api_cases import base
 
     control_plane.apply(base("SFTRun"), namespace=k8s_namespace)
     role = {

@@ -1,11 +1,11 @@
 """The Kubernetes "restricted" Pod Security Standard, checked on every pod this project creates.
 
-    .venv/bin/python -m pytest tests/test_pod_security.py -q
+    .venv/bin/python -m pytest tests/deploy/test_pod_security.py -q
 
 What is checked: every pod template rendered by the Helm chart (default values and each
 charts/devops-model/ci/*-values.yaml) and every child that `devops-model render` prints for every
 example in examples/local and examples/cluster, plus one resource of each kind and each launcher /
-engine variant (tests/api_cases.py), rendered with the chart's own operator configuration.
+engine variant (tests/api/api_cases.py), rendered with the chart's own operator configuration.
 
 `restricted_violations(pod_spec)` implements the profile's controls
 (https://kubernetes.io/docs/concepts/security/pod-security-standards/, baseline + restricted) and the
@@ -26,10 +26,10 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from tests.api_cases import base
+from tests.api.api_cases import base
 from tests.plugins.chart import CHART, CI_VALUES, render_chart
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEVOPS_MODEL = REPO / ".venv" / "bin" / "devops-model"
 
 # Restricted profile: the only volume types allowed.

@@ -4,7 +4,7 @@ running as its own process with the operator's RBAC (tests/plugins/operator.py).
 There is no kubelet, scheduler or Kubeflow controller: the tests patch pod and PyTorchJob status
 as those would (the Job, ReplicaSet, Deployment and garbage-collector controllers are real).
 
-    .venv/bin/python -m pytest tests/test_operator.py -q
+    .venv/bin/python -m pytest tests/cluster/test_operator.py -q
 """
 
 from __future__ import annotations
