@@ -1,5 +1,5 @@
 """``devops-model operator``: run the operator against the current kubeconfig (registered in
-devops_model/cli.py's COMMANDS; imports nothing heavy until the command runs)."""
+devops_cli's COMMANDS; imports nothing heavy until the command runs)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def register(sub) -> None:
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
                        help="watch only this namespace (repeatable)")
-    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace, even when the configuration says scope: namespaced "
+                       "(default: the configuration's scope; cluster scope watches every namespace)")
     p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, else $KUBECONFIG or ~/.kube/config)")
     p.add_argument("--config", default=None, help="operator configuration YAML (docs/operator.md)")
     p.add_argument("--health-port", type=int, default=8080, help="port of /healthz and /readyz (0: off; default 8080)")
@@ -40,7 +41,7 @@ def register(sub) -> None:
 def _cmd_operator(args) -> int:
     from .main import run_operator
 
-    run_operator(namespaces=args.namespace, all_namespaces=not args.namespace, kubeconfig=args.kubeconfig,
+    run_operator(namespaces=args.namespace, all_namespaces=args.all_namespaces, kubeconfig=args.kubeconfig,
                  health_port=args.health_port or None, metrics_port=args.metrics_port or None,
                  config_path=args.config)
     return 0

@@ -10,46 +10,26 @@ from __future__ import annotations
 import copy
 from typing import Any, Optional
 
-# ---------------------------------------------------------------- types
-SUCCEEDED = "Succeeded"   # runs: True when done, False with the failure reason
-READY = "Ready"           # ChatDeployment: serving
-RUNNING = "Running"       # the child is running (False with Pending/Restarting/... while not)
-PARENT_READY = "ParentReady"  # fromRun resolved
-STALLED = "Stalled"       # no progress for failurePolicy.stallTimeout
+from devops_model.contract import ConditionType, Reason
 
-# ---------------------------------------------------------------- reasons
-WAITING_FOR_PARENT = "WaitingForParent"
-PARENT_FAILED = "ParentFailed"
-PARENT_SUCCEEDED = "ParentSucceeded"
-RESOLVED = "Resolved"
-PENDING = "Pending"
-CREATED = "ChildCreated"
-RUNNING_REASON = "Running"
-SUCCEEDED_REASON = "Succeeded"
-FAILED = "Failed"
-COMPLETED = "Completed"
-UNSCHEDULABLE = "Unschedulable"
-IMAGE_PULL_BACKOFF = "ImagePullBackOff"
-OOM_KILLED = "OOMKilled"
-CRASH_LOOP_BACKOFF = "CrashLoopBackOff"
-NCCL_TIMEOUT = "NCCLTimeout"
-STALLED_REASON = "Stalled"
-PROGRESSING = "Progressing"
-BAD_DATA = "BadData"
-PREEMPTED = "Preempted"
-RESTARTING = "Restarting"
-RESTARTS_EXHAUSTED = "RestartsExhausted"
-NO_ARTIFACT = "NoArtifact"
-SPEC_CHANGED = "SpecChangedAfterStart"
-INVALID_SPEC = "InvalidSpec"
-AVAILABLE = "Available"
-DEPLOYING = "Deploying"
-DEGRADED = "Degraded"
-SCALED_TO_ZERO = "ScaledToZero"
-GATE_NOT_MET = "GateNotMet"
-WAITING_FOR_GATE = "WaitingForGate"
+#: Reasons whose transition is posted as a Warning Event (the rest are Normal).
+WARNING_REASONS = frozenset({
+    Reason.FAILED, Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACKOFF, Reason.OOM_KILLED, Reason.CRASH_LOOP_BACKOFF,
+    Reason.NCCL_TIMEOUT, Reason.STALLED, Reason.BAD_DATA, Reason.RESTARTING, Reason.PARENT_FAILED,
+    Reason.NO_ARTIFACT, Reason.SPEC_CHANGED, Reason.GATE_NOT_MET, Reason.PREEMPTED, Reason.INVALID_SPEC,
+    Reason.LINEAGE_CYCLE, Reason.ARTIFACT_MISMATCH,
+})
+#: Ready/Succeeded=False reasons that are expected on the way up (Normal, not Warning).
+_ON_THE_WAY = frozenset({Reason.DEPLOYING, Reason.WAITING_FOR_GATE, Reason.SCALED_TO_ZERO})
 
-TERMINAL_STATES = ("Succeeded", "Failed")
+
+def event_type(type_: str, status: str, reason: str) -> str:
+    """"Warning" or "Normal" for the Event of a condition's transition."""
+    if reason in WARNING_REASONS:
+        return "Warning"
+    if type_ in (ConditionType.SUCCEEDED, ConditionType.READY) and status == "False" and reason not in _ON_THE_WAY:
+        return "Warning"
+    return "Normal"
 
 
 def get_condition(conditions: Optional[list[dict[str, Any]]], type_: str) -> Optional[dict[str, Any]]:
@@ -65,6 +45,9 @@ def set_condition(conditions: Optional[list[dict[str, Any]]], type_: str, status
     condition is new or its status flips; a changed reason or message keeps the old time."""
     if isinstance(status, bool):
         status = "True" if status else "False"
+    # Plain strings in the stored status (the contract's enums are str subclasses; YAML dumpers
+    # and equality with what the API server returns both want plain str).
+    type_, reason = str(type_), str(reason)
     if status not in ("True", "False", "Unknown"):
         raise ValueError(f"condition status must be True, False or Unknown (got {status!r})")
     out = copy.deepcopy(list(conditions or []))

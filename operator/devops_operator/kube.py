@@ -14,7 +14,16 @@ from typing import Any, Optional
 
 from kubernetes import client, config as kube_config
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import ConflictError, ForbiddenError, NotFoundError, ResourceNotFoundError
+from kubernetes.dynamic.exceptions import (
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    ResourceNotFoundError,
+    UnprocessibleEntityError,
+)
+
+from .kubeapi import ChildRejected
 
 FIELD_MANAGER = "devops-model-operator"
 log = logging.getLogger(__name__)
@@ -34,8 +43,20 @@ def load_api_client(kubeconfig: Optional[str] = None) -> client.ApiClient:
     return client.ApiClient(cfg)
 
 
+def _server_message(exc: Exception) -> str:
+    """The API server's own sentence from a refused request (its Status object's message)."""
+    import json
+
+    body = getattr(exc, "body", None)
+    try:
+        return str(json.loads(body)["message"]) if body else str(exc)
+    except (ValueError, KeyError, TypeError):
+        return str(body or exc)
+
+
 class Kube:
-    """Thread-safe wrapper used by the reconcilers (sync; kopf runs sync handlers in threads)."""
+    """Thread-safe wrapper used by the reconcilers (sync; kopf runs sync handlers in threads);
+    implements :class:`devops_operator.kubeapi.KubeApi`."""
 
     def __init__(self, api_client: Optional[client.ApiClient] = None):
         self.api_client = api_client or load_api_client()
@@ -84,13 +105,18 @@ class Kube:
         except ConflictError:
             found = self.get(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
             return found or manifest, False
+        except (BadRequestError, UnprocessibleEntityError) as exc:
+            raise ChildRejected(manifest["kind"], meta["name"], _server_message(exc)) from exc
 
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply: creates, or updates what this operator owns (rolls a Deployment)."""
         meta = manifest["metadata"]
         res = self.resource(manifest["apiVersion"], manifest["kind"])
-        return res.server_side_apply(body=manifest, name=meta["name"], namespace=meta["namespace"],
-                                     field_manager=FIELD_MANAGER, force_conflicts=True).to_dict()
+        try:
+            return res.server_side_apply(body=manifest, name=meta["name"], namespace=meta["namespace"],
+                                         field_manager=FIELD_MANAGER, force_conflicts=True).to_dict()
+        except (BadRequestError, UnprocessibleEntityError) as exc:
+            raise ChildRejected(manifest["kind"], meta["name"], _server_message(exc)) from exc
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         try:

@@ -47,7 +47,7 @@ def _health_server(port: int, ready: threading.Event, alive: threading.Event) ->
     return server
 
 
-def run_operator(*, namespaces: Sequence[str] = (), all_namespaces: bool = True, kubeconfig: Optional[str] = None,
+def run_operator(*, namespaces: Sequence[str] = (), all_namespaces: bool = False, kubeconfig: Optional[str] = None,
                  health_port: Optional[int] = 8080, metrics_port: Optional[int] = 9090,
                  config_path: Optional[str] = None, stop_flag: Optional[threading.Event] = None,
                  ready_flag: Optional[threading.Event] = None) -> None:
@@ -58,9 +58,12 @@ def run_operator(*, namespaces: Sequence[str] = (), all_namespaces: bool = True,
     import kopf
     from prometheus_client import start_http_server
 
-    from . import handlers  # noqa: F401  (registers the handlers; reads the configuration)
-    from .handlers.settings import CONFIG
+    from .config import OperatorConfig
+    from .handlers import register
     from .metrics import OperatorMetrics
+
+    CONFIG = OperatorConfig.load()
+    registry = register(CONFIG)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     memo = kopf.Memo()
@@ -71,7 +74,7 @@ def run_operator(*, namespaces: Sequence[str] = (), all_namespaces: bool = True,
     if metrics_port:
         start_http_server(metrics_port, registry=memo.metrics.registry)
     health = _health_server(health_port, ready, alive) if health_port else None
-    if not namespaces and CONFIG.scope == "namespaced" and CONFIG.namespace:
+    if not namespaces and not all_namespaces and CONFIG.scope == "namespaced" and CONFIG.namespace:
         namespaces = [CONFIG.namespace]
     # kopf peering pauses every operator when peers share a priority, and the one with the highest
     # priority works: a random priority per process makes that a leader election (a new replica of
@@ -87,6 +90,7 @@ def run_operator(*, namespaces: Sequence[str] = (), all_namespaces: bool = True,
             peering_name=CONFIG.reconcile.peering,
             priority=priority,
             memo=memo,
+            registry=registry,
             ready_flag=ready,
             stop_flag=stop_flag,
         )

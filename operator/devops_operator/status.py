@@ -14,12 +14,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import conditions as C
+from devops_model.contract import EXIT_KILLED, FINAL_REASONS, ExitCode, Reason
+
 from .naming import ROLE_LABEL
 
-#: Exit codes of the worker contract (devops_workloads.runner).
-EXIT_BAD_INPUT = 3
-EXIT_PREEMPTED = 143
 _NCCL_RE = re.compile(r"NCCL|c10d|collective operation", re.I)
 _TIMEOUT_RE = re.compile(r"time ?out|timed out|timing out|Watchdog caught", re.I)
 
@@ -90,21 +88,21 @@ def pod_problem(pods: list[dict]) -> Optional[ChildState]:
         status = pod.get("status") or {}
         for cond in status.get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
-                found.append((3, ChildState("Pending", C.UNSCHEDULABLE,
+                found.append((3, ChildState("Pending", Reason.UNSCHEDULABLE,
                                             f"pod {name} cannot be scheduled: {cond.get('message', '')}".strip())))
         if status.get("reason") in ("Evicted", "Preempting", "Preempted"):
-            found.append((2, ChildState("Failed", C.PREEMPTED, f"pod {name}: {status.get('message') or status['reason']}")))
+            found.append((2, ChildState("Failed", Reason.PREEMPTED, f"pod {name}: {status.get('message') or status['reason']}")))
         for cs in status.get("containerStatuses") or []:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             reason = waiting.get("reason")
             if reason in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
-                found.append((4, ChildState("Pending", C.IMAGE_PULL_BACKOFF,
+                found.append((4, ChildState("Pending", Reason.IMAGE_PULL_BACKOFF,
                                             f"pod {name} cannot pull image {cs.get('image', '')}: {waiting.get('message', reason)}")))
             elif reason == "CrashLoopBackOff":
                 last = (cs.get("lastState") or {}).get("terminated") or {}
                 why = "OOMKilled: raise resources.memory" if last.get("reason") == "OOMKilled" else (
                     last.get("message") or f"exit code {last.get('exitCode')}")
-                found.append((5, ChildState("Running", C.CRASH_LOOP_BACKOFF, f"pod {name} keeps crashing ({why})")))
+                found.append((5, ChildState("Running", Reason.CRASH_LOOP_BACKOFF, f"pod {name} keeps crashing ({why})")))
             term = (cs.get("state") or {}).get("terminated")
             if term and term.get("exitCode", 0) != 0:
                 found.append((6, classify_exit(name, term)))
@@ -119,27 +117,27 @@ def classify_exit(pod_name: str, term: dict) -> ChildState:
     code = term.get("exitCode")
     fields, text = parse_termination_message(term.get("message"))
     msg = fields.get("message") or text or f"exit code {code}"
-    if term.get("reason") == "OOMKilled" or code == 137 and "OOM" in (term.get("message") or ""):
-        return ChildState("Failed", C.OOM_KILLED,
+    if term.get("reason") == "OOMKilled" or code == EXIT_KILLED and "OOM" in (term.get("message") or ""):
+        return ChildState("Failed", Reason.OOM_KILLED,
                           f"pod {pod_name} ran out of memory (OOMKilled); raise spec.resources.memory or lower "
                           "spec.training.perDeviceBatchSize / maxLength", retryable=True, result=fields)
-    if code == EXIT_BAD_INPUT:
-        return ChildState("Failed", fields.get("reason") or C.BAD_DATA, msg, retryable=False, result=fields)
+    if code == ExitCode.BAD_INPUT:
+        return ChildState("Failed", fields.get("reason") or Reason.BAD_DATA, msg, retryable=False, result=fields)
     text_all = term.get("message") or ""
     if _NCCL_RE.search(text_all) and _TIMEOUT_RE.search(text_all):
-        return ChildState("Failed", C.NCCL_TIMEOUT,
+        return ChildState("Failed", Reason.NCCL_TIMEOUT,
                           f"pod {pod_name}: NCCL collective timed out (a rank hung or the network failed): {msg}",
                           retryable=True, result=fields)
-    if code == EXIT_PREEMPTED or code == 137:
-        return ChildState("Failed", C.PREEMPTED, f"pod {pod_name} was stopped (exit {code}); resuming from the checkpoint",
+    if code in (ExitCode.PREEMPTED, EXIT_KILLED):
+        return ChildState("Failed", Reason.PREEMPTED, f"pod {pod_name} was stopped (exit {code}); resuming from the checkpoint",
                           retryable=True, result=fields)
-    return ChildState("Failed", fields.get("reason") or C.FAILED, f"pod {pod_name}: {msg}", retryable=True, result=fields)
+    return ChildState("Failed", fields.get("reason") or Reason.FAILED, f"pod {pod_name}: {msg}", retryable=True, result=fields)
 
 
 def workload_state(child: Optional[dict], pods: list[dict]) -> ChildState:
     """Observation of a Job / PyTorchJob / TrainJob and its pods."""
     if child is None:
-        return ChildState("Pending", C.PENDING, "the child does not exist yet")
+        return ChildState("Pending", Reason.PENDING, "the child does not exist yet")
     st = child.get("status") or {}
     conds = st.get("conditions") or []
     rank0 = _rank0(pods)
@@ -149,7 +147,7 @@ def workload_state(child: Optional[dict], pods: list[dict]) -> ChildState:
         if term:
             result, _ = parse_termination_message(term.get("message"))
     if _true(conds, "Complete") or _true(conds, "Succeeded"):
-        return ChildState("Succeeded", C.SUCCEEDED_REASON, "the workload finished", result=result,
+        return ChildState("Succeeded", Reason.SUCCEEDED, "the workload finished", result=result,
                           start_time=st.get("startTime"))
     failed = _true(conds, "Failed")
     if failed:
@@ -157,24 +155,34 @@ def workload_state(child: Optional[dict], pods: list[dict]) -> ChildState:
         if problem is not None and problem.phase == "Failed":
             return problem
         if result.get("state") == "Failed":
-            code_bad = result.get("reason") in (C.BAD_DATA, "ParentNotFound", "ParentNotSucceeded", "InvalidSpec")
-            return ChildState("Failed", result.get("reason") or C.FAILED, result.get("message") or failed.get("message", ""),
+            code_bad = result.get("reason") in FINAL_REASONS
+            return ChildState("Failed", result.get("reason") or Reason.FAILED, result.get("message") or failed.get("message", ""),
                               retryable=not code_bad, result=result)
         bad = failed.get("reason") == "PodFailurePolicy"
-        return ChildState("Failed", C.BAD_DATA if bad else (failed.get("reason") or C.FAILED),
+        return ChildState("Failed", Reason.BAD_DATA if bad else (failed.get("reason") or Reason.FAILED),
                           failed.get("message") or "the workload failed", retryable=not bad, result=result)
     problem = pod_problem(pods)
     if problem is not None and problem.phase == "Pending":
         return problem
-    if problem is not None and problem.reason == C.CRASH_LOOP_BACKOFF:
+    if problem is not None and problem.reason == Reason.CRASH_LOOP_BACKOFF:
         return problem
     running = any((p.get("status") or {}).get("phase") == "Running" for p in pods) or _true(conds, "Running") \
         or (st.get("active") or 0) > 0 and any((p.get("status") or {}).get("phase") == "Running" for p in pods)
     if running:
-        return ChildState("Running", C.RUNNING_REASON, "the workload is running", start_time=st.get("startTime"))
+        return ChildState("Running", Reason.RUNNING, "the workload is running", start_time=st.get("startTime"))
     if pods:
-        return ChildState("Pending", C.PENDING, f"waiting for {len(pods)} pod(s) to start")
-    return ChildState("Pending", C.CREATED, "waiting for the launcher to create pods")
+        return ChildState("Pending", Reason.PENDING, f"waiting for {len(pods)} pod(s) to start")
+    if _suspended(child):
+        queue = ((child.get("metadata") or {}).get("labels") or {}).get("kueue.x-k8s.io/queue-name")
+        return ChildState("Pending", Reason.QUEUED, f"queued by Kueue{f' in {queue}' if queue else ''}: "
+                          "the job starts when its queue admits it (kubectl get workloads)")
+    return ChildState("Pending", Reason.CHILD_CREATED, "waiting for the launcher to create pods")
+
+
+def _suspended(child: dict) -> bool:
+    """Job and TrainJob: spec.suspend; PyTorchJob: spec.runPolicy.suspend (Kueue sets it until admission)."""
+    spec = child.get("spec") or {}
+    return bool(spec.get("suspend") or (spec.get("runPolicy") or {}).get("suspend"))
 
 
 @dataclass
@@ -188,23 +196,23 @@ class DeploymentState:
 
 def deployment_state(deploy: Optional[dict], pods: list[dict], want: int) -> DeploymentState:
     if deploy is None:
-        return DeploymentState(False, C.DEPLOYING, "the Deployment does not exist yet")
+        return DeploymentState(False, Reason.DEPLOYING, "the Deployment does not exist yet")
     st = deploy.get("status") or {}
     ready = int(st.get("readyReplicas") or 0)
     updated = int(st.get("updatedReplicas") or 0)
     if want == 0:
-        return DeploymentState(False, C.SCALED_TO_ZERO, "spec.replicas is 0", 0, 0)
+        return DeploymentState(False, Reason.SCALED_TO_ZERO, "spec.replicas is 0", 0, 0)
     rolling = (deploy.get("metadata", {}).get("generation") or 0) > (st.get("observedGeneration") or 0) or updated < want
     if ready >= want and not rolling:
-        return DeploymentState(True, C.AVAILABLE, f"{ready}/{want} replicas ready", want, ready)
+        return DeploymentState(True, Reason.AVAILABLE, f"{ready}/{want} replicas ready", want, ready)
     problem = pod_problem(pods)
     if ready > 0:
         why = f"; {problem.message}" if problem else ""
-        return DeploymentState(True, C.DEGRADED if not rolling else C.PROGRESSING,
+        return DeploymentState(True, Reason.DEGRADED if not rolling else Reason.PROGRESSING,
                                f"{ready}/{want} replicas ready" + (" (rolling out)" if rolling else "") + why, want, ready)
     if problem is not None:
         return DeploymentState(False, problem.reason, problem.message, want, 0)
     for c in st.get("conditions") or []:
         if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
-            return DeploymentState(False, "ProgressDeadlineExceeded", c.get("message", ""), want, 0)
-    return DeploymentState(False, C.DEPLOYING, f"0/{want} replicas ready (loading the model)", want, 0)
+            return DeploymentState(False, Reason.PROGRESS_DEADLINE_EXCEEDED, c.get("message", ""), want, 0)
+    return DeploymentState(False, Reason.DEPLOYING, f"0/{want} replicas ready (loading the model)", want, 0)

@@ -110,25 +110,56 @@ def test_multinode_pytorchjob_has_master_workers_and_torchrun():
     assert yaml.safe_load(cm["data"]["parent.yaml"])["status"]["artifact"]["uri"] == "pvc://models/devops-pt/final"
 
 
-def test_vllm_gets_gptq_and_tensor_parallel_flags():
+def test_vllm_gets_tensor_parallel_flags():
     _, deploy, svc, netpol = render_case("chat-vllm-gptq")
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[args.index("--quantization") + 1] == "gptq"
     assert args[args.index("--tensor-parallel-size") + 1] == "2"
     assert args[args.index("--model") + 1] == "/mnt/storage/models/devops-int4"
     assert svc["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
     assert netpol["kind"] == "NetworkPolicy"
 
 
-def test_builtin_engine_command_matches_docs_serving():
-    _, deploy, _ = render_case("chat-builtin-cpu")
-    c = deploy["spec"]["template"]["spec"]["containers"][0]
-    assert c["command"] == ["devops-model", "serve"]
-    a = c["args"]
-    assert a[a.index("--host") + 1] == "0.0.0.0" and a[a.index("--port") + 1] == "8080"
-    assert "--no-ui" in a and a[a.index("--lineage-file") + 1] == "/etc/devops-model/lineage.json"
+def test_builtin_engine_runs_the_worker_entry_point_without_a_token():
+    cm, deploy, _ = render_case("chat-builtin-cpu")
+    pod = deploy["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    # The same entry point as every other pod: the worker reads the spec and materialises the model.
+    assert c["command"] == ["devops-model", "run", "-f", "/etc/devops-model/resource.yaml"] and "args" not in c
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["DEVOPS_MODEL_SERVE_HOST"] == "0.0.0.0" and env["DEVOPS_MODEL_SERVE_PORT"] == "8080"
+    assert {"resource.yaml", "lineage.json"} <= set(cm["data"])
+    # Chat pods never report to the API server: no token, not the workloads' ServiceAccount.
+    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "default"
     assert c["startupProbe"]["httpGet"]["path"] == "/health"
     assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 1800
+
+
+@pytest.mark.parametrize("engine,key_env", [("vllm", "VLLM_API_KEY"), ("tgi", "API_KEY"), ("builtin", "DEVOPS_MODEL_API_KEY")])
+def test_each_engine_gets_the_api_key_where_it_reads_it(engine, key_env):
+    from devops_model.engines import ENGINES
+
+    spec = {"model": {"uri": "pvc://models/m"}, "engine": {"name": engine},
+            "auth": {"apiKeySecret": {"name": "s", "key": "k"}}}
+    if engine != "builtin":
+        spec["resources"] = {"gpusPerNode": 1}
+    chat = parse_resource({"apiVersion": "devops-model.io/v1alpha1", "kind": "ChatDeployment",
+                           "metadata": {"name": "c", "namespace": "ns"}, "spec": spec})
+    c = render_children(chat)[1]["spec"]["template"]["spec"]["containers"][0]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "valueFrom" in e}
+    assert refs == {key_env: {"name": "s", "key": "k"}} and ENGINES[engine].api_key_env == (key_env,)
+
+
+def test_vllm_chooses_its_gptq_kernel_and_tgi_is_told_the_format():
+    from devops_model.engines import ENGINES
+
+    _, deploy, *_ = render_case("chat-vllm-gptq")
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--quantization" not in args  # vLLM picks gptq_marlin from quantize_config.json
+    spec = parse_resource({"apiVersion": "devops-model.io/v1alpha1", "kind": "ChatDeployment",
+                           "metadata": {"name": "c"}, "spec": {"model": {"uri": "pvc://m/x"}, "engine": {"name": "tgi"},
+                                                               "resources": {"gpusPerNode": 1}}}).spec
+    tgi = ENGINES["tgi"].args(spec, "/m", "c", "gptq-int4")
+    assert tgi[tgi.index("--quantize") + 1] == "gptq"
 
 
 def test_a_new_model_changes_the_pod_template_so_the_deployment_rolls():

@@ -5,6 +5,7 @@ the result rules (no artifact, worker-patched results, restart bookkeeping)."""
 from __future__ import annotations
 
 import copy
+import json
 
 from devops_operator.config import OperatorConfig
 from devops_operator.reconcile import reconcile
@@ -108,13 +109,43 @@ def test_success_without_any_artifact_fails_with_no_artifact():
     assert next(c for c in out.status["conditions"] if c["type"] == "Succeeded")["reason"] == "NoArtifact"
 
 
-def test_an_artifact_patched_by_the_worker_counts_when_the_message_is_lost():
+def test_an_artifact_patched_into_the_status_never_counts():
+    """Only the run's own pod's termination message carries the outcome: a status patch (which any
+    identity with patch rights could forge) is removed, and without a message the run fails."""
     kube = FakeKube()
     reconcile(sft(), kube, OperatorConfig(), now=NOW)
-    _complete(kube, message="")  # e.g. the node died after the patch
+    _complete(kube, message="")
+    forged = {"uri": "pvc://attacker/backdoored", "format": "hf-full"}
+    out = reconcile(sft({"observedGeneration": 1, "artifact": forged}), kube, OperatorConfig(), now=NOW)
+    assert out.status["state"] == "Failed" and out.status["artifact"] is None
+    assert next(c for c in out.status["conditions"] if c["type"] == "Succeeded")["reason"] == "NoArtifact"
+
+
+def test_the_outcome_comes_from_the_termination_message():
+    kube = FakeKube()
+    reconcile(sft(), kube, OperatorConfig(), now=NOW)
     art = {"uri": "pvc://m/out/final", "format": "hf-lora"}
-    out = reconcile(sft({"observedGeneration": 1, "artifact": art}), kube, OperatorConfig(), now=NOW)
-    assert out.status["state"] == "Succeeded" and "pvc://m/out/final" in out.status["message"]
+    _complete(kube, message=json.dumps({"status": {"state": "Succeeded", "artifact": art}}))
+    out = reconcile(sft({"observedGeneration": 1, "artifact": {"uri": "pvc://attacker/x"}}), kube, OperatorConfig(), now=NOW)
+    assert out.status["state"] == "Succeeded" and out.status["artifact"] == art
+
+
+def test_a_pod_that_the_child_does_not_own_cannot_report_the_outcome():
+    def finish(owned: bool):
+        kube = FakeKube()
+        reconcile(sft(), kube, OperatorConfig(), now=NOW)
+        art = {"uri": "pvc://m/out/final", "format": "hf-full"}
+        _complete(kube, message=json.dumps({"status": {"state": "Succeeded", "artifact": art}}))
+        kube.objects[("Job", "ns", "s-train")]["metadata"]["uid"] = "job-uid"
+        if owned:
+            kube.objects[("Pod", "ns", "s-train-x")]["metadata"]["ownerReferences"] = [
+                {"apiVersion": "batch/v1", "kind": "Job", "name": "s-train", "uid": "job-uid", "controller": True}]
+        return reconcile(sft({"observedGeneration": 1}), kube, OperatorConfig(), now=NOW)
+
+    # A pod with the run's labels that the child does not own (anyone who may create pods could
+    # make one) is not the run's pod: its termination message is not the run's outcome.
+    assert finish(owned=False).status["state"] == "Failed"
+    assert finish(owned=True).status["state"] == "Succeeded"
 
 
 def test_terminal_runs_are_left_alone():

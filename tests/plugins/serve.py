@@ -49,7 +49,7 @@ def free_port() -> int:
 
 def cli() -> list[str]:
     exe = Path(sys.executable).parent / "devops-model"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "devops_model.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "devops_cli"]
 
 
 @dataclass

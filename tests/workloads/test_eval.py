@@ -223,7 +223,7 @@ def test_aggregate_is_micro_averaged_and_summary_reads_well():
 
 
 def test_eval_help_teaches_and_stays_light():
-    out = subprocess.run([sys.executable, "-m", "devops_model.cli", "eval", "--help"], capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run([sys.executable, "-m", "devops_cli", "eval", "--help"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     for word in ("--preset", "devops-574", "--shots", "--style", "--scoring", "loglikelihood", "results.json", "examples:"):
         assert word in out.stdout
@@ -232,6 +232,6 @@ def test_eval_help_teaches_and_stays_light():
 
 
 def test_eval_rejects_bad_shots_with_a_clear_message():
-    out = subprocess.run([sys.executable, "-m", "devops_model.cli", "eval", "--model", "x", "--exams", "y", "--out", "z", "--shots", "0,7"],
+    out = subprocess.run([sys.executable, "-m", "devops_cli", "eval", "--model", "x", "--exams", "y", "--out", "z", "--shots", "0,7"],
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2 and "--shots values must be between 0 and 5" in out.stderr

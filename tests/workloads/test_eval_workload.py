@@ -105,7 +105,8 @@ def _install(local_home: Path, tiny_qwen: Path) -> Path:
 
 
 def test_evalrun_worker_scores_status_artifact_and_baseline_delta(tiny_qwen, local_home):
-    from devops_workloads.runner import read_registry, run_file
+    from devops_model.registry import read_entry as read_registry
+    from devops_workloads.runner import run_file
 
     storage = _install(local_home, tiny_qwen)
     assert run_file(REPO / "examples/local/eval-base.yaml") == 0
@@ -146,7 +147,8 @@ def test_evalrun_worker_scores_status_artifact_and_baseline_delta(tiny_qwen, loc
 
 
 def test_evalrun_sha1_mismatch_fails_before_scoring(tiny_qwen, local_home, tmp_path):
-    from devops_workloads.runner import read_registry, run_file
+    from devops_model.registry import read_entry as read_registry
+    from devops_workloads.runner import run_file
 
     _install(local_home, tiny_qwen)
     spec = (REPO / "examples/local/eval-base.yaml").read_text().replace(
@@ -161,7 +163,7 @@ def test_evalrun_sha1_mismatch_fails_before_scoring(tiny_qwen, local_home, tmp_p
 
 def test_devops_model_eval_command(tiny_qwen, sample_exams, tmp_path):
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "devops_model.cli", "eval", "--model", str(tiny_qwen), "--exams", str(sample_exams),
+    r = subprocess.run([sys.executable, "-m", "devops_cli", "eval", "--model", str(tiny_qwen), "--exams", str(sample_exams),
                         "--exam", "devops/ci_cd", "--shots", "0,5", "--style", "base", "--out", str(out)],
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

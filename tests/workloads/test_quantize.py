@@ -117,7 +117,8 @@ def _sft_parent(home: Path, model_dir: Path, data_file: Path, name: str = "sft-l
 def test_impossibly_tight_limit_fails_the_run_with_the_numbers(local_home, tiny_qwen, devops_calibration, sample_exams):
     """fromRun an SFTRun: calibration defaults to the SFT data; both models take the sample exam;
     maxPerplexityIncrease "0" fails the run (int4 raises this model's perplexity by ~0.1 %)."""
-    from devops_workloads.runner import read_registry, run_resource
+    from devops_model.registry import read_entry as read_registry
+    from devops_workloads.runner import run_resource
 
     _sft_parent(local_home / "home", Path(tiny_qwen), devops_calibration)
     res = parse_resource({
@@ -179,7 +180,7 @@ def test_verify_table(figures, limits, failing):
 
 
 def test_quantize_help_teaches():
-    out = subprocess.run([sys.executable, "-m", "devops_model.cli", "quantize", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "devops_cli", "quantize", "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     for word in ("--bits", "--group-size", "--calibration", "--samples", "examples:", "AutoModelForCausalLM"):
         assert word in out.stdout
@@ -187,7 +188,7 @@ def test_quantize_help_teaches():
 
 def test_quantize_cli_missing_calibration_names_the_field(tmp_path, tiny_bpe):
     out = subprocess.run(
-        [sys.executable, "-m", "devops_model.cli", "quantize", "--model", str(tiny_bpe), "--out", str(tmp_path / "o"),
+        [sys.executable, "-m", "devops_cli", "quantize", "--model", str(tiny_bpe), "--out", str(tmp_path / "o"),
          "--calibration", str(tmp_path / "missing.jsonl")],
         capture_output=True, text=True, timeout=300,
     )

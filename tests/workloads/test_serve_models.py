@@ -179,19 +179,21 @@ def test_chat_deployment_runs_locally_with_lineage_and_scores(lineage_home):
     assert entry["status"]["endpoint"] == {"url": url, "model": "devops-model-tiny-int4", "ui": url + "/"}
 
 
-@pytest.mark.parametrize("gate, reason", [
-    ({"evalRun": "int4-eval", "minAccuracy": "0.5", "shots": 0}, "scored 0.300 at 0 shots, below spec.gate.minAccuracy 0.5"),
-    ({"evalRun": "int4-eval", "minAccuracy": "0.1", "shots": 5}, "has no overall score for 5 shots"),
-    ({"evalRun": "never-ran", "minAccuracy": "0.1"}, "EvalRun/never-ran has not run on this machine"),
+@pytest.mark.parametrize("gate, why, reason", [
+    ({"evalRun": "int4-eval", "minAccuracy": "0.5", "shots": 0}, "GateNotMet",
+     "scored 0.300 at 0 shots (base), below spec.gate.minAccuracy 0.5"),
+    ({"evalRun": "int4-eval", "minAccuracy": "0.1", "shots": 5}, "GateNotMet", "has no overall score at 5 shots"),
+    ({"evalRun": "never-ran", "minAccuracy": "0.1"}, "WaitingForGate", "EvalRun/never-ran (spec.gate.evalRun): it does not exist"),
 ], ids=["below-minimum", "no-such-shots", "missing-evalrun"])
-def test_gate_refuses_to_serve(lineage_home, gate, reason):
+def test_gate_refuses_to_serve(lineage_home, gate, why, reason):
+    """The gate's rule and reasons are the operator's (devops_model.lineage): one semantic everywhere."""
     doc = yaml.safe_load((REPO / "examples/local/chat.yaml").read_text())
     doc["spec"]["gate"] = gate
     f = lineage_home / "chat.yaml"
     f.write_text(yaml.safe_dump(doc))
     r = subprocess.run([*cli(), "run", "-f", str(f)], cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 3, r.stderr
-    assert "GateNotPassed" in r.stderr and reason in r.stderr and "spec.gate" in r.stderr
+    assert f"failed ({why})" in r.stderr and reason in r.stderr and "spec.gate" in r.stderr
 
 
 def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(tiny_bpe):

@@ -1,5 +1,5 @@
 """PretrainRun/SFTRun end to end on the tiny model: loss goes down (pt, SFT full, SFT LoRA + merge),
-outputs (artifact.json, loss curve, progress, resolved config), SIGTERM → checkpoint + EXIT_PREEMPTED,
+outputs (artifact.json, loss curve, progress, resolved config), SIGTERM → checkpoint + exit 143 (ExitCode.PREEMPTED),
 resume from the saved step, a 2-process torchrun (gloo) run and a DeepSpeed ZeRO-2 run on CPU.
 
 Runs that start torch.distributed (torchrun, DeepSpeed) or are signalled run as subprocesses, exactly
@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from devops_workloads import runner
 from devops_workloads.train.entry import find_resume_checkpoint
+
+from devops_model.contract import ExitCode
+from devops_model.registry import read_entry
 from tests.plugins.train import BASE_SFT, make_resource, merge
 
 VENV_BIN = Path(sys.executable).parent
@@ -38,11 +40,10 @@ def _first_last(losses: list[float], k: int = 3) -> tuple[float, float]:
 def _sft_data_loss(model_dir: Path, template: str = "chatml") -> float:
     """Mean loss of a model over the whole sample SFT set (fixed data, so before/after compare)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from devops_workloads.templates import get_template
     from devops_workloads.train import preprocess as pp
     from devops_workloads.train.data import load_datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = make_resource().spec
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -159,7 +160,7 @@ def test_sigterm_saves_a_checkpoint_and_the_next_run_resumes(train_storage, tmp_
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == runner.EXIT_PREEMPTED, output[-3000:]
+    assert proc.returncode == ExitCode.PREEMPTED, output[-3000:]
     assert "Preempted" in output
     ckpt = find_resume_checkpoint(out / "checkpoints")
     assert ckpt is not None, output[-3000:]
@@ -167,7 +168,7 @@ def test_sigterm_saves_a_checkpoint_and_the_next_run_resumes(train_storage, tmp_
     assert 3 <= saved < 40  # saved at the step it was at, not at a saveSteps boundary
     assert json.loads((ckpt / "run_config.json").read_text())["resource"]["metadata"]["name"] == "t-preempt"
     assert (ckpt / "optimizer.pt").exists()
-    reg = runner.read_registry("SFTRun", "t-preempt")
+    reg = read_entry("SFTRun", "t-preempt")
     assert reg["status"]["reason"] == "Preempted"
 
     # a new start on the same output continues from the saved step
@@ -217,7 +218,7 @@ def test_torchrun_two_processes_gloo(train_storage, tmp_path):
     assert state["global_step"] == 6
     # tokens are gathered from both ranks: more than one rank's micro-batches alone
     assert json.loads((out / "artifact.json").read_text())["format"] == "hf-full"
-    assert runner.read_registry("SFTRun", "t-ddp")["status"]["state"] == "Succeeded"
+    assert read_entry("SFTRun", "t-ddp")["status"]["state"] == "Succeeded"
 
 
 def test_deepspeed_zero2_on_cpu(train_storage, tmp_path):

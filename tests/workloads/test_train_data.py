@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from devops_model.api.resource import parse_resource
+from devops_model.contract import ExitCode
 from devops_workloads import runner
 from devops_workloads.templates import get_template
 from devops_workloads.train import preprocess as pp
@@ -52,7 +53,7 @@ def test_sha1_mismatch_fails_before_training(train_storage, tmp_path):
     res = make_resource()
     with pytest.raises(runner.WorkloadError) as err:
         runner.run_resource(res)
-    assert err.value.reason == "BadData" and err.value.exit_code == runner.EXIT_BAD_INPUT
+    assert err.value.reason == "BadData" and err.value.exit_code == ExitCode.BAD_INPUT
     assert "spec.data.datasets[0]" in str(err.value) and "expected 0000" in str(err.value)
     assert not (train_storage / "runs" / "t-sft").exists()  # nothing trained, nothing written
 

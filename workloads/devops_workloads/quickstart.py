@@ -78,7 +78,7 @@ def _registry(workdir: Path, kind: str, name: str) -> dict[str, Any] | None:
 
 def _cli() -> list[str]:
     exe = Path(sys.executable).parent / "devops-model"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "devops_model.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "devops_cli"]
 
 
 def _say(msg: str) -> None:

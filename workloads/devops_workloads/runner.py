@@ -28,8 +28,17 @@ from typing import Any
 
 import yaml
 
-from devops_model.api import ApiModel
 from devops_model.api.resource import load_documents, parse_resource
+from devops_model.contract import (
+    PARENT_FILE_NAME,
+    TERMINATION_MESSAGE_LIMIT,
+    Env,
+    ExitCode,
+    Reason,
+    State,
+)
+from devops_model.lineage import ParentState, resolve_parent as resolve_lineage_parent
+from devops_model.registry import LocalRegistry, home, registry_path, write_entry
 
 #: kind -> "module:function" implementing it.
 RUNNERS: dict[str, str] = {
@@ -40,43 +49,15 @@ RUNNERS: dict[str, str] = {
     "ChatDeployment": "devops_workloads.serve.entry:run",
 }
 
-#: Exit code after a SIGTERM that saved a checkpoint (the pod is restarted and resumes).
-EXIT_PREEMPTED = 143
-#: Exit code for bad input (data, spec) — retrying will not help.
-EXIT_BAD_INPUT = 3
-
 
 class WorkloadError(RuntimeError):
-    """A failure with a reason a person understands; ``reason`` becomes the condition reason."""
+    """A failure with a reason a person understands; ``reason`` becomes the condition reason and
+    ``exit_code`` tells the operator whether a new attempt can help (docs/operator.md)."""
 
-    def __init__(self, message: str, reason: str = "Failed", exit_code: int = 1):
+    def __init__(self, message: str, reason: Reason = Reason.FAILED, exit_code: int = ExitCode.FAILED):
         super().__init__(message)
-        self.reason = reason
-        self.exit_code = exit_code
-
-
-def home() -> Path:
-    """Local state: run registry, default work dirs (``DEVOPS_MODEL_HOME``)."""
-    env = os.environ.get("DEVOPS_MODEL_HOME")
-    return Path(env) if env else Path.home() / ".local" / "share" / "devops-model"
-
-
-def registry_path(kind: str, name: str) -> Path:
-    return home() / "runs" / kind.lower() / f"{name}.json"
-
-
-def read_registry(kind: str, name: str) -> dict[str, Any] | None:
-    p = registry_path(kind, name)
-    return json.loads(p.read_text()) if p.exists() else None
-
-
-def write_registry(resource: ApiModel, status: dict[str, Any]) -> Path:
-    p = registry_path(resource.kind, resource.metadata["name"])
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"resource": resource.to_dict(), "status": status}, indent=2, ensure_ascii=False))
-    tmp.replace(p)
-    return p
+        self.reason = Reason(reason)
+        self.exit_code = int(exit_code)
 
 
 @dataclass
@@ -91,6 +72,8 @@ class RunContext:
     #: Scratch/work directory for this run (outputs go to spec.output when given).
     workdir: Path = field(default_factory=lambda: Path.cwd())
     in_cluster: bool = False
+    #: The folder of the spec file (in a pod: the operator's ConfigMap, with parent.yaml, lineage.json).
+    spec_dir: Path | None = None
 
     @property
     def name(self) -> str:
@@ -106,75 +89,101 @@ class RunContext:
 
 
 def resolve_parent(resource: Any, spec_dir: Path | None = None) -> tuple[str | None, dict[str, Any] | None]:
-    """(model URI, parent resource+status) for a resource, resolving ``spec.model.fromRun``.
+    """(model URI, parent run with its status) for a resource, resolving ``spec.model.fromRun``.
 
-    In a pod, ``status.resolvedModel`` and ``parent.yaml`` written by the operator are used.
-    Locally the run registry is read; a missing or unfinished parent is a clear error.
+    In a pod, ``status.resolvedModel`` and ``parent.yaml`` written by the operator are used (it
+    resolved the parent on the API server with the same rules). Locally the run registry is the
+    store of :func:`devops_model.lineage.resolve_parent`: a parent that has not run or not succeeded
+    here is an error (nothing would change while we wait).
     """
     model = resource.spec.model
     if model.uri:
         return model.uri, None
-    ref = model.from_run
     status = resource.status.to_dict() if resource.status is not None else {}
-    parent = None
-    if spec_dir is not None and (spec_dir / "parent.yaml").exists():
-        parent = yaml.safe_load((spec_dir / "parent.yaml").read_text())
     if status.get("resolvedModel"):
+        parent = None
+        if spec_dir is not None and (spec_dir / PARENT_FILE_NAME).exists():
+            parent = yaml.safe_load((spec_dir / PARENT_FILE_NAME).read_text(encoding="utf-8"))
         return status["resolvedModel"], parent
-    entry = read_registry(ref.kind, ref.name)
-    if entry is None:
+    found = resolve_lineage_parent(resource.kind, resource.metadata["name"], model.to_dict(), LocalRegistry())
+    ref = model.from_run
+    if found.state == ParentState.RESOLVED:
+        return found.uri, dict(found.run or {})
+    if found.state == ParentState.MISSING:
         raise WorkloadError(
             f"spec.model.fromRun: {ref.kind}/{ref.name} has not run on this machine "
             f"(no {registry_path(ref.kind, ref.name)}); run it first with devops-model run -f <its file>",
-            reason="ParentNotFound", exit_code=EXIT_BAD_INPUT,
+            reason=Reason.PARENT_NOT_FOUND, exit_code=ExitCode.BAD_INPUT,
         )
-    pstatus = entry.get("status", {})
-    if pstatus.get("state") != "Succeeded" or not pstatus.get("artifact"):
-        raise WorkloadError(
-            f"spec.model.fromRun: {ref.kind}/{ref.name} has not succeeded (state {pstatus.get('state')!r})",
-            reason="ParentNotSucceeded", exit_code=EXIT_BAD_INPUT,
-        )
-    art = pstatus["artifact"]
-    uri = art.get("mergedUri") or art["uri"] if resource.kind in ("QuantizeRun", "ChatDeployment", "EvalRun") else art["uri"]
-    parent = {**entry["resource"], "status": pstatus}
-    return uri, parent
+    if found.state == ParentState.CYCLE:
+        raise WorkloadError(found.message, reason=Reason.LINEAGE_CYCLE, exit_code=ExitCode.BAD_INPUT)
+    raise WorkloadError(f"spec.model.fromRun: {found.message}", reason=Reason.PARENT_NOT_SUCCEEDED,
+                        exit_code=ExitCode.BAD_INPUT)
 
 
 def run_resource(resource: Any, spec_path: Path | None = None, workdir: Path | None = None) -> dict[str, Any]:
-    """Run one resource's workload here; returns the status it ended with."""
+    """Run one resource's workload here; returns the status it ended with.
+
+    The run is recorded in the local registry as Running before the work starts, so a re-run that
+    fails never leaves the previous run's Succeeded (and its artifact) for a later ``fromRun``."""
     kind = resource.kind
     target = RUNNERS[kind]
     module_name, func_name = target.split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise WorkloadError(f"{kind} cannot run here: {exc}. Install the extra: pip install 'devops-model[train,eval,quantize,serve]'") from exc
-    uri, parent = resolve_parent(resource, spec_path.parent if spec_path else None)
-    ctx = RunContext(
-        resource=resource,
-        parent=parent,
-        resolved_model=uri,
-        workdir=workdir or home() / "work" / kind.lower() / resource.metadata["name"],
-        in_cluster=bool(os.environ.get("KUBERNETES_SERVICE_HOST")),
-    )
-    ctx.workdir.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    status: dict[str, Any] = {"state": "Running", "startTime": _now(), "resolvedModel": uri}
+        raise WorkloadError(f"{kind} cannot run here: {exc}. Install the extra: pip install 'devops-model[train,eval,quantize,serve]'",
+                            reason=Reason.MISSING_DEPENDENCY, exit_code=ExitCode.BAD_INPUT) from exc
+    doc = resource.to_dict()
+    doc.pop("status", None)
+    status: dict[str, Any] = {"state": State.RUNNING.value, "startTime": _now()}
+    uri, parent = None, None
     try:
+        uri, parent = resolve_parent(resource, spec_path.parent if spec_path else None)
+        status["resolvedModel"] = uri
+        ctx = RunContext(
+            resource=resource,
+            parent=parent,
+            resolved_model=uri,
+            workdir=workdir or home() / "work" / kind.lower() / resource.metadata["name"],
+            in_cluster=bool(os.environ.get("KUBERNETES_SERVICE_HOST")),
+            spec_dir=spec_path.parent if spec_path else None,
+        )
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        if _is_rank0():
+            write_entry(doc, status)
+        started = time.time()
         result = getattr(module, func_name)(ctx) or {}
     except WorkloadError as exc:
-        status.update(state="Failed", reason=exc.reason, message=str(exc), completionTime=_now())
+        status.update(state=State.FAILED.value, reason=exc.reason.value, message=str(exc), completionTime=_now())
         if _is_rank0():
-            write_registry(resource, status)
+            write_entry(doc, status)
         raise
-    status.update(result)
-    if status.get("state") == "Running":  # the workload returned without naming a final state
-        status["state"] = "Succeeded"
+    except BaseException as exc:
+        # Interrupted or crashed: the record must not keep saying Running (or an older Succeeded).
+        status.update(state=State.FAILED.value, reason=Reason.FAILED.value,
+                      message=f"{type(exc).__name__}: {exc}"[:1000], completionTime=_now())
+        if _is_rank0():
+            write_entry(doc, status)
+        raise
+    status.update(_plain(result))
+    if status.get("state") == State.RUNNING:  # the workload returned without naming a final state
+        status["state"] = State.SUCCEEDED.value
     status["completionTime"] = _now()
     status["durationSeconds"] = round(time.time() - started, 1)
     if _is_rank0():
-        write_registry(resource, status)
+        write_entry(doc, status)
     return status
+
+
+def _plain(result: Any) -> dict[str, Any]:
+    """A workload's result (typed status models or plain dicts) as the status dict the API has."""
+    if hasattr(result, "to_dict"):
+        return dict(result.to_dict())
+    out: dict[str, Any] = {}
+    for key, value in dict(result).items():
+        out[key] = value.to_dict() if hasattr(value, "to_dict") else value
+    return out
 
 
 def _is_rank0() -> bool:
@@ -202,7 +211,7 @@ def run_file(path: Path, workdir: Path | None = None, only: str | None = None) -
         resources = [parse_resource(d, str(path)) for d in docs]
     except InvalidResource as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return ExitCode.BAD_INPUT
     if only:
         resources = [r for r in resources if r.metadata.get("name") == only]
     for res in resources:
@@ -211,7 +220,7 @@ def run_file(path: Path, workdir: Path | None = None, only: str | None = None) -
             status = run_resource(res, path, workdir)
         except WorkloadError as exc:
             print(f"✗ {label} failed ({exc.reason}): {exc}", file=sys.stderr)
-            report_final({"state": "Failed", "reason": exc.reason, "message": str(exc)})
+            report_final({"state": State.FAILED.value, "reason": exc.reason.value, "message": str(exc)})
             return exc.exit_code
         except KeyboardInterrupt:
             print(f"✗ {label} interrupted", file=sys.stderr)
@@ -219,51 +228,53 @@ def run_file(path: Path, workdir: Path | None = None, only: str | None = None) -
         if _is_rank0():
             print(f"✓ {label} {status.get('state')}: {status.get('summary') or status.get('message') or ''}".rstrip(": "))
         report_final(status)
-    return 0
+    return ExitCode.OK
 
 
 # ----------------------------------------------------------------------------- final report (in a pod)
-#: The kubelet keeps at most 4096 bytes of a container's termination message.
-TERMINATION_MESSAGE_LIMIT = 4096
-#: Fields the operator owns (it decides the run's state from the child); never patched by a worker.
-_OPERATOR_FIELDS = ("state", "reason", "message", "startTime", "completionTime", "durationSeconds", "resolvedModel")
 #: Kept in the termination message when the whole result does not fit (largest others go first).
-_ESSENTIAL = ("state", "reason", "message", "artifact", "summary")
+_ESSENTIAL = ("state", "reason", "message", "artifact", "summary", "endpoint")
+
+
+def termination_message(status: dict[str, Any]) -> str:
+    """``{"status": {...}}`` within the kubelet's 4096 bytes: the largest non-essential fields are
+    dropped first; of the scores, the per-exam rows go before the overall ones."""
+    report = dict(status)
+
+    def text() -> str:
+        return json.dumps({"status": report}, ensure_ascii=False, separators=(",", ":"))
+
+    while len(text().encode()) > TERMINATION_MESSAGE_LIMIT:
+        scores = report.get("scores")
+        if isinstance(scores, dict) and scores.get("exams"):
+            report["scores"] = {k: v for k, v in scores.items() if k != "exams"}
+            continue
+        others = [k for k in report if k not in _ESSENTIAL]
+        if not others:
+            report["message"] = str(report.get("message", ""))[:1000]
+            return text()[:TERMINATION_MESSAGE_LIMIT]
+        report.pop(max(others, key=lambda k: len(json.dumps(report[k], ensure_ascii=False))))
+    return text()
 
 
 def report_final(status: dict[str, Any]) -> None:
     """Hand the final status to the operator (docs/operator.md, "How a run's result reaches its status").
 
-    In a pod (rank 0 only): (1) write ``{"status": {...}}`` to ``$DEVOPS_MODEL_TERMINATION_LOG``
-    (the container's terminationMessagePath; the kubelet copies it into the pod status), cut to
-    4096 bytes by dropping the largest non-essential fields; (2) merge-patch the result fields
-    (not the state, which the operator decides) into the owner's status via ``DEVOPS_MODEL_OWNER``.
-    Locally neither variable is set and this does nothing.
+    In a pod, rank 0 writes ``{"status": {...}}`` to ``$DEVOPS_MODEL_TERMINATION_LOG`` (the
+    container's terminationMessagePath): the kubelet copies it into the pod's status, a channel no
+    other pod can write, and the operator takes the run's outcome (artifact, scores, endpoint) from
+    there. The worker never patches an outcome into the run's status itself; its status patches carry
+    progress only. Locally the variable is not set and this does nothing.
     """
     if not _is_rank0():
         return
-    path = os.environ.get("DEVOPS_MODEL_TERMINATION_LOG")
-    if path:
-        report = dict(status)
-        text = json.dumps({"status": report}, ensure_ascii=False, separators=(",", ":"))
-        while len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
-            others = [k for k in report if k not in _ESSENTIAL]
-            if not others:
-                report["message"] = str(report.get("message", ""))[:1000]
-                text = json.dumps({"status": report}, ensure_ascii=False, separators=(",", ":"))[:TERMINATION_MESSAGE_LIMIT]
-                break
-            report.pop(max(others, key=lambda k: len(json.dumps(report[k], ensure_ascii=False))))
-            text = json.dumps({"status": report}, ensure_ascii=False, separators=(",", ":"))
-        try:
-            Path(path).write_text(text, encoding="utf-8")
-        except OSError as exc:  # reporting must never turn a finished run into a failed one
-            print(f"warning: could not write the termination message to {path}: {exc}", file=sys.stderr)
-    from .progress import StatusPatcher
-
-    patcher = StatusPatcher.from_env()
-    result = {k: v for k, v in status.items() if k not in _OPERATOR_FIELDS}
-    if patcher is not None and result:
-        patcher.patch(result)
+    path = os.environ.get(Env.TERMINATION_LOG)
+    if not path:
+        return
+    try:
+        Path(path).write_text(termination_message(status), encoding="utf-8")
+    except OSError as exc:  # reporting must never turn a finished run into a failed one
+        print(f"warning: could not write the termination message to {path}: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

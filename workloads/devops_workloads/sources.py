@@ -18,9 +18,10 @@ import hashlib
 import os
 from pathlib import Path
 
+from devops_model.contract import ExitCode, Reason
 from devops_model.uris import UriError, local_path, parse_uri
 
-from .runner import EXIT_BAD_INPUT, WorkloadError
+from .runner import WorkloadError
 
 
 def cache_root() -> Path:
@@ -40,7 +41,7 @@ def materialize_model(uri: str, *, must_exist: bool = True) -> Path:
     try:
         parsed = parse_uri(uri)
     except UriError as exc:
-        raise WorkloadError(str(exc), reason="InvalidModelSource", exit_code=EXIT_BAD_INPUT) from None
+        raise WorkloadError(str(exc), reason=Reason.INVALID_MODEL_SOURCE, exit_code=ExitCode.BAD_INPUT) from None
     if parsed.is_local:
         path = local_path(uri)
         if must_exist and not path.exists():
@@ -48,7 +49,7 @@ def materialize_model(uri: str, *, must_exist: bool = True) -> Path:
                 f"model {uri} not found at {path}; "
                 + ("check the claim is mounted and the path is right" if parsed.scheme == "pvc"
                    else "check the path"),
-                reason="ModelNotFound", exit_code=EXIT_BAD_INPUT,
+                reason=Reason.MODEL_NOT_FOUND, exit_code=ExitCode.BAD_INPUT,
             )
         return path
     target = _cache_dir(uri)
@@ -71,13 +72,13 @@ def _download_hf(repo: str, revision: str | None, target: Path) -> None:
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise WorkloadError(
             f"hf://{repo} must be downloaded but HF_HUB_OFFLINE=1; copy the model to a PVC and use pvc://",
-            reason="ModelNotFound", exit_code=EXIT_BAD_INPUT,
+            reason=Reason.MODEL_NOT_FOUND, exit_code=ExitCode.BAD_INPUT,
         )
     try:
         snapshot_download(repo_id=repo, revision=revision, local_dir=str(target),
                           token=os.environ.get("HF_TOKEN") or None)
     except Exception as exc:
-        raise WorkloadError(f"could not download hf://{repo}: {exc}", reason="ModelDownloadFailed") from exc
+        raise WorkloadError(f"could not download hf://{repo}: {exc}", reason=Reason.MODEL_DOWNLOAD_FAILED) from exc
 
 
 def _download_modelscope(repo: str, revision: str | None, target: Path) -> None:
@@ -86,12 +87,12 @@ def _download_modelscope(repo: str, revision: str | None, target: Path) -> None:
     except ImportError:
         raise WorkloadError(
             "modelscope:// needs the modelscope package (pip install modelscope); the workload image has it",
-            reason="MissingDependency", exit_code=EXIT_BAD_INPUT,
+            reason=Reason.MISSING_DEPENDENCY, exit_code=ExitCode.BAD_INPUT,
         ) from None
     try:
         snapshot_download(repo, revision=revision or "master", local_dir=str(target))
     except Exception as exc:
-        raise WorkloadError(f"could not download modelscope://{repo}: {exc}", reason="ModelDownloadFailed") from exc
+        raise WorkloadError(f"could not download modelscope://{repo}: {exc}", reason=Reason.MODEL_DOWNLOAD_FAILED) from exc
 
 
 def _download_s3(bucket: str, prefix: str, target: Path) -> None:
@@ -100,7 +101,7 @@ def _download_s3(bucket: str, prefix: str, target: Path) -> None:
     except ImportError:
         raise WorkloadError(
             "s3:// needs the boto3 package (pip install boto3); the workload image has it",
-            reason="MissingDependency", exit_code=EXIT_BAD_INPUT,
+            reason=Reason.MISSING_DEPENDENCY, exit_code=ExitCode.BAD_INPUT,
         ) from None
     client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
     paginator = client.get_paginator("list_objects_v2")
@@ -116,4 +117,4 @@ def _download_s3(bucket: str, prefix: str, target: Path) -> None:
             client.download_file(bucket, obj["Key"], str(dest))
             found += 1
     if not found:
-        raise WorkloadError(f"s3://{bucket}/{prefix} holds no objects", reason="ModelNotFound", exit_code=EXIT_BAD_INPUT)
+        raise WorkloadError(f"s3://{bucket}/{prefix} holds no objects", reason=Reason.MODEL_NOT_FOUND, exit_code=ExitCode.BAD_INPUT)

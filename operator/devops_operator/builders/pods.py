@@ -9,15 +9,12 @@ from __future__ import annotations
 import copy
 from typing import Any, Iterable
 
+from devops_model.contract import SPEC_DIR, TERMINATION_LOG, Env
 from devops_model.uris import UriError, parse_uri
 
 from ..config import OperatorConfig
 from ..naming import ATTEMPT_LABEL, ROLE_LABEL, child_name, owner_path, run_labels
 
-#: Where the spec ConfigMap is mounted; the worker reads resource.yaml (and parent.yaml) there.
-SPEC_DIR = "/etc/devops-model"
-SPEC_FILE = f"{SPEC_DIR}/resource.yaml"
-TERMINATION_LOG = "/dev/termination-log"
 #: Scratch: the root file system is read-only, so everything that writes goes to emptyDirs.
 TMP_DIR = "/tmp"
 WORK_HOME = "/tmp/devops-model"
@@ -98,12 +95,12 @@ def volumes_and_mounts(resource: Any, config: OperatorConfig, claims: Iterable[s
 def workload_env(resource: Any, config: OperatorConfig, attempt: int) -> list[dict]:
     cache = config.workloads.cache_dir
     return [
-        {"name": "DEVOPS_MODEL_OWNER", "value": owner_path(resource)},
-        {"name": "DEVOPS_MODEL_STORAGE", "value": config.storage.mount_root},
-        {"name": "DEVOPS_MODEL_HOME", "value": WORK_HOME},
-        {"name": "DEVOPS_MODEL_REPORT_INTERVAL", "value": str(config.workloads.report_interval_seconds)},
-        {"name": "DEVOPS_MODEL_TERMINATION_LOG", "value": TERMINATION_LOG},
-        {"name": "DEVOPS_MODEL_ATTEMPT", "value": str(attempt)},
+        {"name": Env.OWNER, "value": owner_path(resource)},
+        {"name": Env.STORAGE, "value": config.storage.mount_root},
+        {"name": Env.HOME, "value": WORK_HOME},
+        {"name": Env.REPORT_INTERVAL, "value": str(config.workloads.report_interval_seconds)},
+        {"name": Env.TERMINATION_LOG, "value": TERMINATION_LOG},
+        {"name": Env.ATTEMPT, "value": str(attempt)},
         {"name": "HOME", "value": TMP_DIR},
         {"name": "XDG_CACHE_HOME", "value": cache},
         {"name": "HF_HOME", "value": f"{cache}/huggingface"},
@@ -171,7 +168,7 @@ def scheduling(res: Any) -> dict[str, Any]:
 def pod_template(resource: Any, config: OperatorConfig, container: dict, *, component: str,
                  volumes: list[dict], restart_policy: str, role: str | None = None,
                  attempt: int | None = None, service_account: str | None = None,
-                 annotations: dict[str, str] | None = None) -> dict[str, Any]:
+                 annotations: dict[str, str] | None = None, automount_token: bool = True) -> dict[str, Any]:
     """A pod template around one container, with the run's labels and the restricted PSS."""
     labels = run_labels(resource, component)
     if role:
@@ -185,6 +182,7 @@ def pod_template(resource: Any, config: OperatorConfig, container: dict, *, comp
         "serviceAccountName": service_account or config.workloads.service_account,
         "restartPolicy": restart_policy,
         "enableServiceLinks": False,
+        **({} if automount_token else {"automountServiceAccountToken": False}),
         "securityContext": pod_security_context(config),
         # Copies: a template shared by Master and Worker must not become a YAML anchor/alias.
         "containers": [copy.deepcopy(container)],

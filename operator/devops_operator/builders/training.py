@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from devops_model.contract import SPEC_FILE, TERMINATION_LOG, ExitCode
+
 from ..config import OperatorConfig
 from ..naming import QUEUE_LABEL, child_name, namespace_of, owner_references, run_labels
 from .pods import (
-    SPEC_FILE,
-    TERMINATION_LOG,
     compute_resources,
     container_security_context,
     pod_template,
@@ -23,9 +23,6 @@ from .pods import (
     volumes_and_mounts,
     workload_env,
 )
-
-#: Exit code of bad input (devops_workloads.runner.EXIT_BAD_INPUT): retrying cannot help.
-EXIT_BAD_INPUT = 3
 
 COMPONENT = {"PretrainRun": "train", "SFTRun": "train", "EvalRun": "eval", "QuantizeRun": "quantize"}
 
@@ -179,7 +176,7 @@ def build_job(resource: Any, config: OperatorConfig, claims: list[str], attempt:
         "parallelism": 1,
         # Bad input (exit 3) fails at once even when backoffLimit allows retries.
         "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
-            "containerName": "worker", "operator": "In", "values": [EXIT_BAD_INPUT]}}]},
+            "containerName": "worker", "operator": "In", "values": [int(ExitCode.BAD_INPUT)]}}]},
         "template": pod_template(resource, config, container, component=component, volumes=volumes,
                                  restart_policy="Never", role="master", attempt=attempt),
     }

@@ -1,12 +1,18 @@
-"""kopf handlers, one module per kind, plus child events and start-up. Importing this package
-registers them with kopf's default registry (``devops-model operator`` does)."""
+"""kopf handlers: every kind's (:mod:`.resources`), child events (:mod:`.children`) and start-up
+(:mod:`.startup`). ``register(config)`` adds them to kopf's registry; ``devops-model operator``
+calls it once the configuration is loaded (nothing is registered or read at import time)."""
 
-from . import (  # noqa: F401  (imported for their decorators)
-    chatdeployment,
-    children,
-    evalrun,
-    pretrainrun,
-    quantizerun,
-    sftrun,
-    startup,
-)
+from __future__ import annotations
+
+import kopf
+
+from ..config import OperatorConfig
+from . import children, resources, startup
+
+
+def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
+    registry = registry or kopf.get_default_registry()
+    resources.register(config, registry)
+    children.register(registry)
+    startup.register(config, registry)
+    return registry

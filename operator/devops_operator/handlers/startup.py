@@ -7,15 +7,25 @@ from __future__ import annotations
 import logging
 import threading
 
+from typing import Any
+
 import kopf
 
+from ..config import OperatorConfig
 from ..kube import Kube
 from ..metrics import OperatorMetrics
-from .settings import CONFIG
 
 
-@kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
+def register(config: OperatorConfig, registry: kopf.OperatorRegistry) -> None:
+    def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        _configure(config, settings, memo)
+
+    kopf.on.startup(registry=registry)(configure)
+    kopf.on.cleanup(registry=registry)(stopping)
+    kopf.on.probe(id="api", registry=registry)(api_reachable)
+
+
+def _configure(config: OperatorConfig, settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="devops-model.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="devops-model.io", key="last-handled-configuration")
@@ -24,11 +34,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     settings.posting.level = logging.CRITICAL
     settings.execution.max_workers = 16
     settings.watching.server_timeout = 300
-    if CONFIG.reconcile.peering:
-        settings.peering.name = CONFIG.reconcile.peering
+    if config.reconcile.peering:
+        settings.peering.name = config.reconcile.peering
         settings.peering.mandatory = True
-        settings.peering.lifetime = CONFIG.reconcile.peering_lifetime_seconds
-    memo.config = CONFIG
+        settings.peering.lifetime = config.reconcile.peering_lifetime_seconds
+    memo.config = config
     memo.kube = getattr(memo, "kube", None) or Kube()
     memo.locks = {}
     memo.observed = {}  # child "Kind/ns/name" -> resourceVersion last seen by a pass
@@ -38,13 +48,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     memo.ready = True
 
 
-@kopf.on.cleanup()
-def stopping(memo: kopf.Memo, **_):
+def stopping(memo: kopf.Memo, **_: Any) -> None:
     memo.ready = False
 
 
-@kopf.on.probe(id="api")
-def api_reachable(memo: kopf.Memo, **_):
+def api_reachable(memo: kopf.Memo, **_: Any) -> str:
     """Liveness detail: the API server answers."""
     from kubernetes import client
 

@@ -4,7 +4,7 @@
     devops-model chat --url http://tgi:8080 --api tgi
     devops-model chat --url http://chat.team.svc:8000 --api-key-file key.txt --query "什么是 Pod？"
 
-Type ``clear`` to forget the history and ``exit`` to quit. Registered in devops_model/cli.py; the
+Type ``clear`` to forget the history and ``exit`` to quit. Registered in cli/devops_cli/__init__.py; the
 HTTP clients are imported when the command runs.
 """
 

@@ -1,6 +1,6 @@
 """``devops-model eval``: score a model on multiple-choice exams with the seed's method.
 
-Registered in ``devops_model.cli.COMMANDS``; this module stays light (no torch at import) so
+Registered in ``devops_cli.COMMANDS``; this module stays light (no torch at import) so
 ``devops-model --help`` is instant.
 """
 

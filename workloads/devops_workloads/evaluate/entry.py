@@ -18,10 +18,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from devops_model.contract import ExitCode, Reason
+from devops_model.registry import read_entry
 from devops_model.scores import summary_line, with_deltas
 from devops_model.uris import local_path
 
-from ..runner import EXIT_BAD_INPUT, RunContext, WorkloadError, read_registry
+from ..runner import RunContext, WorkloadError
 from .evaluator import EvalConfig, evaluate
 
 FORMAT = "eval-results"
@@ -42,7 +44,7 @@ def baseline_overall(ctx: RunContext) -> tuple[list[dict[str, Any]] | None, str 
     if ref is None or not ref.eval_run:
         return None, None
     name = ref.eval_run
-    entry = read_registry("EvalRun", name)
+    entry = read_entry("EvalRun", name)
     status = entry.get("status") if entry else None
     if not status:
         return None, f"baseline EvalRun/{name} has not run here; no change is reported"
@@ -79,10 +81,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
     spec = ctx.resource.spec
     model_uri = ctx.resolved_model or spec.model.uri
     if not model_uri:
-        raise WorkloadError("spec.model: no model to evaluate (set uri or fromRun)", reason="InvalidModelSource", exit_code=EXIT_BAD_INPUT)
+        raise WorkloadError("spec.model: no model to evaluate (set uri or fromRun)", reason=Reason.INVALID_MODEL_SOURCE, exit_code=ExitCode.BAD_INPUT)
     if spec.exams.uri.startswith(("hf://", "modelscope://", "s3://")):
         raise WorkloadError(f"spec.exams.uri: {spec.exams.uri} must be a pvc:// or file:// folder; copy the exams to a claim first",
-                            reason="BadExamData", exit_code=EXIT_BAD_INPUT)
+                            reason=Reason.BAD_EXAM_DATA, exit_code=ExitCode.BAD_INPUT)
     model_path = materialize_model(model_uri)
     out_path, out_uri = output_dir(ctx)
     cfg = config_from_spec(ctx, model_path)
@@ -92,7 +94,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     try:
         results = evaluate(cfg, out_path)
     except ValueError as exc:  # bad style/template for this tokenizer and the like
-        raise WorkloadError(f"spec: {exc}", reason="BadSpec", exit_code=EXIT_BAD_INPUT) from None
+        raise WorkloadError(f"spec: {exc}", reason=Reason.BAD_SPEC, exit_code=ExitCode.BAD_INPUT) from None
     baseline, note = baseline_overall(ctx)
     overall = with_deltas(results["overall"], baseline)
     artifact = {"uri": out_uri, "format": FORMAT, "baseModel": model_uri}

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devops_model.api.evaluation import PRESETS
+from devops_model.contract import ExitCode, Reason
 
-from ..runner import EXIT_BAD_INPUT, WorkloadError
+from ..runner import WorkloadError
 
 LETTERS = ("A", "B", "C", "D")
 LAYOUTS = ("cmmlu", "devopseval")
@@ -45,7 +46,7 @@ class ExamError(WorkloadError):
     """Bad exam data or selection; names the file or field and the fix."""
 
     def __init__(self, message: str):
-        super().__init__(message, reason="BadExamData", exit_code=EXIT_BAD_INPUT)
+        super().__init__(message, reason=Reason.BAD_EXAM_DATA, exit_code=ExitCode.BAD_INPUT)
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from devops_model.contract import ExitCode, Reason
 from devops_model.uris import UriError, local_path, parse_uri
 
-from ..runner import EXIT_BAD_INPUT, WorkloadError
+from ..runner import WorkloadError
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -51,7 +52,7 @@ class CalibrationSet:
 
 
 def bad(field: str, message: str) -> WorkloadError:
-    return WorkloadError(f"{field}: {message}", reason="BadData", exit_code=EXIT_BAD_INPUT)
+    return WorkloadError(f"{field}: {message}", reason=Reason.BAD_DATA, exit_code=ExitCode.BAD_INPUT)
 
 
 def resolve_data_uri(uri: str, field: str) -> Path:

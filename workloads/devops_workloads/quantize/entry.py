@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from devops_model.api.common import decimal_value
+from devops_model.contract import ExitCode, Reason
 from devops_model.uris import UriError, local_path
 
-from ..runner import EXIT_BAD_INPUT, RunContext, WorkloadError
+from ..runner import RunContext, WorkloadError
 from .calibration import build_calibration, collect_texts, read_text_uri, resolve_datasets
 from .gptq import GptqSettings, configure_environment, quantize_gptq
 from .measure import checkpoint_bytes, linear_bytes, load_for_eval, perplexity
@@ -44,7 +45,7 @@ def output_dir(uri: str) -> Path:
         return local_path(uri)
     except UriError as exc:
         raise WorkloadError(f"spec.output.uri: {exc}; quantized models are written to pvc:// (cluster) "
-                            "or file:// (local)", reason="BadOutput", exit_code=EXIT_BAD_INPUT) from None
+                            "or file:// (local)", reason=Reason.BAD_OUTPUT, exit_code=ExitCode.BAD_INPUT) from None
 
 
 def calibration_sources(spec: Any, parent: dict[str, Any] | None):
@@ -60,7 +61,7 @@ def calibration_sources(spec: Any, parent: dict[str, Any] | None):
         f"spec.calibration.datasets: no calibration data. The default (the parent SFTRun's spec.data) "
         f"applies only when spec.model.fromRun is an SFTRun, and this model comes from {origin}; "
         "set spec.calibration.datasets, e.g. [{uri: file:///data/devops-chat.jsonl}]",
-        reason="BadData", exit_code=EXIT_BAD_INPUT)
+        reason=Reason.BAD_DATA, exit_code=ExitCode.BAD_INPUT)
 
 
 def exam_accuracy(model_dir: Path, exams: Any, shots: int, out_dir: Path, trust_remote_code: bool = False) -> float:
@@ -70,10 +71,10 @@ def exam_accuracy(model_dir: Path, exams: Any, shots: int, out_dir: Path, trust_
         from ..evaluate.evaluator import EvalConfig, evaluate
     except ImportError as exc:
         raise WorkloadError(f"spec.verification.exams needs the eval workload (devops_workloads.evaluate): {exc}",
-                            reason="MissingDependency") from exc
+                            reason=Reason.MISSING_DEPENDENCY) from exc
     if not exams.uri.startswith(("pvc://", "file://")):
         raise WorkloadError(f"spec.verification.exams.uri: {exams.uri} must be a pvc:// or file:// folder",
-                            reason="BadExamData", exit_code=EXIT_BAD_INPUT)
+                            reason=Reason.BAD_EXAM_DATA, exit_code=ExitCode.BAD_INPUT)
     cfg = EvalConfig(model=str(model_dir), exams_root=str(local_path(exams.uri)), layout=exams.layout,
                      preset=exams.preset, exams=list(exams.exams) if exams.exams else None, shots=[shots],
                      styles=["base"], trust_remote_code=trust_remote_code, sha1=exams.sha1)
@@ -119,14 +120,14 @@ def run(ctx: RunContext) -> dict[str, Any]:
         # environment; until that image exists, say so instead of quantizing differently.
         raise WorkloadError("spec.backend: llmcompressor is not available in this workload image; "
                             "use backend: gptqmodel (the gptq format that vLLM and TGI load)",
-                            reason="UnsupportedBackend", exit_code=EXIT_BAD_INPUT)
+                            reason=Reason.UNSUPPORTED_BACKEND, exit_code=ExitCode.BAD_INPUT)
     trust = spec.model.trust_remote_code
     model_uri = ctx.resolved_model or spec.model.uri
     model_dir = materialize_model(model_uri)
     out_dir = output_dir(spec.output.uri)
     if out_dir.resolve() == model_dir.resolve():
         raise WorkloadError("spec.output.uri: must differ from the model's folder (the original is kept for comparison)",
-                            reason="BadOutput", exit_code=EXIT_BAD_INPUT)
+                            reason=Reason.BAD_OUTPUT, exit_code=ExitCode.BAD_INPUT)
     out_dir.mkdir(parents=True, exist_ok=True)
     verification = spec.verification
     progress = ProgressReporter(out_dir, f"quantize {ctx.name}", total=len(STEPS))
@@ -219,6 +220,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
         if failed:
             raise WorkloadError("verification failed: " + "; ".join(failed) + f". The checkpoint is kept at "
                                 f"{spec.output.uri} for inspection; loosen the limit or calibrate with more data "
-                                "(spec.calibration.samples) or more bits.", reason="VerificationFailed")
+                                "(spec.calibration.samples) or more bits.", reason=Reason.VERIFICATION_FAILED)
     # The runner starts the status at Running; a workload that finished says so itself.
     return {"state": "Succeeded", **figures, "artifact": artifact, "summary": summary, "message": summary}

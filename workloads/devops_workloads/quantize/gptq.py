@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from devops_model.contract import Reason
+
 from ..runner import WorkloadError
 
 
@@ -74,7 +76,7 @@ def quantize_gptq(model_dir: Path, out_dir: Path, samples: Sequence[Sequence[int
     try:
         model.quantize(calibration, batch_size=1, calibration_data_min_length=1)
     except (ValueError, RuntimeError) as exc:
-        raise WorkloadError(f"GPTQ failed: {exc}", reason="QuantizationFailed") from exc
+        raise WorkloadError(f"GPTQ failed: {exc}", reason=Reason.QUANTIZATION_FAILED) from exc
     quantized = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(str(out_dir))
@@ -103,4 +105,4 @@ def _ensure_gptq_format(out_dir: Path, settings: GptqSettings) -> None:
     wrong = {k: q.get(k) for k, v in want.items() if q.get(k) != v}
     if wrong:
         raise WorkloadError(f"GPTQModel wrote an unexpected quantization_config {wrong} (want {want})",
-                            reason="QuantizationFailed")
+                            reason=Reason.QUANTIZATION_FAILED)

@@ -1,4 +1,4 @@
-"""``devops-model serve``: run the built-in chat server (registered in devops_model/cli.py).
+"""``devops-model serve``: run the built-in chat server (registered in cli/devops_cli/__init__.py).
 
 Light at import time (no torch, no FastAPI): the server is imported when the command runs.
 """

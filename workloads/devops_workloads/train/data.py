@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from devops_model.contract import ExitCode, Reason
 from devops_model.uris import UriError, local_path, parse_uri
 
-from ..runner import EXIT_BAD_INPUT, WorkloadError
+from ..runner import WorkloadError
 
 EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 #: sharegpt role names -> user/assistant/system.
@@ -69,7 +70,7 @@ class LoadedData:
 
 
 def bad_data(message: str) -> WorkloadError:
-    return WorkloadError(message, reason="BadData", exit_code=EXIT_BAD_INPUT)
+    return WorkloadError(message, reason=Reason.BAD_DATA, exit_code=ExitCode.BAD_INPUT)
 
 
 def file_sha1(path: Path) -> str:
@@ -201,7 +202,7 @@ def _rows(src: Source, problems: DataProblems) -> Iterator[tuple[str, Any]]:
             ds = datasets.load_dataset(src.hub, split="train")
         except Exception as exc:
             raise WorkloadError(f"{src.field_path}: could not load hf_hub_url {src.hub!r}: {exc}",
-                                reason="DataDownloadFailed") from exc
+                                reason=Reason.DATA_DOWNLOAD_FAILED) from exc
         for i, row in enumerate(ds):
             yield f"{src.name}:{i}", row
         return

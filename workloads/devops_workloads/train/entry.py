@@ -17,7 +17,7 @@ Output folder (``spec.output.uri``): the model (adapter or full weights + tokeni
 ``training_loss.png``, ``runs/`` (TensorBoard), ``trainer_state.json``.
 
 A SIGTERM (preemption, ``kubectl delete pod``) saves a checkpoint at the end of the current step
-and exits with ``runner.EXIT_PREEMPTED``; the next start on the same output resumes from it.
+and exits with ``runner.ExitCode.PREEMPTED``; the next start on the same output resumes from it.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from devops_model.contract import ExitCode, Reason
 from devops_model.uris import UriError, local_path
 
-from ..runner import EXIT_BAD_INPUT, EXIT_PREEMPTED, RunContext, WorkloadError
+from ..runner import RunContext, WorkloadError
 from .data import load_datasets
 
 #: Default LoRA targets per architecture (config.model_type); others get every linear layer.
@@ -60,7 +61,7 @@ def output_dir(resource: Any) -> Path:
         return local_path(uri)
     except UriError:
         raise WorkloadError(f"spec.output.uri: {uri} must be pvc:// (in a cluster) or file:// (locally)",
-                            reason="InvalidOutput", exit_code=EXIT_BAD_INPUT) from None
+                            reason=Reason.INVALID_OUTPUT, exit_code=ExitCode.BAD_INPUT) from None
 
 
 def find_resume_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -142,7 +143,7 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
             raise WorkloadError(
                 f"spec.model: {ctx.resolved_model} is a LoRA adapter without merged weights; set "
                 "spec.finetuning.lora.merge: true on the run that produced it, or point at a full model",
-                reason="BadModel", exit_code=EXIT_BAD_INPUT)
+                reason=Reason.BAD_MODEL, exit_code=ExitCode.BAD_INPUT)
         model_path = model_path / "merged"
     tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust)
     template = get_template(tr.template)
@@ -153,7 +154,7 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
         blocks = pp.build_pretrain_blocks([r["text"] for r in data.records], tokenizer, tr.max_length)
         if not blocks.blocks:
             raise WorkloadError(f"spec.training.maxLength: the corpus has {blocks.tokens} tokens, fewer than one block "
-                                f"of {tr.max_length}; lower maxLength or add data", reason="BadData", exit_code=EXIT_BAD_INPUT)
+                                f"of {tr.max_length}; lower maxLength or add data", reason=Reason.BAD_DATA, exit_code=ExitCode.BAD_INPUT)
         items: list[Any] = blocks.blocks
         collator: Any = pp.BlockCollator()
         report.update(separator=blocks.separator, tokens=blocks.tokens, blocks=len(blocks.blocks), droppedTailTokens=blocks.dropped_tail)
@@ -263,7 +264,7 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
     if preempt.requested:
         raise WorkloadError(
             f"preempted (SIGTERM) at step {trainer.state.global_step}; checkpoint saved in {progress.last_checkpoint}, "
-            "the next start resumes from it", reason="Preempted", exit_code=EXIT_PREEMPTED)
+            "the next start resumes from it", reason=Reason.PREEMPTED, exit_code=ExitCode.PREEMPTED)
 
     final_eval = None
     if eval_items:
@@ -330,7 +331,7 @@ def _split(items: list[Any], val_size: str, seed: int) -> tuple[list[Any], list[
     n = int(v) if v >= 1 else max(1, int(round(len(items) * v)))
     if n >= len(items):
         raise WorkloadError(f"spec.data.valSize: {val_size} leaves no training data ({len(items)} sequences)",
-                            reason="BadData", exit_code=EXIT_BAD_INPUT)
+                            reason=Reason.BAD_DATA, exit_code=ExitCode.BAD_INPUT)
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
     held = set(order[:n])
@@ -365,7 +366,7 @@ def _apply_finetuning(model, ft):
         try:
             return get_peft_model(model, cfg)
         except ValueError as exc:
-            raise WorkloadError(f"spec.finetuning.lora.targetModules: {exc}", reason="BadSpec", exit_code=EXIT_BAD_INPUT) from exc
+            raise WorkloadError(f"spec.finetuning.lora.targetModules: {exc}", reason=Reason.BAD_SPEC, exit_code=ExitCode.BAD_INPUT) from exc
     # freeze: train only the named modules of the last N layers (seed: last 3 layers' mlp)
     fr = ft.freeze or _default_freeze()
     n_layers = model.config.num_hidden_layers
@@ -377,7 +378,7 @@ def _apply_finetuning(model, ft):
         n += p.requires_grad
     if n == 0:
         raise WorkloadError(f"spec.finetuning.freeze.trainableModules: none of {fr.trainable_modules} found in the last "
-                            f"{fr.trainable_layers} layers", reason="BadSpec", exit_code=EXIT_BAD_INPUT)
+                            f"{fr.trainable_layers} layers", reason=Reason.BAD_SPEC, exit_code=ExitCode.BAD_INPUT)
     return model
 
 
@@ -398,8 +399,8 @@ def _deepspeed(ds_spec, on_cpu: bool, out: Path) -> dict[str, Any]:
         import deepspeed  # noqa: F401
     except Exception as exc:
         raise WorkloadError(f"spec.distributed.backend: deepspeed cannot be imported here ({exc}); install "
-                            "deepspeed (the train extra has it) or use backend: ddp", reason="MissingDependency",
-                            exit_code=EXIT_BAD_INPUT) from exc
+                            "deepspeed (the train extra has it) or use backend: ddp", reason=Reason.MISSING_DEPENDENCY,
+                            exit_code=ExitCode.BAD_INPUT) from exc
     from devops_model.api.training import DeepSpeedSpec
 
     from .deepspeed_config import deepspeed_config

@@ -1,4 +1,5 @@
-"""The ``devops-model`` command.
+"""The ``devops-model`` command: the one package that sees every other (the dispatcher sits above
+the operator and the workloads; ``devops_model`` itself imports neither).
 
 Subcommands are registered in :data:`COMMANDS` as ``name -> "module:register"``; each module's
 ``register(subparsers)`` adds its parser and sets ``func``. Registration modules stay cheap to
@@ -26,11 +27,11 @@ Documentation: README.md and docs/ in the repository.
 
 #: name -> "module:register" (the module's register(subparsers) adds the subcommand).
 COMMANDS: dict[str, str] = {
-    "crds": "devops_model.cli:_register_crds",
-    "validate": "devops_model.cli:_register_validate",
-    "render": "devops_model.cli:_register_render",
-    "run": "devops_model.cli:_register_run",
-    "dev": "devops_model.cli:_register_dev",
+    "crds": "devops_cli:_register_crds",
+    "validate": "devops_cli:_register_validate",
+    "render": "devops_cli:_register_render",
+    "run": "devops_cli:_register_run",
+    "dev": "devops_cli:_register_dev",
     "quickstart": "devops_workloads.quickstart:register",
     "eval": "devops_workloads.evaluate.cli:register",
     "quantize": "devops_workloads.quantize.cli:register",
@@ -226,5 +227,3 @@ def main(argv: list[str] | None = None) -> int:
     return int(args.func(args) or 0)
 
 
-if __name__ == "__main__":
-    sys.exit(main())

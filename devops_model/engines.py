@@ -1,0 +1,145 @@
+"""The serving engines of a ChatDeployment, one record each: what the API, the operator's builders,
+the docs and the tests need to know about vLLM, TGI and the built-in server.
+
+    engine = ENGINES[chat.spec.engine.name]
+    command, args = engine.command, engine.args(chat.spec, model="/models/sft", served_name="chat",
+                                                artifact_format="gptq-int4")
+
+The built-in server runs the same worker entry point as every other pod
+(``devops-model run -f /etc/devops-model/resource.yaml``), so its model arrives through the same
+code as locally (hub, ModelScope, S3, PVC) and it needs no flags; vLLM and TGI get flags built from
+the spec. Flags the operator sets are reserved: ``spec.engine.extraArgs`` may not repeat them.
+
+Pure: no I/O, no imports beyond the standard library and the contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .contract import SPEC_FILE, Env
+
+
+def is_gptq(artifact_format: Optional[str]) -> bool:
+    return bool(artifact_format) and "gptq" in str(artifact_format).lower()
+
+
+def _gpus(spec: Any) -> int:
+    return max(int(spec.resources.gpus_per_node or 0), 1)
+
+
+def _vllm_args(spec: Any, model: str, served_name: str, artifact_format: Optional[str]) -> list[str]:
+    args = [
+        "--model", model,
+        "--served-model-name", served_name,
+        "--host", "0.0.0.0",
+        "--port", str(spec.port),
+        "--max-model-len", str(spec.engine.max_model_length),
+        "--max-num-seqs", str(spec.engine.max_concurrency),
+        "--tensor-parallel-size", str(_gpus(spec)),
+    ]
+    # No --quantization flag for GPTQ: vLLM reads quantize_config.json and picks its fastest kernel
+    # (gptq_marlin on Ampere and newer); "--quantization gptq" would force the slow exllama path.
+    if spec.model.trust_remote_code:
+        args.append("--trust-remote-code")
+    return args
+
+
+def _tgi_args(spec: Any, model: str, served_name: str, artifact_format: Optional[str]) -> list[str]:
+    args = [
+        "--model-id", model,
+        "--hostname", "0.0.0.0",
+        "--port", str(spec.port),
+        "--max-total-tokens", str(spec.engine.max_model_length),
+        "--max-input-tokens", str(spec.engine.max_model_length - 1),
+        "--max-concurrent-requests", str(spec.engine.max_concurrency),
+        "--num-shard", str(_gpus(spec)),
+    ]
+    if is_gptq(artifact_format):
+        args += ["--quantize", "gptq"]
+    if spec.model.trust_remote_code:
+        args.append("--trust-remote-code")
+    return args
+
+
+def _no_args(spec: Any, model: str, served_name: str, artifact_format: Optional[str]) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    #: Key of the image in the operator's configuration (``images.<key>``).
+    image_key: str
+    command: tuple[str, ...]
+    #: (spec, model path or hub id, served model name, artifact format) -> arguments.
+    build_args: Callable[[Any, str, str, Optional[str]], list[str]]
+    #: Needs resources.gpusPerNode >= 1.
+    needs_gpu: bool
+    #: Serves the web chat at / itself.
+    serves_ui: bool
+    #: Environment variables that receive the API key from spec.auth.apiKeySecret (by reference).
+    api_key_env: tuple[str, ...]
+    #: Environment variables set from the spec (name -> function of the spec).
+    env: tuple[tuple[str, Callable[[Any], str]], ...] = ()
+    #: Flags the operator sets: spec.engine.extraArgs may not repeat or override them.
+    reserved_flags: frozenset[str] = field(default_factory=frozenset)
+    #: The readiness/liveness route (200 once the model is loaded).
+    health_path: str = "/health"
+    #: Whether the engine downloads hub ids itself (vLLM, TGI) or gets them from the worker (builtin).
+    loads_hub_ids: bool = True
+
+    def args(self, spec: Any, model: str, served_name: str, artifact_format: Optional[str] = None) -> list[str]:
+        return self.build_args(spec, model, served_name, artifact_format)
+
+    def env_from_spec(self, spec: Any) -> list[tuple[str, str]]:
+        return [(name, fn(spec)) for name, fn in self.env]
+
+
+ENGINES: dict[str, Engine] = {
+    "vllm": Engine(
+        name="vllm", image_key="vllm",
+        # vLLM's image entrypoint changed between releases; the module is stable.
+        command=("python3", "-m", "vllm.entrypoints.openai.api_server"),
+        build_args=_vllm_args, needs_gpu=True, serves_ui=False,
+        api_key_env=("VLLM_API_KEY",),
+        reserved_flags=frozenset({"--model", "--served-model-name", "--host", "--port", "--trust-remote-code",
+                                  "--api-key", "--tensor-parallel-size", "-tp", "--max-model-len",
+                                  "--max-num-seqs", "--quantization", "-q", "--download-dir"}),
+    ),
+    "tgi": Engine(
+        name="tgi", image_key="tgi", command=("text-generation-launcher",),
+        build_args=_tgi_args, needs_gpu=True, serves_ui=False,
+        # TGI reads its key from API_KEY (text-generation-launcher --api-key / env API_KEY).
+        api_key_env=("API_KEY",),
+        reserved_flags=frozenset({"--model-id", "--hostname", "--port", "-p", "--trust-remote-code", "--api-key",
+                                  "--num-shard", "--max-total-tokens", "--max-input-tokens",
+                                  "--max-concurrent-requests", "--quantize", "--revision"}),
+    ),
+    "builtin": Engine(
+        name="builtin", image_key="serve",
+        command=("devops-model", "run", "-f", SPEC_FILE),
+        build_args=_no_args, needs_gpu=False, serves_ui=True,
+        api_key_env=(Env.API_KEY,),
+        env=((Env.SERVE_HOST, lambda spec: "0.0.0.0"), (Env.SERVE_PORT, lambda spec: str(spec.port))),
+        # The worker reads everything from the spec; any flag would be one the operator did not set
+        # through the spec, so extraArgs are refused for this engine.
+        reserved_flags=frozenset(),
+        loads_hub_ids=False,
+    ),
+}
+
+ENGINE_NAMES: tuple[str, ...] = tuple(ENGINES)
+
+
+def reserved_flag_in(engine: str, extra_args: Sequence[str]) -> Optional[str]:
+    """The first of ``extra_args`` that repeats or overrides a flag the operator sets (``--port 9`` and
+    ``--port=9`` alike), or None."""
+    reserved = ENGINES[engine].reserved_flags
+    for arg in extra_args:
+        flag = arg.split("=", 1)[0]
+        if flag in reserved:
+            return flag
+    return None
