@@ -25,8 +25,12 @@ venv: $(BIN)/.installed
 crds: venv
 	$(BIN)/devops-model crds --write crds/ --docs docs/api.md
 
+# Import layers (import-linter: CLI -> operator | workloads -> kernel; inside the operator handlers ->
+# reconcile -> builders/status -> naming/conditions/config) and strict types (mypy) of the kernel and
+# the operator. tests/run_all.sh (make test, CI) runs the same.
 lint: venv
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 test: venv
 	bash tests/run_all.sh

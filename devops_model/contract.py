@@ -17,7 +17,7 @@ Pure: no I/O, nothing beyond the standard library. docs/operator.md ("The contra
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -190,11 +190,15 @@ OPERATOR_OWNED_STATUS = frozenset({
     "startTime", "completionTime", "durationSeconds", "resolvedModel", "replicas", "readyReplicas", "lineage",
     "kopf",
 })
-#: The outcome of a run: taken by the operator from the run's own pod (termination message) when the
-#: child succeeded, never from a status patch.
-OUTCOME_FIELDS = frozenset({"artifact", "scores", "summary", "endpoint", "perplexity", "verification", "metrics"})
 #: What a worker may patch into its own run's status while it runs.
 PROGRESS_FIELDS = frozenset({"progress"})
+
+
+def outcome_fields(status_fields: Iterable[str]) -> frozenset[str]:
+    """The outcome of a run (artifact, scores, summary, sizes, perplexities ...): every field of the
+    kind's status that is neither the operator's nor progress. The operator takes these from the
+    run's own pod (its termination message) when the child succeeded, never from a status patch."""
+    return frozenset(status_fields) - OPERATOR_OWNED_STATUS - PROGRESS_FIELDS
 
 #: Kinds whose output artifact is a model that a dependent run loads.
 KINDS_WITH_ARTIFACT = frozenset({"PretrainRun", "SFTRun", "QuantizeRun"})

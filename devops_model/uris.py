@@ -82,6 +82,6 @@ def local_path(uri: str) -> Path:
     raise UriError(f"{uri!r} is not on local storage; it must be downloaded first")
 
 
-def path_to_uri(path: str | os.PathLike) -> str:
+def path_to_uri(path: str | os.PathLike[str]) -> str:
     """A ``file://`` URI for a local path (absolute)."""
     return "file://" + str(Path(path).resolve())

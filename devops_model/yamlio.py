@@ -26,11 +26,11 @@ _AMBIGUOUS = re.compile(
 )
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(yaml.SafeDumper):  # type: ignore[misc]  # PyYAML ships no types
     pass
 
 
-def _str(dumper: yaml.SafeDumper, value: str):
+def _str(dumper: Any, value: str) -> Any:
     if _AMBIGUOUS.match(value) or value == "":
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"')
     if "\n" in value:
@@ -42,8 +42,8 @@ _Dumper.add_representer(str, _str)
 
 
 def dump(obj: Any) -> str:
-    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+    return str(yaml.dump(obj, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120))
 
 
 def dump_all(objs: Iterable[Any]) -> str:
-    return yaml.dump_all(list(objs), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+    return str(yaml.dump_all(list(objs), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120))

@@ -19,8 +19,9 @@ if ! command -v chromium >/dev/null 2>&1; then
     || { echo "error: could not install chromium (apt-get install chromium)"; exit 1; }
 fi
 
-echo "== import layers (import-linter)"
+echo "== import layers (import-linter) and types (mypy --strict on devops_model and devops_operator)"
 .venv/bin/lint-imports
+.venv/bin/mypy
 
 echo "== tests"
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -3,6 +3,8 @@ devops_cli's COMMANDS; imports nothing heavy until the command runs)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 EXAMPLES = """\
 examples:
   devops-model operator                             all namespaces, current kubeconfig
@@ -12,7 +14,7 @@ examples:
 """
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     import argparse
 
     p = sub.add_parser(
@@ -38,7 +40,7 @@ def register(sub) -> None:
     p.set_defaults(func=_cmd_operator)
 
 
-def _cmd_operator(args) -> int:
+def _cmd_operator(args: Any) -> int:
     from .main import run_operator
 
     run_operator(namespaces=args.namespace, all_namespaces=args.all_namespaces, kubeconfig=args.kubeconfig,

@@ -51,7 +51,8 @@ def set_condition(conditions: Optional[list[dict[str, Any]]], type_: str, status
     if status not in ("True", "False", "Unknown"):
         raise ValueError(f"condition status must be True, False or Unknown (got {status!r})")
     out = copy.deepcopy(list(conditions or []))
-    new = {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": now}
+    new: dict[str, Any] = {"type": type_, "status": status, "reason": reason, "message": message,
+                           "lastTransitionTime": now}
     if observed_generation is not None:
         new["observedGeneration"] = observed_generation
     for i, c in enumerate(out):
@@ -66,4 +67,4 @@ def set_condition(conditions: Optional[list[dict[str, Any]]], type_: str, status
 
 def is_true(conditions: Optional[list[dict[str, Any]]], type_: str) -> bool:
     c = get_condition(conditions, type_)
-    return bool(c) and c.get("status") == "True"
+    return c is not None and c.get("status") == "True"

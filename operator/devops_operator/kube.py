@@ -72,7 +72,7 @@ class Kube:
                 self._dyn = DynamicClient(self.api_client)
             return self._dyn
 
-    def resource(self, api_version: str, kind: str):
+    def resource(self, api_version: str, kind: str) -> Any:
         key = (api_version, kind)
         if key not in self._resources:
             try:

@@ -18,12 +18,12 @@ import os
 import random
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 
 def _health_server(port: int, ready: threading.Event, alive: threading.Event) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             if self.path.startswith("/healthz"):
                 ok = alive.is_set()
             elif self.path.startswith("/readyz"):
@@ -39,7 +39,7 @@ def _health_server(port: int, ready: threading.Event, alive: threading.Event) ->
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args):  # probes every few seconds: keep the log for real events
+        def log_message(self, *args: Any) -> None:  # probes every few seconds: keep the log for real events
             pass
 
     server = ThreadingHTTPServer(("0.0.0.0", port), Handler)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter as _Counter
-from typing import Optional
+from typing import Any, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -42,7 +42,7 @@ class OperatorMetrics:
         with self._lock:
             self._states.pop(key, None)
 
-    def collect(self):
+    def collect(self) -> Any:
         g = GaugeMetricFamily("devops_model_operator_runs", "Resources by kind and state.", labels=["kind", "state"])
         with self._lock:
             counts = _Counter(self._states.values())

@@ -85,6 +85,15 @@ def selector_labels(resource: Any) -> dict[str, str]:
     return {RUN_LABEL: resource.metadata["name"], KIND_LABEL: resource.kind}
 
 
+def child_metadata(resource: Any, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """metadata of a child: its name, the owner's namespace, labels, and the owner reference."""
+    meta: dict[str, Any] = {"name": name, "namespace": namespace_of(resource), "labels": labels}
+    owners = owner_references(resource)
+    if owners:
+        meta["ownerReferences"] = owners
+    return meta
+
+
 def owner_references(resource: Any) -> list[dict[str, Any]]:
     """Owner reference to the resource (garbage collection deletes the children with it).
     Empty when the resource has no uid yet (``devops-model render`` without a cluster)."""

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from devops_model.contract import EXIT_KILLED, FINAL_REASONS, ExitCode, Reason
+from devops_model.contract import EXIT_KILLED, FINAL_REASONS, ExitCode, Reason, State
 
 from .naming import ROLE_LABEL
 
@@ -32,11 +32,11 @@ class ChildState:
     #: Whether a restart (a new child resuming from the checkpoint) can help.
     retryable: bool = True
     #: Status fields the worker reported in its termination message.
-    result: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict[str, Any])
     start_time: Optional[str] = None
 
 
-def _true(conds: list[dict], type_: str) -> Optional[dict]:
+def _true(conds: list[dict[str, Any]], type_: str) -> Optional[dict[str, Any]]:
     for c in conds or []:
         if c.get("type") == type_ and c.get("status") == "True":
             return c
@@ -54,11 +54,12 @@ def parse_termination_message(text: Optional[str]) -> tuple[dict[str, Any], str]
         lines = [ln for ln in text.strip().splitlines() if ln.strip()]
         return {}, lines[-1][:1000] if lines else ""
     if isinstance(data, dict) and isinstance(data.get("status"), dict):
-        return data["status"], str(data["status"].get("message") or "")
+        status: dict[str, Any] = data["status"]
+        return status, str(status.get("message") or "")
     return {}, text[:1000]
 
 
-def _rank0(pods: list[dict]) -> Optional[dict]:
+def _rank0(pods: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
     """The pod whose report counts: the master (our role label), else completion index 0, else the
     first one by name."""
     if not pods:
@@ -72,15 +73,15 @@ def _rank0(pods: list[dict]) -> Optional[dict]:
     return sorted(pods, key=lambda p: p["metadata"]["name"])[0]
 
 
-def _terminated(pod: dict) -> Optional[dict]:
+def _terminated(pod: dict[str, Any]) -> Optional[dict[str, Any]]:
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
         if term:
-            return term
+            return dict(term)
     return None
 
 
-def pod_problem(pods: list[dict]) -> Optional[ChildState]:
+def pod_problem(pods: list[dict[str, Any]]) -> Optional[ChildState]:
     """The most telling problem among the pods, if any (worst first)."""
     found: list[tuple[int, ChildState]] = []
     for pod in pods:
@@ -112,7 +113,7 @@ def pod_problem(pods: list[dict]) -> Optional[ChildState]:
     return found[0][1]
 
 
-def classify_exit(pod_name: str, term: dict) -> ChildState:
+def classify_exit(pod_name: str, term: dict[str, Any]) -> ChildState:
     """A failed container, in words: OOM, NCCL timeout, bad data, preempted, or the worker's reason."""
     code = term.get("exitCode")
     fields, text = parse_termination_message(term.get("message"))
@@ -134,7 +135,7 @@ def classify_exit(pod_name: str, term: dict) -> ChildState:
     return ChildState("Failed", fields.get("reason") or Reason.FAILED, f"pod {pod_name}: {msg}", retryable=True, result=fields)
 
 
-def workload_state(child: Optional[dict], pods: list[dict]) -> ChildState:
+def workload_state(child: Optional[dict[str, Any]], pods: list[dict[str, Any]]) -> ChildState:
     """Observation of a Job / PyTorchJob / TrainJob and its pods."""
     if child is None:
         return ChildState("Pending", Reason.PENDING, "the child does not exist yet")
@@ -154,7 +155,7 @@ def workload_state(child: Optional[dict], pods: list[dict]) -> ChildState:
         problem = pod_problem(pods)
         if problem is not None and problem.phase == "Failed":
             return problem
-        if result.get("state") == "Failed":
+        if result.get("state") == State.FAILED:
             code_bad = result.get("reason") in FINAL_REASONS
             return ChildState("Failed", result.get("reason") or Reason.FAILED, result.get("message") or failed.get("message", ""),
                               retryable=not code_bad, result=result)
@@ -179,7 +180,7 @@ def workload_state(child: Optional[dict], pods: list[dict]) -> ChildState:
     return ChildState("Pending", Reason.CHILD_CREATED, "waiting for the launcher to create pods")
 
 
-def _suspended(child: dict) -> bool:
+def _suspended(child: dict[str, Any]) -> bool:
     """Job and TrainJob: spec.suspend; PyTorchJob: spec.runPolicy.suspend (Kueue sets it until admission)."""
     spec = child.get("spec") or {}
     return bool(spec.get("suspend") or (spec.get("runPolicy") or {}).get("suspend"))
@@ -194,7 +195,7 @@ class DeploymentState:
     ready_replicas: int = 0
 
 
-def deployment_state(deploy: Optional[dict], pods: list[dict], want: int) -> DeploymentState:
+def deployment_state(deploy: Optional[dict[str, Any]], pods: list[dict[str, Any]], want: int) -> DeploymentState:
     if deploy is None:
         return DeploymentState(False, Reason.DEPLOYING, "the Deployment does not exist yet")
     st = deploy.get("status") or {}

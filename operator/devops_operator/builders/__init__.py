@@ -45,8 +45,8 @@ def _model_uri(resource: Any, resolved_model: str | None) -> str | None:
     return resolved_model or model.uri
 
 
-def render_spec_configmap(resource: Any, *, resolved_model: str | None = None, parent: dict | None = None,
-                          lineage: dict | None = None) -> dict[str, Any]:
+def render_spec_configmap(resource: Any, *, resolved_model: str | None = None, parent: dict[str, Any] | None = None,
+                          lineage: dict[str, Any] | None = None) -> dict[str, Any]:
     return build_spec_configmap(
         resource,
         resolved_model=resolved_model,
@@ -78,6 +78,7 @@ def render_children(resource: Any, config: OperatorConfig | None = None, *, reso
         if lineage is None:
             # The built-in server reads the lineage file; keep the key present for a stable mount.
             cm["data"]["lineage.json"] = "{}\n"
+        assert model_uri is not None  # a ChatDeployment always names a model (URI or fromRun)
         children = [
             cm,
             build_deployment(resource, config, model_uri=model_uri, claims=claims,

@@ -18,7 +18,7 @@ from devops_model.api.chat import ChatDeployment
 from devops_model.engines import ENGINES
 
 from ..config import OperatorConfig
-from ..naming import child_name, namespace_of, owner_references, run_labels, selector_labels, service_name
+from ..naming import child_metadata, child_name, namespace_of, run_labels, selector_labels, service_name
 from .pods import (
     compute_resources,
     container_security_context,
@@ -98,11 +98,7 @@ def build_deployment(chat: ChatDeployment, config: OperatorConfig, *, model_uri:
                             annotations={"devops-model.io/config-hash": config_hash})
     template["metadata"]["labels"].update(selector_labels(chat))
     gpus = spec.resources.gpus_per_node > 0
-    meta: dict[str, Any] = {"name": deployment_name(chat), "namespace": namespace_of(chat),
-                            "labels": run_labels(chat, "server")}
-    owners = owner_references(chat)
-    if owners:
-        meta["ownerReferences"] = owners
+    meta = child_metadata(chat, deployment_name(chat), run_labels(chat, "server"))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -121,11 +117,7 @@ def build_deployment(chat: ChatDeployment, config: OperatorConfig, *, model_uri:
 
 
 def build_service(chat: ChatDeployment, config: OperatorConfig) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": service_name(chat.metadata["name"]), "namespace": namespace_of(chat),
-                            "labels": run_labels(chat, "server")}
-    owners = owner_references(chat)
-    if owners:
-        meta["ownerReferences"] = owners
+    meta = child_metadata(chat, service_name(chat.metadata["name"]), run_labels(chat, "server"))
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -140,11 +132,7 @@ def build_service(chat: ChatDeployment, config: OperatorConfig) -> dict[str, Any
 
 def build_network_policy(chat: ChatDeployment) -> dict[str, Any]:
     """Only pods of the same namespace may reach the chat pods."""
-    meta: dict[str, Any] = {"name": child_name(chat.metadata["name"], "ingress"), "namespace": namespace_of(chat),
-                            "labels": run_labels(chat, "server")}
-    owners = owner_references(chat)
-    if owners:
-        meta["ownerReferences"] = owners
+    meta = child_metadata(chat, child_name(chat.metadata["name"], "ingress"), run_labels(chat, "server"))
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

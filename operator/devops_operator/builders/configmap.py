@@ -8,7 +8,7 @@ from typing import Any
 
 from devops_model.yamlio import dump
 
-from ..naming import namespace_of, owner_references, run_labels
+from ..naming import child_metadata, namespace_of, run_labels
 from .pods import spec_configmap_name
 
 
@@ -35,14 +35,7 @@ def build_spec_configmap(resource: Any, *, resolved_model: str | None = None,
         data["parent.yaml"] = dump(parent)
     if lineage is not None:
         data["lineage.json"] = json.dumps(lineage, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
-    meta: dict[str, Any] = {
-        "name": spec_configmap_name(resource),
-        "namespace": namespace_of(resource),
-        "labels": run_labels(resource, "spec"),
-    }
-    owners = owner_references(resource)
-    if owners:
-        meta["ownerReferences"] = owners
+    meta = child_metadata(resource, spec_configmap_name(resource), run_labels(resource, "spec"))
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
 
 

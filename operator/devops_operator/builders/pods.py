@@ -66,13 +66,13 @@ def model_path(uri: str, config: OperatorConfig) -> str:
 
 
 def volumes_and_mounts(resource: Any, config: OperatorConfig, claims: Iterable[str], *,
-                       shared_memory: str | None) -> tuple[list[dict], list[dict]]:
+                       shared_memory: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Volumes (pod) and mounts (container): spec ConfigMap, /tmp, cache, /dev/shm, one per claim."""
-    volumes: list[dict] = [
+    volumes: list[dict[str, Any]] = [
         {"name": "spec", "configMap": {"name": spec_configmap_name(resource)}},
         {"name": "tmp", "emptyDir": {"sizeLimit": config.storage.scratch_size}},
     ]
-    mounts: list[dict] = [
+    mounts: list[dict[str, Any]] = [
         {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": TMP_DIR},
     ]
@@ -92,7 +92,7 @@ def volumes_and_mounts(resource: Any, config: OperatorConfig, claims: Iterable[s
     return volumes, mounts
 
 
-def workload_env(resource: Any, config: OperatorConfig, attempt: int) -> list[dict]:
+def workload_env(resource: Any, config: OperatorConfig, attempt: int) -> list[dict[str, Any]]:
     cache = config.workloads.cache_dir
     return [
         {"name": Env.OWNER, "value": owner_path(resource)},
@@ -114,7 +114,7 @@ def workload_env(resource: Any, config: OperatorConfig, attempt: int) -> list[di
     ]
 
 
-def secret_env_from(resource: Any) -> list[dict]:
+def secret_env_from(resource: Any) -> list[dict[str, Any]]:
     """Credentials for the model source, by reference only (the operator never reads the Secret)."""
     model = getattr(resource.spec, "model", None)
     secret = getattr(model, "credentials_secret", None) if model is not None else None
@@ -165,8 +165,8 @@ def scheduling(res: Any) -> dict[str, Any]:
     return out
 
 
-def pod_template(resource: Any, config: OperatorConfig, container: dict, *, component: str,
-                 volumes: list[dict], restart_policy: str, role: str | None = None,
+def pod_template(resource: Any, config: OperatorConfig, container: dict[str, Any], *, component: str,
+                 volumes: list[dict[str, Any]], restart_policy: str, role: str | None = None,
                  attempt: int | None = None, service_account: str | None = None,
                  annotations: dict[str, str] | None = None, automount_token: bool = True) -> dict[str, Any]:
     """A pod template around one container, with the run's labels and the restricted PSS."""

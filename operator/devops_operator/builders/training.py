@@ -14,7 +14,7 @@ from typing import Any
 from devops_model.contract import SPEC_FILE, TERMINATION_LOG, ExitCode
 
 from ..config import OperatorConfig
-from ..naming import QUEUE_LABEL, child_name, namespace_of, owner_references, run_labels
+from ..naming import QUEUE_LABEL, child_metadata, child_name, run_labels
 from .pods import (
     compute_resources,
     container_security_context,
@@ -49,7 +49,7 @@ def worker_command(nodes: int, procs: int, launcher: str) -> list[str]:
     return ["torchrun", f"--nproc-per-node={procs}", "-m", "devops_workloads.runner", "-f", SPEC_FILE]
 
 
-def workload_container(resource: Any, config: OperatorConfig, mounts: list[dict], *, name: str,
+def workload_container(resource: Any, config: OperatorConfig, mounts: list[dict[str, Any]], *, name: str,
                        command: list[str], attempt: int) -> dict[str, Any]:
     c: dict[str, Any] = {
         "name": name,
@@ -77,11 +77,7 @@ def _metadata(resource: Any, name: str, component: str, attempt: int) -> dict[st
     labels["devops-model.io/attempt"] = str(attempt)
     if resource.spec.resources.queue_name:
         labels[QUEUE_LABEL] = resource.spec.resources.queue_name
-    meta: dict[str, Any] = {"name": name, "namespace": namespace_of(resource), "labels": labels}
-    owners = owner_references(resource)
-    if owners:
-        meta["ownerReferences"] = owners
-    return meta
+    return child_metadata(resource, name, labels)
 
 
 def build_pytorchjob(resource: Any, config: OperatorConfig, claims: list[str], attempt: int = 0) -> dict[str, Any]:

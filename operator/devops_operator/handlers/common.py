@@ -15,13 +15,14 @@ from typing import Any
 import kopf
 
 from devops_model.api import API_VERSION
+from devops_model.contract import TERMINAL_STATES, State
 
 from ..reconcile import Outcome, reconcile
 
 
 def _lock_for(memo: Any, key: str) -> threading.Lock:
     with memo.locks_guard:
-        lock = memo.locks.get(key)
+        lock: threading.Lock | None = memo.locks.get(key)
         if lock is None:
             lock = memo.locks[key] = threading.Lock()
         return lock
@@ -86,7 +87,7 @@ def post_events(body: Any, outcome: Outcome) -> None:
 
 #: States in which a change handler retries itself ("not yet"); otherwise the kind's timer and the
 #: child events keep looking, so a long run does not keep a handler open for days.
-WAITING = ("Waiting", "WaitingForGate")
+WAITING = (State.WAITING,)
 
 
 def handle(body: Any, patch: Any, memo: Any, logger: Any) -> None:
@@ -103,7 +104,7 @@ def handle(body: Any, patch: Any, memo: Any, logger: Any) -> None:
 def handle_timer(body: Any, patch: Any, memo: Any, logger: Any) -> None:
     """Periodic pass (stall watchdog, parents finishing, pod-level news such as Unschedulable);
     terminal runs are skipped, and so is a wake-up before the time the last pass asked for."""
-    if (body.get("status") or {}).get("state") in ("Succeeded", "Failed") and body.get("kind") != "ChatDeployment":
+    if (body.get("status") or {}).get("state") in TERMINAL_STATES and body.get("kind") != "ChatDeployment":
         return
     if time.monotonic() < memo.next_look.get(_key(body), 0.0):
         return

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+from typing import cast
+
+from devops_model.api.chat import ChatDeployment
 from devops_model.api.resource import InvalidResource, parse_resource
-from devops_model.contract import ConditionType as T, Reason, State
+from devops_model.contract import ConditionType as T
+from devops_model.contract import Reason, State
 from devops_model.lineage import ParentState, check_gate, lineage_record, resolve_parent
 
 from .. import conditions as C
@@ -22,7 +26,7 @@ def reconcile_chat(body: Obj, kube: KubeApi, config: OperatorConfig, now: str) -
     meta = body["metadata"]
     ns, name = meta.get("namespace") or "default", meta["name"]
     try:
-        res = parse_resource(clean(body))
+        res = cast(ChatDeployment, parse_resource(clean(body)))
     except InvalidResource as exc:
         p.cond(T.READY, False, Reason.INVALID_SPEC, str(exc))
         p.state(State.FAILED, str(exc))

@@ -41,7 +41,7 @@ def epoch(ts: Optional[str]) -> Optional[float]:
 
 def status_fields(kind: str) -> set[str]:
     """The camelCase fields of ``kind``'s status model."""
-    status_type = KINDS[kind].model.model_fields["status"].annotation
+    status_type: Any = KINDS[kind].model.model_fields["status"].annotation
     for arg in getattr(status_type, "__args__", (status_type,)):
         if hasattr(arg, "model_fields"):
             return {f.alias or n for n, f in arg.model_fields.items()}

@@ -8,20 +8,13 @@ belongs to this attempt's child (checked through its owner references), never fr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union, cast
 
-from devops_model.api import API_VERSION
+from devops_model.api import API_VERSION, EvalRun, PretrainRun, QuantizeRun, SFTRun
 from devops_model.api.common import FailurePolicy, duration_seconds
 from devops_model.api.resource import InvalidResource, parse_resource
-from devops_model.contract import (
-    KINDS_WITH_ARTIFACT,
-    OPERATOR_OWNED_STATUS,
-    OUTCOME_FIELDS,
-    TERMINAL_STATES,
-    ConditionType as T,
-    Reason,
-    State,
-)
+from devops_model.contract import KINDS_WITH_ARTIFACT, TERMINAL_STATES, Reason, State, outcome_fields
+from devops_model.contract import ConditionType as T
 from devops_model.lineage import ParentState, resolve_parent
 from devops_model.scores import summary_line, with_deltas
 
@@ -32,6 +25,9 @@ from ..kubeapi import ChildRejected, KubeApi, Obj
 from ..naming import ATTEMPT_LABEL, KIND_LABEL, RUN_LABEL, namespace_of
 from ..status import ChildState, workload_state
 from .common import KubeRunStore, Outcome, Pass, clean, epoch, status_fields
+
+#: The kinds this module reconciles.
+RunResource = Union[PretrainRun, SFTRun, EvalRun, QuantizeRun]
 
 #: Restarts for EvalRun and QuantizeRun, which have no spec.failurePolicy (a preempted exam or
 #: quantization simply runs again; OOM or bad data does not).
@@ -53,7 +49,7 @@ def _starting_requeue(workload: Obj, config: OperatorConfig, now: str) -> float:
 
 def _failure_policy(res: Any) -> FailurePolicy:
     fp = getattr(res.spec, "failure_policy", None)
-    return fp if fp is not None else FailurePolicy(maxRestarts=SHORT_RUN_RESTARTS)
+    return fp if fp is not None else FailurePolicy.model_validate({"maxRestarts": SHORT_RUN_RESTARTS})
 
 
 def _terminal(p: Pass, reason: Reason | str, message: str, *, also_parent: bool = False) -> Outcome:
@@ -71,7 +67,7 @@ def reconcile_run(body: Obj, kube: KubeApi, config: OperatorConfig, now: str) ->
     kind, meta = body["kind"], body["metadata"]
     ns, name = meta.get("namespace") or "default", meta["name"]
     try:
-        res = parse_resource(clean(body))
+        res = cast(RunResource, parse_resource(clean(body)))
     except InvalidResource as exc:
         p.cond(T.SUCCEEDED, False, Reason.INVALID_SPEC, str(exc))
         p.state(State.FAILED, str(exc))
@@ -192,10 +188,10 @@ def _own_pods(workload: Obj, pods: list[Obj]) -> list[Obj]:
 def _succeeded(p: Pass, kind: str, obs: ChildState, kube: KubeApi, res: Any) -> Outcome:
     # The outcome comes from the termination message only (obs.result); what a pod may have patched
     # into the status is progress and is never taken for an artifact or scores.
-    allowed = (status_fields(kind) - OPERATOR_OWNED_STATUS) & OUTCOME_FIELDS
+    allowed = outcome_fields(status_fields(kind))
     result = {k: v for k, v in obs.result.items() if k in allowed}
     p.status.update(result)
-    for stale in OUTCOME_FIELDS & status_fields(kind):
+    for stale in allowed:
         if stale not in result and p.old.get(stale) is not None:
             p.status[stale] = None  # a forged patch must not survive as the outcome
     artifact = result.get("artifact")
