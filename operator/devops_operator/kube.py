@@ -12,7 +12,8 @@ import logging
 import threading
 from typing import Any, Optional
 
-from kubernetes import client, config as kube_config
+from kubernetes import client
+from kubernetes import config as kube_config
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import (
     BadRequestError,

@@ -37,7 +37,8 @@ from devops_model.contract import (
     Reason,
     State,
 )
-from devops_model.lineage import ParentState, resolve_parent as resolve_lineage_parent
+from devops_model.lineage import ParentState
+from devops_model.lineage import resolve_parent as resolve_lineage_parent
 from devops_model.registry import LocalRegistry, home, registry_path, write_entry
 
 #: kind -> "module:function" implementing it.

@@ -29,6 +29,7 @@ from .pods import (
     workload_env,
 )
 
+
 def served_model_name(chat: ChatDeployment) -> str:
     return chat.spec.served_model_name or chat.metadata["name"]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import threading
-
 from typing import Any
 
 import kopf

@@ -58,43 +58,68 @@ def register(sub) -> None:
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model directory (or pvc://, file://, hf:// URI)")
     p.add_argument("--exams", required=True, metavar="ROOT", help="exam root folder (or pvc:// / file:// URI)")
-    p.add_argument("--layout", choices=("cmmlu", "devopseval"), default="cmmlu", help="folder layout (default: cmmlu)")
+    p.add_argument("--layout", choices=("cmmlu", "devopseval"), default=None, help="folder layout (default: cmmlu)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--preset", choices=("devops-574",), help="a named set of exams: devops-574 = the seed's six exams")
     which.add_argument("--exam", action="append", metavar="NAME", dest="exam_names",
                        help="an exam as BENCHMARK/SUBJECT, e.g. cmmlu/computer_science (repeatable; default: all under ROOT)")
-    p.add_argument("--shots", type=_int_list, default=[0, 5], help="few-shot settings, comma-separated 0-5 (default: 0,5)")
-    p.add_argument("--style", type=_styles, default=["base"], help="base (raw text), chat (chatml) or base,chat (default: base)")
-    p.add_argument("--chat-template", choices=("chatml", "tokenizer"), default="chatml",
+    p.add_argument("--shots", type=_int_list, default=None, help="few-shot settings, comma-separated 0-5 (default: 0,5)")
+    p.add_argument("--style", type=_styles, default=None, help="base (raw text), chat (chatml) or base,chat (default: base)")
+    p.add_argument("--chat-template", choices=("chatml", "tokenizer"), default=None,
                    help="for --style chat: the seed's chatml with system 'you are a helpful assistant' (default) or the tokenizer's own template")
-    p.add_argument("--scoring", choices=("seed", "loglikelihood"), default="seed",
+    p.add_argument("--scoring", choices=("seed", "loglikelihood"), default=None,
                    help="seed: raw logit of A..D at the last position (default); loglikelihood: log P(' A'..' D') as lm-evaluation-harness")
-    p.add_argument("--batch-size", type=int, default=16, help="questions per forward pass (default: 16)")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto", help="auto: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--batch-size", type=int, default=None, help="questions per forward pass (default: 16)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default=None, help="auto: bf16 on GPU, fp32 on CPU")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model repository's own Python code (off by default)")
     p.add_argument("--plain", action="store_true", help="use the seed's one-question-at-a-time loop instead of the fast path (for checking; slow)")
     p.add_argument("--out", required=True, type=Path, help="output folder for results.json and predictions.jsonl")
     p.set_defaults(func=_cmd)
 
 
+#: flag -> EvalRun spec field (an unset flag takes the EvalRun's own default).
+_SPEC_FLAGS = {"shots": "shots", "style": "styles", "chat_template": "chatTemplate", "scoring": "scoring",
+               "batch_size": "batchSize", "precision": "precision"}
+
+
+def eval_spec_from_args(args: argparse.Namespace):
+    """The EvalRun these flags describe, validated like a resource (its defaults are the CLI's)."""
+    from devops_model.api.resource import parse_resource
+
+    def uri(value: str) -> str:
+        return value if "://" in value else f"file://{Path(value).resolve()}"
+
+    exams: dict = {"uri": uri(args.exams)}
+    if args.layout:
+        exams["layout"] = args.layout
+    if args.preset:
+        exams["preset"] = args.preset
+    if args.exam_names:
+        exams["exams"] = args.exam_names
+    spec: dict = {"model": {"uri": uri(args.model), "trustRemoteCode": bool(args.trust_remote_code)}, "exams": exams}
+    spec.update({field: getattr(args, flag) for flag, field in _SPEC_FLAGS.items() if getattr(args, flag) is not None})
+    run = parse_resource({"apiVersion": "devops-model.io/v1alpha1", "kind": "EvalRun",
+                          "metadata": {"name": "cli-eval"}, "spec": spec}, "devops-model eval")
+    return run.spec
+
+
 def _cmd(args) -> int:
-    from ..runner import WorkloadError
-    from ..sources import materialize_model
+    from devops_model.api.resource import InvalidResource
     from devops_model.scores import summary_line
 
-    from .evaluator import EvalConfig, evaluate
+    from ..runner import WorkloadError
+    from ..sources import materialize_model
+    from .entry import config_from_spec
+    from .evaluator import evaluate
 
     try:
-        from devops_model.uris import local_path
-
-        exams_root = local_path(args.exams) if "://" in args.exams else Path(args.exams)
-        model_path = materialize_model(args.model if "://" in args.model else f"file://{Path(args.model).resolve()}")
-        cfg = EvalConfig(model=str(model_path), model_label=args.model, exams_root=str(exams_root), layout=args.layout,
-                         preset=args.preset, exams=args.exam_names, shots=args.shots, styles=args.style,
-                         chat_template=args.chat_template, scoring=args.scoring, batch_size=args.batch_size,
-                         precision=args.precision, trust_remote_code=args.trust_remote_code,
-                         engine="plain" if args.plain else "fast")
+        spec = eval_spec_from_args(args)
+        model_path = materialize_model(spec.model.uri or args.model)
+        cfg = config_from_spec(spec, model_path, args.model, engine="plain" if args.plain else "fast")
         results = evaluate(cfg, args.out)
+    except InvalidResource as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except (WorkloadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 3)

@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from devops_model.contract import ExitCode, Reason
+from devops_model.api.evaluation import EvalSpec, EvalStatus
+from devops_model.contract import ExitCode, Reason, State
 from devops_model.registry import read_entry
 from devops_model.scores import summary_line, with_deltas
 from devops_model.uris import local_path
@@ -54,12 +55,13 @@ def baseline_overall(ctx: RunContext) -> tuple[list[dict[str, Any]] | None, str 
     return overall, None
 
 
-def config_from_spec(ctx: RunContext, model_path: Path) -> EvalConfig:
-    spec = ctx.resource.spec
+def config_from_spec(spec: EvalSpec, model_path: Path, model_label: str | None, *, engine: str = "fast") -> EvalConfig:
+    """The evaluator's configuration from an EvalRun's spec: the one place its defaults come from
+    (``devops-model eval`` builds an EvalRun from its flags and comes through here too)."""
     ex = spec.exams
     return EvalConfig(
         model=str(model_path),
-        model_label=ctx.resolved_model or spec.model.uri,
+        model_label=model_label or spec.model.uri or str(model_path),
         exams_root=str(local_path(ex.uri)),
         layout=ex.layout,
         preset=ex.preset,
@@ -72,10 +74,11 @@ def config_from_spec(ctx: RunContext, model_path: Path) -> EvalConfig:
         precision=spec.precision,
         trust_remote_code=spec.model.trust_remote_code,
         sha1=ex.sha1,
+        engine=engine,
     )
 
 
-def run(ctx: RunContext) -> dict[str, Any]:
+def run(ctx: RunContext) -> EvalStatus:
     from ..sources import materialize_model
 
     spec = ctx.resource.spec
@@ -87,7 +90,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
                             reason=Reason.BAD_EXAM_DATA, exit_code=ExitCode.BAD_INPUT)
     model_path = materialize_model(model_uri)
     out_path, out_uri = output_dir(ctx)
-    cfg = config_from_spec(ctx, model_path)
+    cfg = config_from_spec(spec, model_path, ctx.resolved_model or spec.model.uri)
     print(f"EvalRun/{ctx.name}: model {model_uri}, exams {spec.exams.uri} "
           f"({spec.exams.preset or ', '.join(spec.exams.exams or []) or 'all'}), shots {cfg.shots}, styles {cfg.styles}, "
           f"scoring {cfg.scoring} -> {out_uri}", flush=True)
@@ -106,13 +109,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
         data["overall"] = overall
         data["baseline"] = {"evalRun": spec.baseline.eval_run, "overall": baseline}
         (out_path / "results.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    status: dict[str, Any] = {
-        "state": "Succeeded",
+    timing = results["timing"]
+    message = f"{timing['questions']} questions scored in {timing['scoringSeconds']:.1f}s"
+    return EvalStatus.model_validate({
+        "state": State.SUCCEEDED.value,
         "scores": {"exams": results["exams"], "overall": overall},
         "summary": summary_line(overall),
         "artifact": artifact,
-    }
-    timing = results["timing"]
-    message = f"{timing['questions']} questions scored in {timing['scoringSeconds']:.1f}s"
-    status["message"] = message + (f"; {note}" if note else "")
-    return status
+        "message": message + (f"; {note}" if note else ""),
+    })

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from devops_model.api.common import decimal_value
-from devops_model.contract import ExitCode, Reason
+from devops_model.api.quantization import QuantizeStatus
+from devops_model.contract import ExitCode, Reason, State
 from devops_model.uris import UriError, local_path
 
 from ..runner import RunContext, WorkloadError
@@ -106,7 +107,7 @@ def _free(*objs: Any) -> None:
     gc.collect()
 
 
-def run(ctx: RunContext) -> dict[str, Any]:
+def run(ctx: RunContext) -> QuantizeStatus:
     configure_environment()
     from transformers import AutoTokenizer
 
@@ -222,4 +223,5 @@ def run(ctx: RunContext) -> dict[str, Any]:
                                 f"{spec.output.uri} for inspection; loosen the limit or calibrate with more data "
                                 "(spec.calibration.samples) or more bits.", reason=Reason.VERIFICATION_FAILED)
     # The runner starts the status at Running; a workload that finished says so itself.
-    return {"state": "Succeeded", **figures, "artifact": artifact, "summary": summary, "message": summary}
+    return QuantizeStatus.model_validate({"state": State.SUCCEEDED.value, **figures, "artifact": artifact,
+                                          "message": summary})

@@ -25,6 +25,7 @@ import json
 import os
 from typing import Any
 
+from devops_model.api.chat import ChatStatus, Endpoint
 from devops_model.contract import LINEAGE_FILE_NAME, Env, ExitCode, Reason
 from devops_model.lineage import Parent, ParentState, check_gate, lineage_record
 from devops_model.registry import LocalRegistry
@@ -32,7 +33,7 @@ from devops_model.registry import LocalRegistry
 from ..runner import RunContext, WorkloadError
 
 
-def run(ctx: RunContext) -> dict[str, Any]:
+def run(ctx: RunContext) -> ChatStatus:
     from ..sources import materialize_model
     from .app import ServerConfig
 
@@ -69,11 +70,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
     port = int(os.environ.get(Env.SERVE_PORT) or spec.port)
     _serve_until_stopped(config, host, port)
     url = f"http://{host}:{port}"
-    return {
-        "endpoint": {"url": url, "model": name, "ui": url + "/" if config.ui else None},
-        "lineage": lineage.get("lineage"),
-        "message": f"served {name} at {url} until interrupted",
-    }
+    return ChatStatus(
+        endpoint=Endpoint(url=url, model=name, ui=url + "/" if config.ui else None),
+        lineage=lineage.get("lineage"),
+        message=f"served {name} at {url} until interrupted",
+    )
 
 
 def operator_lineage(ctx: RunContext) -> dict[str, Any] | None:

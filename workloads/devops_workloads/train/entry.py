@@ -23,7 +23,6 @@ and exits with ``runner.ExitCode.PREEMPTED``; the next start on the same output 
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import socket
@@ -32,7 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devops_model.contract import ExitCode, Reason
+from devops_model.api.common import Artifact, TrainingProgress
+from devops_model.api.training import RunStatus
+from devops_model.contract import ExitCode, Reason, State
 from devops_model.uris import UriError, local_path
 
 from ..runner import RunContext, WorkloadError
@@ -106,7 +107,7 @@ def resolved_config(ctx: RunContext, stage: str, extra: dict[str, Any]) -> dict[
     return {"resource": ctx.resource.to_dict(), "stage": stage, "resolvedModel": ctx.resolved_model, **extra}
 
 
-def run(ctx: RunContext) -> dict[str, Any]:
+def run(ctx: RunContext) -> RunStatus:
     """The workload of a PretrainRun or SFTRun (see the module docstring)."""
     res = ctx.resource
     spec = res.spec
@@ -127,7 +128,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         preempt.uninstall()
 
 
-def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preempt: Preemption, t_start: float) -> dict[str, Any]:
+def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preempt: Preemption, t_start: float) -> RunStatus:
     import torch
     from transformers import AutoTokenizer
 
@@ -259,7 +260,7 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
         resume = find_resume_checkpoint(ckpt_dir)
         if resume is not None:
             _log(f"resuming from {resume}")
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     progress.close()
     if preempt.requested:
         raise WorkloadError(
@@ -307,18 +308,15 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
 
         plot_loss(out, history, title=f"{res.kind}/{ctx.name}")
         (out / "artifact.json").write_text(json.dumps({**artifact, "dataFingerprints": data.fingerprints}, indent=2, ensure_ascii=False))
-    return {
-        "state": "Succeeded",
-        "artifact": artifact,
-        "summary": summary,
-        "message": summary,
-        "progress": {
-            "step": trainer.state.global_step, "totalSteps": trainer.state.max_steps,
-            "loss": losses[-1] if losses else None, "epoch": trainer.state.epoch,
-            "lastCheckpoint": progress.last_checkpoint, "percent": 100,
-        },
-        "trainLoss": result.training_loss,
-    }
+    # The kind's status model: a misspelt or unknown field is an error here, not a silent drop later.
+    return RunStatus(
+        state=State.SUCCEEDED,
+        artifact=Artifact.model_validate(artifact),
+        message=summary,
+        progress=TrainingProgress(step=trainer.state.global_step, total_steps=trainer.state.max_steps,
+                                  loss=losses[-1] if losses else None, epoch=trainer.state.epoch,
+                                  last_checkpoint=progress.last_checkpoint, percent=100),
+    )
 
 
 def _split(items: list[Any], val_size: str, seed: int) -> tuple[list[Any], list[Any]]:
