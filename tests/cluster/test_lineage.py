@@ -26,7 +26,7 @@ def run(kind: str, name: str, model: dict, status: dict | None = None) -> dict[s
     spec: dict[str, Any] = {"model": model}
     if kind in ("PretrainRun", "SFTRun"):
         spec.update(data={"datasets": [{"uri": "pvc://d/x.jsonl"}]}, output={"uri": f"pvc://models/{name}"},
-                    launcher="Job")
+                    training={"maxSteps": 5}, launcher="Job")
     elif kind == "EvalRun":
         spec.update(exams={"uri": "pvc://d/exams"})
     elif kind == "QuantizeRun":

@@ -6,7 +6,7 @@ the pod's container command locally, as a kubelet would: the ConfigMap volume be
 its files, each PVC mount becomes $STORAGE/<claim>, emptyDirs become temp folders, the container's
 env is passed (paths mapped the same way), and the termination message file is copied into the pod
 status with the exit code. The operator takes it from there (lineage, results, next stage). The
-chat pod's command (``devops-model serve ...``) runs as a background server on 127.0.0.1, the pod is
+chat pod's command (the worker entry point, ``devops-model run -f ...``) runs as a background server on 127.0.0.1, the pod is
 marked Ready, and the test asks the endpoint a question.
 
     .venv/bin/python -m pytest tests/test_e2e_chain.py -q      (tiny model, CPU, ~2-3 minutes)
@@ -168,9 +168,11 @@ class Kubelet:
         name = pod["metadata"]["name"]
         argv, env, _ = self._command(pod)
         port = _free_port()
-        # Loopback only, on a free port: the pod's 0.0.0.0:8000 stands for the pod network.
-        argv[argv.index("--host") + 1] = "127.0.0.1"
-        argv[argv.index("--port") + 1] = str(port)
+        # The pod runs the worker entry point (`devops-model run -f .../resource.yaml`) like every
+        # other pod; loopback only, on a free port: the pod's 0.0.0.0:8000 stands for the pod network.
+        assert argv[1:3] == ["run", "-f"] and env["DEVOPS_MODEL_SERVE_HOST"] == "0.0.0.0", argv
+        env["DEVOPS_MODEL_SERVE_HOST"] = "127.0.0.1"
+        env["DEVOPS_MODEL_SERVE_PORT"] = str(port)
         log = self.root / name / "log.txt"
         self.logs[name] = log
         proc = subprocess.Popen(argv, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=self.root / name)
@@ -268,7 +270,7 @@ def test_whole_chain_applied_at_once(control_plane, k8s_namespace, run_operator,
         assert "gptq" in st["e2e-int4"]["artifact"]["format"].lower()
         chat = st["e2e-chat"]
         assert chat["resolvedModel"] == st["e2e-int4"]["artifact"]["uri"]
-        assert chat["lineage"] == ["PretrainRun/e2e-pt", "SFTRun/e2e-sft", "QuantizeRun/e2e-int4"]
+        assert chat["lineage"] == ["pvc://models/tiny-qwen", "PretrainRun/e2e-pt", "SFTRun/e2e-sft", "QuantizeRun/e2e-int4"]
         assert chat["endpoint"]["url"] == f"http://e2e-chat.{ns}.svc:8000" and chat["endpoint"]["model"] == "e2e-chat"
         # The endpoint answers (the Service stands for the local server here).
         (name, (_, port)), = kubelet.servers.items()
