@@ -113,8 +113,13 @@ def master_pod(cp, ns, job_obj, message, code=0, reason=None):
     which then terminates with the worker's termination message."""
     tpl = job_obj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
     name = f"{job_obj['metadata']['name']}-master-0"
+    # Owned by the PyTorchJob, as Kubeflow's controller makes it: the operator takes a run's outcome
+    # only from pods its child owns.
+    owner = {"apiVersion": job_obj["apiVersion"], "kind": job_obj["kind"], "name": job_obj["metadata"]["name"],
+             "uid": job_obj["metadata"]["uid"], "controller": True}
     pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "namespace": ns, "labels": tpl["metadata"]["labels"]}, "spec": tpl["spec"]}
+           "metadata": {"name": name, "namespace": ns, "labels": tpl["metadata"]["labels"], "ownerReferences": [owner]},
+           "spec": tpl["spec"]}
     cp.apply(pod, namespace=ns)
     patch_status(cp, "pod", name, ns, {"phase": "Succeeded" if code == 0 else "Failed",
                                        "containerStatuses": [{**terminated(code, message, reason), "name": "pytorch"}]})

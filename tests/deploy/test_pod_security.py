@@ -305,6 +305,9 @@ def test_secrets_reach_pods_by_reference_only(variant_children):
 
 
 def _mentions_remote_code(obj: dict) -> bool:
+    if obj.get("kind") == "ConfigMap":  # the worker entry point reads the spec itself (builtin chat, runs)
+        spec = yaml.safe_load((obj.get("data") or {}).get("resource.yaml") or "{}") or {}
+        return bool(((spec.get("spec") or {}).get("model") or {}).get("trustRemoteCode"))
     text = yaml.safe_dump([c.get("command", []) + c.get("args", []) for c in _containers(obj)]).lower()
     env = [e for c in _containers(obj) for e in c.get("env") or [] if "REMOTE_CODE" in e["name"].upper()]
     return "trust-remote-code" in text or "trust_remote_code" in text or any(e.get("value") in ("1", "true", "True") for e in env)
