@@ -112,10 +112,6 @@ def values_schema() -> dict:
                               "description": "Non-root UID (the restricted Pod Security Standard refuses 0)."},
                 "config": operator_config_schema(),
             }),
-            "workloads": _obj({
-                "serviceAccount": _obj({"create": BOOL, "name": DNS_LABEL, "perNamespace": BOOL, "annotations": STR_MAP}),
-                "namespaces": {"type": "array", "items": DNS_LABEL, "uniqueItems": True},
-            }),
             "serviceAccount": _obj({"create": BOOL, "name": {"anyOf": [{"const": ""}, DNS_LABEL]},
                                     "annotations": STR_MAP}),
             "rbac": _obj({"create": BOOL, "crdDiscovery": BOOL, "kubeflow": BOOL}),

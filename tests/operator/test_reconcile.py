@@ -44,9 +44,6 @@ class FakeKube:
         self.deleted.append(f"{kind}/{name}")
         return self.objects.pop((kind, ns, name), None) is not None
 
-    def ensure_workload_identity(self, *a):
-        pass
-
     def patch_status(self, api_version, kind, ns, name, status):
         self.objects[(kind, ns, name)].setdefault("status", {}).update(copy.deepcopy(status))
 
