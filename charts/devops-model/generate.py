@@ -114,6 +114,7 @@ def values_schema() -> dict:
             }),
             "serviceAccount": _obj({"create": BOOL, "name": {"anyOf": [{"const": ""}, DNS_LABEL]},
                                     "annotations": STR_MAP}),
+            "statusPolicy": _obj({"enabled": BOOL}),
             "rbac": _obj({"create": BOOL, "crdDiscovery": BOOL, "kubeflow": BOOL}),
             "metrics": _obj({"service": _obj({"enabled": BOOL, "port": PORT})}),
             "monitoring": _obj({"serviceMonitor": _obj({

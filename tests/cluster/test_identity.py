@@ -8,9 +8,11 @@ status of every run, so any pod could set ``victim-sft`` to Succeeded with the a
 ``pvc://attacker/backdoored``, and a ChatDeployment ``fromRun: victim-sft`` rolled it out. Now each
 run's pods get their own identity (ServiceAccount + Role with ``resourceNames: [<run>]``), which the
 operator creates with the chart's RBAC (the API server's escalation check passes because the operator
-holds what it grants). The tests take the token a pod would get (TokenRequest for the pod's
+holds what it grants), and the chart's ValidatingAdmissionPolicy keeps that identity to
+``status.progress`` (RBAC cannot limit a patch to some fields). The tests take the token a pod would get (TokenRequest for the pod's
 ServiceAccount) and try: another run's status is a 403, the old shared identity is a 403, the
-worker's own reporting code sends progress only, and the ChatDeployment that follows the victim
+run's own state/artifact/scores are refused by admission, the worker's own reporting code sends
+progress only, and the ChatDeployment that follows the victim
 never sees the forged artifact: it serves only what the victim's own pod reported in its
 termination message.
 """
@@ -118,6 +120,15 @@ def test_a_pod_cannot_forge_another_runs_outcome_and_the_chat_serves_only_what_t
     mine = status_of(cp, "evalrun", "attacker", ns)
     assert mine["progress"]["step"] == 3
     assert mine.get("state") != "Succeeded" and not mine.get("scores"), mine
+    # The same token without the worker's code (raw PATCH): the chart's admission policy refuses any
+    # status field but progress from a run's own identity, so a pod cannot mark its own run done.
+    for field, value in [("state", "Succeeded"), ("artifact", FORGED["artifact"]),
+                         ("scores", {"overall": [{"shots": 0, "style": "base", "correct": 9, "total": 9, "accuracy": 1.0}]})]:
+        refused = forge(cp, attacker, "evalrun", "attacker", ns, {field: value})
+        assert refused.returncode != 0 and f"status.{field} is written by the operator only" in refused.stderr, \
+            refused.stderr
+    assert forge(cp, attacker, "evalrun", "attacker", ns, {"progress": {"step": 4}}).returncode == 0
+    assert status_of(cp, "evalrun", "attacker", ns)["progress"]["step"] == 4
     victim_url = StatusPatcher(f"sftruns/{ns}/victim-sft", host, port, token_dir)
     assert victim_url.patch({"progress": {"step": 99}}) is False
     assert "progress" not in status_of(cp, "sftrun", "victim-sft", ns)

@@ -262,6 +262,26 @@ def test_the_chart_has_no_shared_workload_identity(values_files):
         "the operator's is the only ServiceAccount the chart creates"
 
 
+def test_the_progress_only_policy_covers_every_status_field_but_progress():
+    """RBAC cannot limit a status patch to some fields; the chart's ValidatingAdmissionPolicy does, for
+    the runs' own ServiceAccounts. A status field missing from its list would be writable by a pod."""
+    from devops_model.contract import OPERATOR_OWNED_STATUS, PROGRESS_FIELDS
+    from devops_operator.reconcile.common import status_fields
+
+    objects = render_chart()
+    (policy,) = find(objects, "ValidatingAdmissionPolicy")
+    (binding,) = find(objects, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"] and binding["spec"]["validationActions"] == ["Deny"]
+    fields = set().union(*(status_fields(k) for k in ("PretrainRun", "SFTRun", "EvalRun", "QuantizeRun", "ChatDeployment")))
+    want = (fields | OPERATOR_OWNED_STATUS) - PROGRESS_FIELDS
+    covered = {re.search(r"has\(object\.status\.(\w+)\)", v["expression"]).group(1) for v in policy["spec"]["validations"]}
+    assert covered == want, f"missing {sorted(want - covered)}, extra {sorted(covered - want)}"
+    assert "progress" not in covered
+    (cond,) = policy["spec"]["matchConditions"]
+    assert "endsWith('-worker')" in cond["expression"], "it limits the runs' identities (<run>-<stage>-worker)"
+    assert not find(render_chart(set_values=("statusPolicy.enabled=false",)), "ValidatingAdmissionPolicy")
+
+
 def test_old_workload_values_are_refused_with_the_key_named():
     r = helm_template(set_values=("workloads.serviceAccount.name=devops-model-workload",))
     assert r.returncode != 0 and "workloads" in r.stderr, r.stderr
