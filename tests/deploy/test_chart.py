@@ -88,7 +88,8 @@ def test_helm_lint_strict(values_files):
 @pytest.mark.parametrize("values_files", SCENARIOS)
 def test_every_object_has_standard_labels_and_valid_names(values_files):
     objects = render_chart(values_files)
-    assert {"Deployment", "ServiceAccount", "ConfigMap", "RoleBinding"} <= {o["kind"] for o in objects}
+    kinds = {o["kind"] for o in objects}
+    assert {"Deployment", "ServiceAccount", "ConfigMap"} <= kinds and kinds & {"RoleBinding", "ClusterRoleBinding"}
     for o in objects:
         meta = o["metadata"]
         ident = f"{o['kind']}/{meta['name']}"
