@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from devops_workloads.progress import StatusPatcher
 
@@ -156,7 +157,10 @@ def test_a_pod_cannot_forge_another_runs_outcome_and_the_chat_serves_only_what_t
     assert status_of(cp, "sftrun", "victim-sft", ns)["artifact"]["uri"] == artifact["uri"]
     dep = cp.wait_for(lambda: cp.get("deployment", "bot", ns), timeout=45, message=lambda: op.tail())
     pod = dep["spec"]["template"]["spec"]
-    args = " ".join(pod["containers"][0]["args"])
-    assert "/mnt/storage/models/victim-sft/merged" in args and "attacker" not in args
+    # The built-in server reads its model from the spec ConfigMap (status.resolvedModel), as the worker does.
+    served = yaml.safe_load(cp.get("configmap", "bot-spec", ns)["data"]["resource.yaml"])
+    assert served["status"]["resolvedModel"] == artifact["uri"]
+    assert status_of(cp, "chatdeployment", "bot", ns)["resolvedModel"] == artifact["uri"]
+    assert "attacker" not in json.dumps(dep) + json.dumps(cp.get("configmap", "bot-spec", ns))
     assert pod["automountServiceAccountToken"] is False, "chat pods never report: no token"
     assert {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v} == {"models"}
