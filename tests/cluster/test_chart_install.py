@@ -134,7 +134,7 @@ def test_operator_cannot_read_secrets_and_workloads_cannot_create_pods(scope, co
     other = fresh_namespace("other")
     ids = chart_rbac(ns, scope=scope)
     cp.kubectl("create", "secret", "generic", "hub-token", "-n", ns, "--from-literal=token=hf_secret")
-    op, wl = ids.operator_kubeconfig, ids.workload_kubeconfig
+    op = ids.operator_kubeconfig
 
     # The operator: everything it needs, in its namespace ...
     for verb, res in [("create", "jobs.batch"), ("create", "configmaps"), ("watch", "sftruns.devops-model.io"),
@@ -170,6 +170,12 @@ def test_operator_cannot_read_secrets_and_workloads_cannot_create_pods(scope, co
     for obj in build_identity(runs["ev"], OperatorConfig()):
         created = cp.kubectl("create", "-f", "-", input=json.dumps(obj), check=False, kubeconfig=op)
         assert created.returncode == 0, f"the operator could not create {obj['kind']}: {created.stderr}"
+    # The control: the escalation check is on, and a Role granting what the operator lacks is refused.
+    greedy = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "greedy", "namespace": ns},
+              "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]}
+    refused = cp.kubectl("create", "-f", "-", input=json.dumps(greedy), check=False, kubeconfig=op)
+    assert refused.returncode != 0 and "attempting to grant RBAC permissions not currently held" in refused.stderr, \
+        refused.stderr
     wl = cp.service_account_kubeconfig(ns, identity_name(runs["ev"]))
     assert not _can(cp, wl, "create", "pods", ns)
     assert not _can(cp, wl, "get", "secrets", ns)
