@@ -132,7 +132,8 @@ def test_each_kind_creates_its_children(control_plane, k8s_namespace, run_operat
     pod = cp.wait_for(lambda: job_pod(cp, ns, "ev-eval"), timeout=30, message="the Job controller's pod")
     assert cp.get("pod", pod, ns)["spec"]["serviceAccountName"] == "ev-eval-worker"  # the run's own identity
     st = cp.get("evalrun", "ev", ns)["status"]
-    assert st["children"] == ["ConfigMap/ev-spec", "Job/ev-eval"] and st["observedGeneration"] == 1
+    assert st["children"] == ["ConfigMap/ev-spec", "ServiceAccount/ev-eval-worker", "Role/ev-eval-worker",
+                              "RoleBinding/ev-eval-worker", "Job/ev-eval"] and st["observedGeneration"] == 1
     # The spec the worker reads is the resource itself.
     cm = cp.get("configmap", "ev-spec", ns)
     assert yaml.safe_load(cm["data"]["resource.yaml"])["spec"]["exams"]["uri"] == "pvc://data/exams"
