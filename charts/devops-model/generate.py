@@ -112,12 +112,9 @@ def values_schema() -> dict:
                               "description": "Non-root UID (the restricted Pod Security Standard refuses 0)."},
                 "config": operator_config_schema(),
             }),
-            "workloads": _obj({
-                "serviceAccount": _obj({"create": BOOL, "name": DNS_LABEL, "perNamespace": BOOL, "annotations": STR_MAP}),
-                "namespaces": {"type": "array", "items": DNS_LABEL, "uniqueItems": True},
-            }),
             "serviceAccount": _obj({"create": BOOL, "name": {"anyOf": [{"const": ""}, DNS_LABEL]},
                                     "annotations": STR_MAP}),
+            "statusPolicy": _obj({"enabled": BOOL}),
             "rbac": _obj({"create": BOOL, "crdDiscovery": BOOL, "kubeflow": BOOL}),
             "metrics": _obj({"service": _obj({"enabled": BOOL, "port": PORT})}),
             "monitoring": _obj({"serviceMonitor": _obj({

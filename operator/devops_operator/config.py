@@ -41,9 +41,7 @@ class Storage(_Model):
 class Workloads(_Model):
     """Defaults for workload pods."""
 
-    service_account: str = Field(default="devops-model-workload", description="ServiceAccount of workload pods (may only patch the status of the project's kinds).")
-    manage_service_account: bool = Field(default=True, description="Create the workload ServiceAccount and a RoleBinding to cluster_role in each namespace that has runs (pods cannot start without their ServiceAccount).")
-    cluster_role: str = Field(default="devops-model-workload", description="ClusterRole (installed by the chart) bound to the workload ServiceAccount in each namespace.")
+    service_account_annotations: dict[str, str] = Field(default_factory=dict, description="Annotations of every run's own ServiceAccount (the operator creates one per run, allowed to patch that run's status only), e.g. a cloud IAM role for s3:// access (eks.amazonaws.com/role-arn).")
     report_interval_seconds: int = Field(default=10, ge=1, description="Minimum seconds between progress reports to the API server.")
     backoff_limit: int = Field(default=0, ge=0, description="Job backoffLimit; restarts are counted by the operator's failure policy instead.")
     ttl_seconds_after_finished: Optional[int] = Field(default=None, description="Delete finished Jobs after this many seconds (None keeps them for inspection).")
@@ -58,7 +56,7 @@ class Serving(_Model):
     startup_timeout_seconds: int = Field(default=1800, ge=60, description="How long a server may take to load its model before the startup probe gives up (a 7B model from a PVC: minutes; vLLM also compiles CUDA graphs).")
     probe_period_seconds: int = Field(default=10, ge=1, description="Period of the startup, readiness and liveness probes (GET /health).")
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(default="ClusterIP", description="Type of the Service in front of the chat pods.")
-    service_account: Optional[str] = Field(default=None, description="ServiceAccount of chat pods (default: the workload ServiceAccount).")
+    service_account: Optional[str] = Field(default=None, description="ServiceAccount of chat pods (default: the namespace's default one). Chat pods never get its token mounted: they do not report to the API server.")
 
 
 class Trainer(_Model):

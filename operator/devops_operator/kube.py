@@ -64,7 +64,6 @@ class Kube:
         self._dyn: Optional[DynamicClient] = None
         self._lock = threading.Lock()
         self._resources: dict[tuple[str, str], Any] = {}
-        self._identities: set[tuple[str, str, str]] = set()
 
     @property
     def dyn(self) -> DynamicClient:
@@ -126,32 +125,6 @@ class Kube:
             return True
         except NotFoundError:
             return False
-
-    def ensure_workload_identity(self, namespace: str, service_account: str, cluster_role: str) -> None:
-        """The workload ServiceAccount and its RoleBinding in ``namespace`` (once per process)."""
-        key = (namespace, service_account, cluster_role)
-        if key in self._identities:
-            return
-        try:
-            self._create_identity(namespace, service_account, cluster_role)
-        except ForbiddenError as exc:
-            # Installed without these permissions: the namespace's identity is managed by hand
-            # (the chart's workloads.namespaces); a missing one shows up as the pods' failure.
-            log.warning("cannot create the workload ServiceAccount in %s (%s); assuming it is managed elsewhere",
-                        namespace, exc.status)
-        self._identities.add(key)
-
-    def _create_identity(self, namespace: str, service_account: str, cluster_role: str) -> None:
-        self.create_if_absent({"apiVersion": "v1", "kind": "ServiceAccount",
-                               "metadata": {"name": service_account, "namespace": namespace,
-                                            "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}}})
-        self.create_if_absent({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": service_account, "namespace": namespace,
-                         "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
-            "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}],
-        })
 
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         res = self.resource(api_version, kind)

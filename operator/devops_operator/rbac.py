@@ -28,14 +28,12 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings", "kopfpeerings"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    # Each run's own identity (builders/identity.py): a ServiceAccount, a Role that may get/patch
+    # that run's status only, and the RoleBinding between them. The API server lets the operator
+    # create that Role because it holds the same permission (the status rule above): no
+    # escalate/bind verbs, and no ClusterRole that could be bound to anything else.
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create"]},
-    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"], "verbs": ["get", "create"]},
-    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["bind"],
-     "resourceNames": ["devops-model-workload"]},
-]
-
-WORKLOAD_RULES: list[dict[str, Any]] = [
-    {"apiGroups": [GROUP], "resources": [f"{p}/status" for p in PLURALS], "verbs": ["get", "patch"]},
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["get", "create"]},
 ]
 
 

@@ -6,8 +6,9 @@
   release, and `helm upgrade` with a changed CRD (an extra printer column) updates the CRD in place
   while existing runs survive; `helm uninstall` keeps the CRDs and the runs (resource-policy keep).
 - The chart's RBAC, bound to real ServiceAccounts, in both modes: the operator cannot read Secrets
-  (SelfSubjectAccessReview and a real 403), the workloads cannot create pods or change a spec but can
-  patch a run's status.
+  (SelfSubjectAccessReview and a real 403); it can create a run's own identity (the API server's RBAC
+  escalation check passes because it holds what the Role grants), and that identity cannot create
+  pods, read Secrets, change a spec or touch another run's status, but can patch its own run's status.
 - The operator running with exactly the chart's RBAC and the chart's rendered configuration
   reconciles a PretrainRun into its children.
 There is no kubelet or scheduler: pods never run, which none of these tests need.
@@ -81,7 +82,7 @@ def test_install_upgrade_with_changed_crd_and_uninstall(control_plane, k8s_names
     dep = cp.get("deployment", "dm-install-devops-model-operator", ns)
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "dm-install-devops-model"
     assert cp.get("customresourcedefinition", "clusterkopfpeerings.kopf.dev"), "crds/ of the chart installed"
-    assert cp.get("clusterrole", "dm-install-devops-model-workload")
+    assert cp.get("clusterrole", "dm-install-devops-model-workload") is None, "no shared workload ClusterRole"
 
     # A run that exists before the upgrade must survive it.
     sft = base("SFTRun")
@@ -133,7 +134,7 @@ def test_operator_cannot_read_secrets_and_workloads_cannot_create_pods(scope, co
     other = fresh_namespace("other")
     ids = chart_rbac(ns, scope=scope)
     cp.kubectl("create", "secret", "generic", "hub-token", "-n", ns, "--from-literal=token=hf_secret")
-    op, wl = ids.operator_kubeconfig, ids.workload_kubeconfig
+    op = ids.operator_kubeconfig
 
     # The operator: everything it needs, in its namespace ...
     for verb, res in [("create", "jobs.batch"), ("create", "configmaps"), ("watch", "sftruns.devops-model.io"),
@@ -152,8 +153,30 @@ def test_operator_cannot_read_secrets_and_workloads_cannot_create_pods(scope, co
     assert _can(cp, op, "list", "namespaces", None), "kopf follows namespaces in both modes"
     assert not _can(cp, op, "delete", "namespaces", None)
 
-    # The workloads: read their run and patch its status, nothing else.
-    cp.apply(base("EvalRun"), ns)
+    # Each run's own identity, created with the operator's credentials exactly as the operator does
+    # (the builder's manifests): the API server accepts the Role only if the operator holds
+    # everything it grants (RBAC escalation check), in both modes, without escalate or bind verbs.
+    from devops_model.api.resource import parse_resource
+    from devops_operator.builders import build_identity, identity_name
+    from devops_operator.config import OperatorConfig
+
+    runs = {}
+    for name in ("ev", "ev-other"):
+        body = base("EvalRun")
+        body["metadata"]["name"] = name
+        cp.apply(body, ns)
+        stored = cp.get("evalrun", name, ns)
+        runs[name] = parse_resource({k: stored[k] for k in ("apiVersion", "kind", "metadata", "spec")})
+    for obj in build_identity(runs["ev"], OperatorConfig()):
+        created = cp.kubectl("create", "-f", "-", input=json.dumps(obj), check=False, kubeconfig=op)
+        assert created.returncode == 0, f"the operator could not create {obj['kind']}: {created.stderr}"
+    # The control: the escalation check is on, and a Role granting what the operator lacks is refused.
+    greedy = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "greedy", "namespace": ns},
+              "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]}
+    refused = cp.kubectl("create", "-f", "-", input=json.dumps(greedy), check=False, kubeconfig=op)
+    assert refused.returncode != 0 and "attempting to grant RBAC permissions not currently held" in refused.stderr, \
+        refused.stderr
+    wl = cp.service_account_kubeconfig(ns, identity_name(runs["ev"]))
     assert not _can(cp, wl, "create", "pods", ns)
     assert not _can(cp, wl, "get", "secrets", ns)
     assert not _can(cp, wl, "patch", "evalruns.devops-model.io", ns), "workloads must not change a spec"
@@ -162,9 +185,14 @@ def test_operator_cannot_read_secrets_and_workloads_cannot_create_pods(scope, co
     denied = cp.apply(pod, ns, check=False, kubeconfig=wl)
     assert denied.returncode != 0 and "Forbidden" in denied.stderr and "pods" in denied.stderr
     patched = cp.kubectl("patch", "evalrun", "ev", "-n", ns, "--subresource=status", "--type=merge",
-                         "-p", json.dumps({"status": {"summary": "from the workload"}}), check=False, kubeconfig=wl)
+                         "-p", json.dumps({"status": {"progress": {"step": 1}}}), check=False, kubeconfig=wl)
     assert patched.returncode == 0, patched.stderr
-    assert cp.get("evalrun", "ev", ns)["status"]["summary"] == "from the workload"
+    assert cp.get("evalrun", "ev", ns)["status"]["progress"] == {"step": 1}
+    other = cp.kubectl("patch", "evalrun", "ev-other", "-n", ns, "--subresource=status", "--type=merge",
+                       "-p", json.dumps({"status": {"progress": {"step": 1}}}), check=False, kubeconfig=wl)
+    assert other.returncode != 0 and "Forbidden" in other.stderr, other.stderr
+    assert "status" not in cp.get("evalrun", "ev-other", ns) or \
+        "progress" not in cp.get("evalrun", "ev-other", ns)["status"]
 
 
 def test_operator_with_the_charts_rbac_reconciles_a_run(control_plane, fresh_namespace, chart_rbac, tmp_path):
@@ -198,7 +226,11 @@ def test_operator_with_the_charts_rbac_reconciles_a_run(control_plane, fresh_nam
         assert job["metadata"]["ownerReferences"][0]["kind"] == "PretrainRun"
         assert cp.get("configmap", "pt-spec", ns) is not None
         pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
-        assert pod["serviceAccountName"] == "devops-model-workload"
+        # The run's own identity, created by the operator with the chart's RBAC before the child.
+        assert pod["serviceAccountName"] == "pt-pretrain-worker"
+        role = cp.get("role", "pt-pretrain-worker", ns)
+        assert role["rules"][0]["resourceNames"] == ["pt"] and role["metadata"]["ownerReferences"][0]["name"] == "pt"
+        assert cp.get("serviceaccount", "pt-pretrain-worker", ns) and cp.get("rolebinding", "pt-pretrain-worker", ns)
         # The child as the API server stored it (after defaulting) still meets the restricted profile.
         from tests.deploy.test_pod_security import check_manifest
         assert check_manifest(job) == []

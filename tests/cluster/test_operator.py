@@ -143,11 +143,12 @@ def test_each_kind_creates_its_children(control_plane, k8s_namespace, run_operat
         (owner,) = obj["metadata"]["ownerReferences"]
         assert owner["controller"] is True
         assert obj["metadata"]["labels"]["devops-model.io/run"] == owner["name"]
-    # The real Job controller made a pod from our template, as the workload ServiceAccount.
+    # The real Job controller made a pod from our template, as the run's own ServiceAccount.
     pod = cp.wait_for(lambda: job_pod(cp, ns, "ev-eval"), timeout=30, message="the Job controller's pod")
-    assert cp.get("pod", pod, ns)["spec"]["serviceAccountName"] == "devops-model-workload"
+    assert cp.get("pod", pod, ns)["spec"]["serviceAccountName"] == "ev-eval-worker"  # the run's own identity
     st = cp.get("evalrun", "ev", ns)["status"]
-    assert st["children"] == ["ConfigMap/ev-spec", "Job/ev-eval"] and st["observedGeneration"] == 1
+    assert st["children"] == ["ConfigMap/ev-spec", "ServiceAccount/ev-eval-worker", "Role/ev-eval-worker",
+                              "RoleBinding/ev-eval-worker", "Job/ev-eval"] and st["observedGeneration"] == 1
     # The spec the worker reads is the resource itself.
     cm = cp.get("configmap", "ev-spec", ns)
     assert yaml.safe_load(cm["data"]["resource.yaml"])["spec"]["exams"]["uri"] == "pvc://data/exams"
@@ -306,13 +307,14 @@ def test_deleting_a_run_removes_its_children(control_plane, k8s_namespace, run_o
     cp, ns = control_plane, k8s_namespace
     op = run_operator(ns)
     cp.apply([sft("gone"), chat("gone-chat")], namespace=ns)
-    for kind, name in (("pytorchjob", "gone-train"), ("configmap", "gone-spec"), ("deployment", "gone-chat"),
-                       ("service", "gone-chat")):
+    identity = [("serviceaccount", "gone-sft-worker"), ("role", "gone-sft-worker"), ("rolebinding", "gone-sft-worker")]
+    for kind, name in [("pytorchjob", "gone-train"), ("configmap", "gone-spec"), ("deployment", "gone-chat"),
+                       ("service", "gone-chat"), *identity]:
         cp.wait_for(lambda: cp.get(kind, name, ns), timeout=45, message=lambda: op.tail())
     cp.delete("sftrun", "gone", ns)
     cp.delete("chatdeployment", "gone-chat", ns)
-    for kind, name in (("pytorchjob", "gone-train"), ("configmap", "gone-spec"), ("deployment", "gone-chat"),
-                       ("service", "gone-chat"), ("configmap", "gone-chat-spec")):
+    for kind, name in [("pytorchjob", "gone-train"), ("configmap", "gone-spec"), ("deployment", "gone-chat"),
+                       ("service", "gone-chat"), ("configmap", "gone-chat-spec"), *identity]:
         cp.wait_for(lambda: cp.get(kind, name, ns) is None, timeout=60,
                     message=f"{kind}/{name} removed by the garbage collector")
 

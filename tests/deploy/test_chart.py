@@ -4,7 +4,8 @@
 
 Uses the helm that tests/cluster/build.sh builds (missing: the tests fail and say `make cluster-build`).
 Covers: `helm lint --strict`, `helm template` with the default values and every ci/*-values.yaml,
-the operator's and the workloads' RBAC rules (no wildcards, no secrets, exactly what the operator needs),
+the operator's RBAC rules (no wildcards, no secrets, exactly what the operator needs; no shared workload
+identity: the operator gives each run its own),
 labels and names, the operator Deployment, the operator ConfigMap against OperatorConfig, CRDs that
 match crds/, values.schema.json refusals, and that every value in values.yaml is commented.
 On a real control plane: tests/cluster/test_chart_install.py.
@@ -45,6 +46,10 @@ OPERATOR_NEEDS = {
     ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "delete"},
     ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("trainer.kubeflow.org", "trainjobs"): {"get", "list", "watch", "create", "patch", "delete"},
+    # Each run's own identity (ServiceAccount + Role + RoleBinding).
+    ("", "serviceaccounts"): {"get", "create"},
+    ("rbac.authorization.k8s.io", "roles"): {"get", "create"},
+    ("rbac.authorization.k8s.io", "rolebindings"): {"get", "create"},
 }
 # Reading pods is all the operator does with them; creating pods would let it run anything.
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection", "escalate", "bind", "impersonate"}
@@ -64,9 +69,8 @@ def operator_roles(objects: list[dict]) -> list[dict]:
             and o["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"]
 
 
-def workload_roles(objects: list[dict]) -> list[dict]:
-    return [o for o in objects if o["kind"] in ("Role", "ClusterRole")
-            and o["metadata"]["labels"].get("app.kubernetes.io/component") == "workload"]
+def workload_objects(objects: list[dict]) -> list[dict]:
+    return [o for o in objects if (o["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "workload"]
 
 
 # -- lint and render -------------------------------------------------------------------------------
@@ -84,7 +88,8 @@ def test_helm_lint_strict(values_files):
 @pytest.mark.parametrize("values_files", SCENARIOS)
 def test_every_object_has_standard_labels_and_valid_names(values_files):
     objects = render_chart(values_files)
-    assert {"Deployment", "ServiceAccount", "ConfigMap", "RoleBinding"} <= {o["kind"] for o in objects}
+    kinds = {o["kind"] for o in objects}
+    assert {"Deployment", "ServiceAccount", "ConfigMap"} <= kinds and kinds & {"RoleBinding", "ClusterRoleBinding"}
     for o in objects:
         meta = o["metadata"]
         ident = f"{o['kind']}/{meta['name']}"
@@ -99,7 +104,7 @@ def test_every_object_has_standard_labels_and_valid_names(values_files):
 
 def test_long_release_names_are_cut_to_63_characters():
     release = "a-very-long-release-name-for-the-platform-team-prod1"  # helm allows up to 53
-    objects = render_chart(set_values=("workloads.namespaces={team-a}",), release=release)
+    objects = render_chart(release=release)
     names = [o["metadata"]["name"] for o in objects]
     assert all(len(n) <= 63 and not n.endswith("-") for n in names), names
     dep = find(objects, "Deployment")[0]
@@ -165,15 +170,16 @@ def test_operator_gets_what_it_needs_and_no_secrets(values_files):
         assert verbs <= granted.get(key, set()), f"operator lacks {sorted(verbs - granted.get(key, set()))} on {key}"
     assert not any(res == "secrets" or res.startswith("secrets/") for _, res in granted), "the operator must not read Secrets"
     assert granted[("", "pods")] == {"get", "list", "watch"}, "the operator only reads pods"
-    assert not any(res in ("roles", "clusterrolebindings") for _, res in granted), "the operator must not manage roles"
-    # Workload identities (cluster mode): create a ServiceAccount and a RoleBinding, and bind only the
-    # workload ClusterRole, never anything else (no escalation through RoleBindings).
-    assert granted.get(("", "serviceaccounts"), {"get", "create"}) <= {"get", "create"}
-    assert granted.get(("rbac.authorization.k8s.io", "rolebindings"), {"get", "create"}) <= {"get", "create"}
-    for role in operator_roles(objects):
-        for rule in role["rules"]:
-            if "clusterroles" in rule["resources"]:
-                assert rule["verbs"] == ["bind"] and rule["resourceNames"] == ["rel-devops-model-workload"], rule
+    assert not any(res in ("clusterroles", "clusterrolebindings") for _, res in granted), \
+        "the operator must not manage cluster-wide roles"
+    # Each run's own identity: the operator creates a ServiceAccount, a Role and a RoleBinding, and
+    # nothing more (no update/delete: the garbage collector removes them with the run). It holds no
+    # escalate or bind verb: the API server accepts the Role only because the operator itself holds
+    # get/patch on the kinds' status.
+    assert granted[("", "serviceaccounts")] == {"get", "create"}
+    assert granted[("rbac.authorization.k8s.io", "roles")] == {"get", "create"}
+    assert granted[("rbac.authorization.k8s.io", "rolebindings")] == {"get", "create"}
+    assert not any({"bind", "escalate", "impersonate"} & verbs for verbs in granted.values()), granted
     crd_verbs = granted.get(("apiextensions.k8s.io", "customresourcedefinitions"), set())
     assert crd_verbs == {"get", "list", "watch"}, crd_verbs
 
@@ -188,13 +194,11 @@ def test_cluster_mode_uses_cluster_roles_and_can_follow_namespaces():
     granted = grants(roles[0]["rules"])
     assert granted[("", "namespaces")] == {"get", "list", "watch"}
     assert ("kopf.dev", "clusterkopfpeerings") not in granted, "peering rules only when peering is on"
-    # The operator creates the workloads' identity in each namespace with runs, bound to the chart's ClusterRole.
+    # The operator creates each run's identity in whatever namespace the run is in.
     assert granted[("", "serviceaccounts")] == {"get", "create"}
+    assert granted[("rbac.authorization.k8s.io", "roles")] == {"get", "create"}
     assert granted[("rbac.authorization.k8s.io", "rolebindings")] == {"get", "create"}
-    config = yaml.safe_load(find(objects, "ConfigMap", "rel-devops-model-config")[0]["data"]["operator.yaml"])
-    assert config["workloads"]["manageServiceAccount"] is True
-    assert config["workloads"]["clusterRole"] == "rel-devops-model-workload"
-    assert find(objects, "ClusterRole", "rel-devops-model-workload")
+    assert not find(objects, "ClusterRole", "rel-devops-model-workload"), "no shared workload ClusterRole"
 
 
 def test_cluster_mode_covers_every_rule_the_operator_declares():
@@ -218,10 +222,9 @@ def test_namespaced_mode_uses_a_role_in_the_release_namespace():
     role = [r for r in roles if r["kind"] == "Role"]
     assert len(role) == 1 and role[0]["metadata"]["namespace"] == "team-a"
     assert ("", "namespaces") not in grants(role[0]["rules"]), "namespaces are cluster-scoped: the discovery ClusterRole grants them"
-    assert not {("", "serviceaccounts"), ("rbac.authorization.k8s.io", "rolebindings")} & set(grants(role[0]["rules"])), \
-        "namespaced mode: the chart creates the workloads' identity, the operator needs no RBAC rights"
-    config = yaml.safe_load(find(objects, "ConfigMap")[0]["data"]["operator.yaml"])
-    assert config["workloads"]["manageServiceAccount"] is False
+    # Each run's identity is created in the release namespace, which is where its runs are.
+    for key in [("", "serviceaccounts"), ("rbac.authorization.k8s.io", "roles"), ("rbac.authorization.k8s.io", "rolebindings")]:
+        assert grants(role[0]["rules"])[key] == {"get", "create"}, key
     # The only cluster-wide grant: read CRDs and namespaces (kopf's discovery), nothing else.
     cluster = [r for r in roles if r["kind"] == "ClusterRole"]
     assert len(cluster) == 1 and grants(cluster[0]["rules"]) == {
@@ -250,29 +253,46 @@ def test_peering_with_several_replicas(mode, kind):
 
 
 @pytest.mark.parametrize("values_files", SCENARIOS)
-def test_workloads_may_only_read_runs_and_patch_their_status(values_files):
+def test_the_chart_has_no_shared_workload_identity(values_files):
+    """No ServiceAccount, Role or binding that every workload pod would share (one that may patch
+    every run's status is how a pod could forge another run's outcome): the operator gives each run
+    its own (operator/devops_operator/builders/identity.py)."""
     objects = render_chart(values_files)
-    roles = workload_roles(objects)
-    assert len(roles) == 1
-    assert grants(roles[0]["rules"]) == {
-        **{("devops-model.io", k): {"get"} for k in KINDS},
-        **{("devops-model.io", f"{k}/status"): {"get", "patch"} for k in KINDS},
-    }
+    assert workload_objects(objects) == []
+    assert [o["metadata"]["name"] for o in find(objects, "ServiceAccount")] == ["rel-devops-model"], \
+        "the operator's is the only ServiceAccount the chart creates"
 
 
-def test_workload_service_accounts_in_every_team_namespace():
+def test_the_progress_only_policy_covers_every_status_field_but_progress():
+    """RBAC cannot limit a status patch to some fields; the chart's ValidatingAdmissionPolicy does, for
+    the runs' own ServiceAccounts. A status field missing from its list would be writable by a pod."""
+    from devops_model.contract import OPERATOR_OWNED_STATUS, PROGRESS_FIELDS
+    from devops_operator.reconcile.common import status_fields
+
+    objects = render_chart()
+    (policy,) = find(objects, "ValidatingAdmissionPolicy")
+    (binding,) = find(objects, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"] and binding["spec"]["validationActions"] == ["Deny"]
+    fields = set().union(*(status_fields(k) for k in ("PretrainRun", "SFTRun", "EvalRun", "QuantizeRun", "ChatDeployment")))
+    want = (fields | OPERATOR_OWNED_STATUS) - PROGRESS_FIELDS
+    covered = {re.search(r"has\(object\.status\.(\w+)\)", v["expression"]).group(1) for v in policy["spec"]["validations"]}
+    assert covered == want, f"missing {sorted(want - covered)}, extra {sorted(covered - want)}"
+    assert "progress" not in covered
+    (cond,) = policy["spec"]["matchConditions"]
+    assert "endsWith('-worker')" in cond["expression"], "it limits the runs' identities (<run>-<stage>-worker)"
+    assert not find(render_chart(set_values=("statusPolicy.enabled=false",)), "ValidatingAdmissionPolicy")
+
+
+def test_old_workload_values_are_refused_with_the_key_named():
+    r = helm_template(set_values=("workloads.serviceAccount.name=devops-model-workload",))
+    assert r.returncode != 0 and "workloads" in r.stderr, r.stderr
+
+
+def test_service_account_annotations_reach_the_operator_config():
     objects = render_chart((CHART / "ci" / "cluster-wide-values.yaml",))
-    sas = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in find(objects, "ServiceAccount")}
-    for ns in ("devops-model", "team-a", "team-b"):
-        assert (ns, "devops-model-workload") in sas
-    bindings = [b for b in find(objects, "RoleBinding") if b["metadata"]["labels"]["app.kubernetes.io/component"] == "workload"]
-    assert {b["metadata"]["namespace"] for b in bindings} == {"devops-model", "team-a", "team-b"}
-    for b in bindings:
-        # A RoleBinding to the ClusterRole: the ServiceAccount of team-a can touch runs of team-a only.
-        assert b["roleRef"]["kind"] == "ClusterRole"
-        assert b["subjects"] == [{"kind": "ServiceAccount", "name": "devops-model-workload", "namespace": b["metadata"]["namespace"]}]
-    sa = find(objects, "ServiceAccount", "devops-model-workload")[0]
-    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    text = find(objects, "ConfigMap", "rel-devops-model-config")[0]["data"]["operator.yaml"]
+    config = OperatorConfig.model_validate(yaml.safe_load(text))
+    assert config.workloads.service_account_annotations["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
 
 
 # -- the operator Deployment and its configuration ----------------------------------------------------
@@ -319,7 +339,6 @@ def test_operator_config_is_a_valid_operator_config(values_files):
     objects = render_chart(values_files)
     text = find(objects, "ConfigMap", "rel-devops-model-config")[0]["data"]["operator.yaml"]
     config = OperatorConfig.model_validate(yaml.safe_load(text))
-    assert config.workloads.service_account == "devops-model-workload"
     # The chart's defaults are the operator's defaults: one place to read them (docs/operator.md).
     defaults = OperatorConfig().model_dump(by_alias=True)
     for section in ("images", "storage", "serving", "trainer"):

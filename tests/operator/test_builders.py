@@ -93,7 +93,7 @@ def test_pods_meet_the_restricted_pod_security_standard(case, child):
 
 
 def test_multinode_pytorchjob_has_master_workers_and_torchrun():
-    cm, job = render_case("sft-pytorchjob-multinode")
+    cm, *_, job = render_case("sft-pytorchjob-multinode")
     assert job["kind"] == "PyTorchJob" and job["spec"]["nprocPerNode"] == "8"
     reps = job["spec"]["pytorchReplicaSpecs"]
     assert reps["Master"]["replicas"] == 1 and reps["Worker"]["replicas"] == 1
@@ -181,7 +181,7 @@ def test_child_names_are_cut_to_63_with_a_hash(base, suffix):
 
 
 def test_restart_attempts_get_their_own_child():
-    cm, job = render_case("long-name-restart")
+    cm, *_, job = render_case("long-name-restart")
     assert job["metadata"]["name"].endswith("-train-r2") and len(job["metadata"]["name"]) <= 63
     assert job["metadata"]["labels"]["devops-model.io/attempt"] == "2"
     env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -196,3 +196,69 @@ def test_render_without_a_cluster_marks_an_unresolved_from_run():
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "QuantizeRun/devops-int4" in args[args.index("--model") + 1]
     assert "ownerReferences" not in deploy["metadata"]
+
+
+# -- each run's own identity ---------------------------------------------------------------------------
+
+RUN_CASES = [c for c in CASES if not c.startswith("chat")]
+
+
+@pytest.mark.parametrize("case", RUN_CASES)
+def test_a_runs_pods_run_as_its_own_identity_that_may_patch_only_its_status(case):
+    cm, sa, role, binding, workload = render_case(case)
+    run = cm["metadata"]["ownerReferences"][0]
+    assert [sa["kind"], role["kind"], binding["kind"]] == ["ServiceAccount", "Role", "RoleBinding"]
+    name = sa["metadata"]["name"]
+    assert role["metadata"]["name"] == binding["metadata"]["name"] == name and len(name) <= 63
+    plural = {"PretrainRun": "pretrainruns", "SFTRun": "sftruns", "EvalRun": "evalruns",
+              "QuantizeRun": "quantizeruns"}[run["kind"]]
+    assert role["rules"] == [{"apiGroups": ["devops-model.io"], "resources": [f"{plural}/status"],
+                              "resourceNames": [run["name"]], "verbs": ["get", "patch"]}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": cm["metadata"]["namespace"]}]
+    for obj in (sa, role, binding):
+        assert obj["metadata"]["ownerReferences"] == [run], "garbage-collected with the run"
+    pods = _pod_specs(workload) or [o for o in workload["spec"].get("podSpecOverrides", [])]
+    assert pods
+    for pod in pods:
+        assert pod["serviceAccountName"] == name
+        assert pod.get("automountServiceAccountToken", True) is True, "the worker reports progress with it"
+
+
+def test_two_kinds_with_one_run_name_get_different_identities():
+    from devops_operator.builders import identity_name
+
+    names = set()
+    for kind in ("PretrainRun", "SFTRun", "EvalRun", "QuantizeRun"):
+        res = parse_resource({"apiVersion": "devops-model.io/v1alpha1", "kind": kind, "metadata": {"name": "x"},
+                              "spec": _minimal_spec(kind)})
+        names.add(identity_name(res))
+    assert len(names) == 4, names
+    long = "r" * 63
+    res = parse_resource({"apiVersion": "devops-model.io/v1alpha1", "kind": "SFTRun", "metadata": {"name": long},
+                          "spec": _minimal_spec("SFTRun")})
+    assert len(identity_name(res)) <= 63 and identity_name(res).endswith("-sft-worker")
+
+
+def _minimal_spec(kind):
+    model = {"uri": "pvc://models/base"}
+    return {
+        "PretrainRun": {"model": model, "data": {"datasets": [{"uri": "pvc://data/c.txt"}]},
+                        "training": {"maxSteps": 5}, "output": {"uri": "pvc://m/o"}},
+        "SFTRun": {"model": model, "data": {"datasets": [{"uri": "pvc://data/s.jsonl"}]},
+                   "training": {"maxSteps": 5}, "output": {"uri": "pvc://m/o"}},
+        "EvalRun": {"model": model, "exams": {"uri": "pvc://data/exams"}},
+        "QuantizeRun": {"model": model, "output": {"uri": "pvc://m/o"}},
+    }[kind]
+
+
+def test_service_account_annotations_come_from_the_operator_config():
+    from devops_operator.builders import build_identity
+
+    config = OperatorConfig.model_validate({"workloads": {"serviceAccountAnnotations": {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}}})
+    res = parse_resource({"apiVersion": "devops-model.io/v1alpha1", "kind": "EvalRun",
+                          "metadata": {"name": "ev", "namespace": "t", "uid": "u"}, "spec": _minimal_spec("EvalRun")})
+    sa, role, binding = build_identity(res, config)
+    assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}
+    assert "annotations" not in build_identity(res, OperatorConfig())[0]["metadata"]

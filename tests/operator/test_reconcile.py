@@ -44,9 +44,6 @@ class FakeKube:
         self.deleted.append(f"{kind}/{name}")
         return self.objects.pop((kind, ns, name), None) is not None
 
-    def ensure_workload_identity(self, *a):
-        pass
-
     def patch_status(self, api_version, kind, ns, name, status):
         self.objects[(kind, ns, name)].setdefault("status", {}).update(copy.deepcopy(status))
 
@@ -62,7 +59,10 @@ def sft(status=None, generation=1):
 def test_first_pass_creates_the_children_and_says_pending():
     kube = FakeKube()
     out = reconcile(sft(), kube, OperatorConfig(), now=NOW)
-    assert {k[0] for k in kube.objects} == {"ConfigMap", "Job"}
+    assert {k[0] for k in kube.objects} == {"ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job"}
+    # The run's own identity exists before its Job (a pod cannot start without its ServiceAccount).
+    assert list(kube.objects).index(("ServiceAccount", "ns", "s-sft-worker")) < list(kube.objects).index(("Job", "ns", "s-train"))
+    assert kube.objects[("Job", "ns", "s-train")]["spec"]["template"]["spec"]["serviceAccountName"] == "s-sft-worker"
     assert out.status["state"] == "Pending" and out.status["observedGeneration"] == 1
     assert ("Normal", "Created", "created Job s-train") in out.events
 

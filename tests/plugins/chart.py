@@ -8,9 +8,10 @@ Fixtures:
     helm              (session)  Path of the helm binary built by tests/cluster/build.sh. Missing: the
                                  test FAILS and says `make cluster-build` (never skips).
     chart_rbac        (function) a factory for the control plane: chart_rbac(namespace, scope="namespaced")
-                                 installs the chart's RBAC and ServiceAccounts (no CRDs, no operator pod:
+                                 installs the chart's RBAC and ServiceAccount (no CRDs, no operator pod:
                                  crds.install=false, operator.replicas=0) into the namespace, and returns a
-                                 ChartRBAC with the operator's and the workloads' ServiceAccount kubeconfigs.
+                                 ChartRBAC with the operator's ServiceAccount kubeconfig (workload pods have
+                                 no chart identity: the operator creates one per run).
                                  Requests made with operator_kubeconfig get exactly the chart's RBAC, so an
                                  operator started with it proves the chart grants enough (tests/cluster/test_operator.py
                                  uses it). The releases are uninstalled after the test; request the
@@ -88,9 +89,7 @@ class ChartRBAC:
     release: str
     namespace: str
     operator_service_account: str
-    workload_service_account: str
     operator_kubeconfig: Path
-    workload_kubeconfig: Path
 
 
 @pytest.fixture
@@ -108,12 +107,9 @@ def chart_rbac(control_plane) -> Callable[..., ChartRBAC]:
         installed.append((release, namespace))
         # fullname = RELEASE-devops-model (the release name does not contain the chart name).
         operator_sa = f"{release}-devops-model"[:63].rstrip("-")
-        workload_sa = "devops-model-workload"
         return ChartRBAC(
-            release=release, namespace=namespace,
-            operator_service_account=operator_sa, workload_service_account=workload_sa,
+            release=release, namespace=namespace, operator_service_account=operator_sa,
             operator_kubeconfig=control_plane.service_account_kubeconfig(namespace, operator_sa),
-            workload_kubeconfig=control_plane.service_account_kubeconfig(namespace, workload_sa),
         )
 
     yield install

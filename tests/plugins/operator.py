@@ -3,7 +3,7 @@
 Fixtures
 --------
 operator_identity (session)  the chart's RBAC (``helm template charts/devops-model``: the operator's
-                             ClusterRole and binding, the workload ClusterRole), a kubeconfig of the
+                             ClusterRole and binding, the progress-only admission policy), a kubeconfig of the
                              chart's operator ServiceAccount, and the chart's operator.yaml.
 run_operator     (function)  start(namespace) -> OperatorProcess: ``devops-model operator
                              --namespace NS`` as that identity, with a fast reconcile config;
@@ -58,7 +58,9 @@ def operator_identity(control_plane):
     kubeconfig of the chart's operator ServiceAccount, so the tests run with exactly its RBAC."""
     cp = control_plane
     docs = render_chart(cp)
-    rbac = [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    # The RBAC and the admission policy that keeps a run's own ServiceAccount to status.progress.
+    rbac = [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+                                             "ValidatingAdmissionPolicyBinding")]
     binding = next(d for d in rbac if d["kind"] == "ClusterRoleBinding")
     (subject,) = binding["subjects"]
     assert subject["namespace"] == OPERATOR_NS

@@ -5,8 +5,10 @@ reports. In a pod (``KUBERNETES_SERVICE_HOST`` set and ``DEVOPS_MODEL_OWNER`` =
 ``plural/namespace/name`` given by the operator) the owning resource's ``status.progress`` is
 merge-patched through the API server with the pod's ServiceAccount token, at most every
 ``DEVOPS_MODEL_REPORT_INTERVAL`` seconds (default 10), so a thousand-step run costs the API
-server a handful of writes. The workloads' ServiceAccount may only patch the status of the
-project's own kinds.
+server a handful of writes. The pod's ServiceAccount is its run's own (the operator creates one per
+run): it may get/patch that one run's status and nothing else. Only ``status.progress``
+(``contract.PROGRESS_FIELDS``) is ever sent: the outcome (state, artifact, scores) is the operator's,
+taken from the pod's termination message, and the operator drops anything else a patch writes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+from devops_model.contract import PROGRESS_FIELDS
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -46,12 +50,24 @@ class StatusPatcher:
             return None
         return cls(owner, host, os.environ.get("KUBERNETES_SERVICE_PORT", "443"))
 
+    @staticmethod
+    def payload(status: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """The merge patch for ``status``: its progress fields only (None when there are none).
+        Defence in depth: a worker never writes the outcome, whatever its caller passes."""
+        kept = {k: v for k, v in status.items() if k in PROGRESS_FIELDS}
+        return {"status": kept} if kept else None
+
     def patch(self, status: dict[str, Any]) -> bool:
+        body = self.payload(status)
+        if body is None:
+            dropped = ", ".join(sorted(status)) or "nothing"
+            print(f"warning: not reporting {dropped}: a worker reports status.progress only", file=sys.stderr)
+            return False
         token = (self.sa_dir / "token").read_text().strip()
         ctx = ssl.create_default_context(cafile=str(self.sa_dir / "ca.crt"))
         req = urllib.request.Request(
             self.url,
-            data=json.dumps({"status": status}).encode(),
+            data=json.dumps(body).encode(),
             method="PATCH",
             headers={"Content-Type": "application/merge-patch+json", "Authorization": f"Bearer {token}"},
         )

@@ -77,20 +77,9 @@ app.kubernetes.io/part-of: devops-model
 {{- end -}}
 {{- end -}}
 
-{{/* Namespaces that get the workloads' ServiceAccount: the release namespace, plus workloads.namespaces in cluster mode. */}}
-{{- define "devops-model.workloadNamespaces" -}}
-{{- $nss := list .Release.Namespace -}}
-{{- if eq .Values.scope.mode "cluster" -}}
-{{- range .Values.workloads.namespaces -}}
-{{- $nss = append $nss . -}}
-{{- end -}}
-{{- end -}}
-{{- toJson (uniq $nss) -}}
-{{- end -}}
-
 {{/*
 The operator configuration file: operator.config with the keys the chart must keep consistent
-(scope, namespace, peering, workload ServiceAccount) taken from the chart's own values.
+(scope, namespace, peering) taken from the chart's own values.
 */}}
 {{- define "devops-model.operatorConfig" -}}
 {{- $cfg := deepCopy .Values.operator.config -}}
@@ -100,11 +89,6 @@ The operator configuration file: operator.config with the keys the chart must ke
 {{- else -}}
 {{- $_ := set $cfg "namespace" nil -}}
 {{- end -}}
-{{- $workloads := default (dict) $cfg.workloads -}}
-{{- $_ := set $workloads "serviceAccount" .Values.workloads.serviceAccount.name -}}
-{{- $_ := set $workloads "clusterRole" (include "devops-model.suffixed" (list . "workload")) -}}
-{{- $_ := set $workloads "manageServiceAccount" (include "devops-model.operatorManagesWorkloadIdentity" . | eq "true") -}}
-{{- $_ := set $cfg "workloads" $workloads -}}
 {{- $reconcile := default (dict) $cfg.reconcile -}}
 {{- $peering := include "devops-model.peering" . -}}
 {{- $_ := set $reconcile "peering" (ternary $peering nil (ne $peering "")) -}}
@@ -122,14 +106,4 @@ Usage: include "devops-model.suffixed" (list . "config")
 {{- $suffix := index . 1 -}}
 {{- $max := sub 62 (len $suffix) | int -}}
 {{- printf "%s-%s" (include "devops-model.fullname" $root | trunc $max | trimSuffix "-") $suffix -}}
-{{- end -}}
-
-{{/*
-"true" when the operator creates the workloads' ServiceAccount and a RoleBinding to the workload
-ClusterRole in each namespace that gets runs (cluster mode, workloads.serviceAccount.perNamespace).
-In namespaced mode the chart creates both itself in the one namespace, and the operator needs no
-permission on ServiceAccounts or RoleBindings.
-*/}}
-{{- define "devops-model.operatorManagesWorkloadIdentity" -}}
-{{- and (eq .Values.scope.mode "cluster") .Values.workloads.serviceAccount.create .Values.workloads.serviceAccount.perNamespace | toString -}}
 {{- end -}}

@@ -11,10 +11,14 @@ Children per kind:
 
 | kind | children |
 |---|---|
-| PretrainRun, SFTRun | ConfigMap ``<run>-spec`` + PyTorchJob / TrainJob / Job ``<run>-train`` |
-| EvalRun | ConfigMap + Job ``<run>-eval`` |
-| QuantizeRun | ConfigMap + Job ``<run>-quantize`` |
+| PretrainRun, SFTRun | ConfigMap ``<run>-spec`` + identity + PyTorchJob / TrainJob / Job ``<run>-train`` |
+| EvalRun | ConfigMap + identity + Job ``<run>-eval`` |
+| QuantizeRun | ConfigMap + identity + Job ``<run>-quantize`` |
 | ChatDeployment | ConfigMap + Deployment ``<run>`` + Service ``<run>`` (+ NetworkPolicy ``<run>-ingress``) |
+
+The identity (:mod:`.identity`) is the run's own ServiceAccount, Role and RoleBinding
+``<run>-<stage>-worker``: its pods may get/patch that run's status and nothing else. Chat pods get no
+token at all. The workload comes last: the reconciler reads the last child as the one that runs.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from typing import Any
 from ..config import OperatorConfig
 from .chat import build_deployment, build_network_policy, build_service, config_hash
 from .configmap import build_spec_configmap, parent_document
+from .identity import build_identity, identity_name
 from .pods import pvc_claims
 from .training import build_job, build_pytorchjob, build_trainjob, build_workload, workload_child_name
 
 __all__ = [
     "render_children", "render_spec_configmap", "build_workload", "build_pytorchjob", "build_trainjob",
-    "build_job", "workload_child_name", "unresolved_placeholder",
+    "build_job", "workload_child_name", "unresolved_placeholder", "build_identity", "identity_name",
 ]
 
 
@@ -88,4 +93,4 @@ def render_children(resource: Any, config: OperatorConfig | None = None, *, reso
         if resource.spec.network_policy == "namespace":
             children.append(build_network_policy(resource))
         return children
-    return [cm, build_workload(resource, config, claims, attempt)]
+    return [cm, *build_identity(resource, config), build_workload(resource, config, claims, attempt)]

@@ -166,8 +166,8 @@ def scheduling(res: Any) -> dict[str, Any]:
 
 
 def pod_template(resource: Any, config: OperatorConfig, container: dict[str, Any], *, component: str,
-                 volumes: list[dict[str, Any]], restart_policy: str, role: str | None = None,
-                 attempt: int | None = None, service_account: str | None = None,
+                 volumes: list[dict[str, Any]], restart_policy: str, service_account: str,
+                 role: str | None = None, attempt: int | None = None,
                  annotations: dict[str, str] | None = None, automount_token: bool = True) -> dict[str, Any]:
     """A pod template around one container, with the run's labels and the restricted PSS."""
     labels = run_labels(resource, component)
@@ -179,7 +179,7 @@ def pod_template(resource: Any, config: OperatorConfig, container: dict[str, Any
     if res.queue_name:
         labels["kueue.x-k8s.io/queue-name"] = res.queue_name
     spec: dict[str, Any] = {
-        "serviceAccountName": service_account or config.workloads.service_account,
+        "serviceAccountName": service_account,
         "restartPolicy": restart_policy,
         "enableServiceLinks": False,
         **({} if automount_token else {"automountServiceAccountToken": False}),

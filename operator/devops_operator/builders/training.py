@@ -15,6 +15,7 @@ from devops_model.contract import SPEC_FILE, TERMINATION_LOG, ExitCode
 
 from ..config import OperatorConfig
 from ..naming import QUEUE_LABEL, child_metadata, child_name, run_labels
+from .identity import identity_name
 from .pods import (
     compute_resources,
     container_security_context,
@@ -94,7 +95,8 @@ def build_pytorchjob(resource: Any, config: OperatorConfig, claims: list[str], a
             "replicas": 1,
             "restartPolicy": "Never",
             "template": pod_template(resource, config, container, component="train", volumes=volumes,
-                                     restart_policy="Never", role="master", attempt=attempt),
+                                     restart_policy="Never", role="master", attempt=attempt,
+                                     service_account=identity_name(resource)),
         }
     }
     if res.nodes > 1:
@@ -102,7 +104,8 @@ def build_pytorchjob(resource: Any, config: OperatorConfig, claims: list[str], a
             "replicas": res.nodes - 1,
             "restartPolicy": "Never",
             "template": pod_template(resource, config, container, component="train", volumes=volumes,
-                                     restart_policy="Never", role="worker", attempt=attempt),
+                                     restart_policy="Never", role="worker", attempt=attempt,
+                                     service_account=identity_name(resource)),
         }
     run_policy: dict[str, Any] = {"backoffLimit": config.workloads.backoff_limit, "cleanPodPolicy": "None"}
     if config.workloads.ttl_seconds_after_finished is not None:
@@ -134,7 +137,7 @@ def build_trainjob(resource: Any, config: OperatorConfig, claims: list[str], att
         trainer["resourcesPerNode"] = compute
     override: dict[str, Any] = {
         "targetJobs": [{"name": "node"}],
-        "serviceAccountName": config.workloads.service_account,
+        "serviceAccountName": identity_name(resource),
         "volumes": volumes,
         "containers": [{"name": "node", "volumeMounts": mounts}],
     }
@@ -174,7 +177,8 @@ def build_job(resource: Any, config: OperatorConfig, claims: list[str], attempt:
         "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
             "containerName": "worker", "operator": "In", "values": [int(ExitCode.BAD_INPUT)]}}]},
         "template": pod_template(resource, config, container, component=component, volumes=volumes,
-                                 restart_policy="Never", role="master", attempt=attempt),
+                                 restart_policy="Never", role="master", attempt=attempt,
+                                     service_account=identity_name(resource)),
     }
     if config.workloads.ttl_seconds_after_finished is not None:
         spec["ttlSecondsAfterFinished"] = config.workloads.ttl_seconds_after_finished

@@ -110,8 +110,6 @@ def reconcile_run(body: Obj, kube: KubeApi, config: OperatorConfig, now: str) ->
         if wait > 0:
             return p.outcome(min(wait, config.reconcile.requeue_seconds))
 
-    if config.workloads.manage_service_account:
-        kube.ensure_workload_identity(ns, config.workloads.service_account, config.workloads.cluster_role)
     children = render_children(res, config, resolved_model=resolved, parent=dict(parent.run) if parent.run else None,
                                artifact_format=parent.artifact_format, attempt=restarts)
     names: list[str] = []
