@@ -388,7 +388,7 @@ BAD_VALUES = [
     ("typo in operator config", "operator.config.images.workolad=x", "/operator/config/images", "'workolad' not allowed"),
     ("operator config range", "operator.config.workloads.reportIntervalSeconds=0", "/operator/config/workloads/reportIntervalSeconds", "minimum"),
     ("operator config enum", "operator.config.serving.serviceType=Ingress", "/operator/config/serving/serviceType", "one of"),
-    ("namespace not a DNS label", "workloads.namespaces={Team_A}", "/workloads/namespaces/0", "does not match pattern"),
+    ("name not a DNS label", "serviceAccount.name=Bad_Name", "/serviceAccount/name", "does not match pattern"),
     ("interval without unit", "monitoring.serviceMonitor.interval=30", "/monitoring/serviceMonitor/interval", "string"),
     ("port out of range", "operator.healthPort=70000", "/operator/healthPort", "maximum"),
 ]
