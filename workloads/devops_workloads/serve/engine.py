@@ -291,7 +291,19 @@ class BatchingEngine:
         return new
 
     def _admit(self, reqs: list[GenerationRequest]) -> None:
-        """Prefill new requests together and merge them into the running batch."""
+        """Prefill new requests together and merge them into the running batch. A request that
+        scores its prompt needs the logits of every prompt position (prompt length × vocabulary),
+        so it is prefilled on its own: that memory is one prompt's, never a whole batch's."""
+        scoring = [r for r in reqs if r.params.prompt_logprobs is not None]
+        if not scoring or len(reqs) == 1:
+            return self._prefill(reqs)
+        for r in scoring:
+            self._prefill([r])
+        rest = [r for r in reqs if r.params.prompt_logprobs is None]
+        if rest:
+            self._prefill(rest)
+
+    def _prefill(self, reqs: list[GenerationRequest]) -> None:
         torch = self.torch
         reqs = [r for r in reqs if not r.cancelled]
         if not reqs:
