@@ -1,7 +1,7 @@
 """Benchmark: the built-in server under 1, 4 and 16 concurrent clients vs ``transformers serve
 --continuous-batching`` and sequential ``generate``.
 
-    .venv/bin/python bench/serve.py            # writes bench/results/serve.json (~6 minutes on 2 cores)
+    .venv/bin/python bench/serve.py            # writes bench/results/serve.json (10-20 minutes on 2 busy cores)
     .venv/bin/python bench/serve.py --quick    # fewer requests per level, for a first look
 
 What a user would do without the built-in server is call ``model.generate`` once per request,
@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 NEW_TOKENS = 32
 LEVELS = (1, 4, 16)
 REQUESTS = {1: 6, 4: 12, 16: 32}  # per level, so every level runs a few seconds
+REQUEST_TIMEOUT = 180  # s: a request that gets no byte for this long counts as failed
 PROMPTS = [
     "如何排查 Pod 一直处于 CrashLoopBackOff？",
     "How do I roll back a Kubernetes Deployment?",
@@ -97,11 +98,12 @@ def drive(url: str, clients: int, total: int, model: str | None = None) -> dict:
 
     ttfts: list[float] = []
     tokens = [0]
+    failures: list[str] = []
     lock = threading.Lock()
     counter = iter(range(total))
 
     def worker(wid: int) -> None:
-        with httpx.Client(timeout=300) as http:
+        with httpx.Client(timeout=REQUEST_TIMEOUT) as http:
             while True:
                 with lock:
                     i = next(counter, None)
@@ -116,7 +118,14 @@ def drive(url: str, clients: int, total: int, model: str | None = None) -> dict:
                 t0 = time.perf_counter()
                 first = None
                 chunks, used = 0, None
-                with http.stream("POST", url + "/v1/chat/completions", json=body) as r:
+                try:
+                    stream = http.stream("POST", url + "/v1/chat/completions", json=body)
+                    r = stream.__enter__()
+                except httpx.HTTPError as exc:
+                    with lock:
+                        failures.append(f"{type(exc).__name__}")
+                    continue
+                try:
                     r.raise_for_status()
                     for line in r.iter_lines():
                         if not line.startswith("data:") or line.strip() == "data: [DONE]":
@@ -129,6 +138,12 @@ def drive(url: str, clients: int, total: int, model: str | None = None) -> dict:
                                 first = time.perf_counter() - t0
                         if ev.get("usage"):
                             used = ev["usage"]["completion_tokens"]
+                except httpx.HTTPError as exc:  # a stalled or failing server: counted, not fatal
+                    with lock:
+                        failures.append(f"{type(exc).__name__}")
+                    continue
+                finally:
+                    stream.__exit__(None, None, None)
                 with lock:
                     tokens[0] += used if used is not None else chunks
                 with lock:
@@ -141,10 +156,12 @@ def drive(url: str, clients: int, total: int, model: str | None = None) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    done = total - len(failures)
     # the anchor counts chunks (one token each, or fewer when a token is only part of a character)
-    assert 0.9 * total * NEW_TOKENS <= tokens[0] <= total * NEW_TOKENS, (tokens[0], total * NEW_TOKENS)
-    return {"tokens_per_s": tokens[0] / wall, "ttft_mean": statistics.mean(ttfts),
-            "ttft_p50": statistics.median(ttfts), "wall_s": wall}
+    assert 0.9 * done * NEW_TOKENS <= tokens[0] <= done * NEW_TOKENS, (tokens[0], done * NEW_TOKENS)
+    return {"tokens_per_s": tokens[0] / wall if done else None, "ttft_mean": statistics.mean(ttfts) if ttfts else None,
+            "ttft_p50": statistics.median(ttfts) if ttfts else None, "wall_s": wall, "failed": len(failures),
+            "failures": sorted(set(failures))}
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -249,19 +266,25 @@ def main() -> int:
             "notes": f"built-in server over loopback HTTP+SSE, continuous batching; {requests[c]} requests in {ours[c]['wall_s']:.1f}s",
         })
     for c in LEVELS:
+        t, o = tf[c], ours[c]
+        failed = (f"; anchor: {t['failed']} of {requests[c]} requests failed ({', '.join(t['failures'])} after "
+                  f"{REQUEST_TIMEOUT}s without a byte)") if t["failed"] else ""
         rows.append({
             "figure": f"chat throughput vs transformers serve, {c} concurrent client{'s' if c > 1 else ''} ({NEW_TOKENS} new tokens each)",
-            "ours": round(ours[c]["tokens_per_s"], 1), "anchor_name": tf_name,
-            "anchor": round(tf[c]["tokens_per_s"], 1), "ratio": round(ours[c]["tokens_per_s"] / tf[c]["tokens_per_s"], 2),
+            "ours": round(o["tokens_per_s"], 1), "anchor_name": tf_name,
+            "anchor": round(t["tokens_per_s"], 1) if t["tokens_per_s"] else None,
+            "ratio": round(o["tokens_per_s"] / t["tokens_per_s"], 2) if t["tokens_per_s"] else None,
             "unit": "tokens/s",
-            "notes": f"both over loopback HTTP+SSE, same client; {requests[c]} requests: ours {ours[c]['wall_s']:.1f}s, "
-                     f"anchor {tf[c]['wall_s']:.1f}s",
+            "notes": f"both over loopback HTTP+SSE, same client; {requests[c]} requests: ours {o['wall_s']:.1f}s, "
+                     f"anchor {t['wall_s']:.1f}s{failed}",
         })
         rows.append({
             "figure": f"time to first token vs transformers serve, {c} concurrent client{'s' if c > 1 else ''} (mean)",
-            "ours": round(ours[c]["ttft_mean"], 3), "anchor_name": tf_name,
-            "anchor": round(tf[c]["ttft_mean"], 3), "ratio": round(tf[c]["ttft_mean"] / ours[c]["ttft_mean"], 2),
-            "unit": "s", "notes": f"p50 ours {ours[c]['ttft_p50']:.3f}s, anchor {tf[c]['ttft_p50']:.3f}s, measured by the client",
+            "ours": round(o["ttft_mean"], 3), "anchor_name": tf_name,
+            "anchor": round(t["ttft_mean"], 3) if t["ttft_mean"] else None,
+            "ratio": round(t["ttft_mean"] / o["ttft_mean"], 2) if t["ttft_mean"] else None,
+            "unit": "s", "notes": (f"p50 ours {o['ttft_p50']:.3f}s" + (f", anchor {t['ttft_p50']:.3f}s" if t["ttft_p50"] else "")
+                                   + f", measured by the client{failed}"),
         })
     rows.append({
         "figure": "server peak resident memory after 1/4/16 clients",
