@@ -5,6 +5,9 @@ headless Chromium driven over the DevTools protocol.
   engine) on 127.0.0.1 and waits for /health; the process is stopped at the end of the test session.
 * ``bpe_server``: the tiny BPE model, --max-concurrency 4, with a lineage file (session).
 * ``qwen_server``: the tiny model with the real Qwen tokenizer, behind an API key (session).
+* ``tiny_qwen25`` / ``qwen25_server``: the same model with Qwen2.5-Instruct's chat template (tools
+  in the system turn, ``<tool_call>`` answers), copied from the released tokenizer_config.json
+  (Apache-2.0) into ``tests/plugins/data/qwen2.5-instruct.jinja``.
 * ``chromium``: a fresh headless Chromium (Debian's ``chromium``) and a :class:`DevTools` session on a
   blank page. In CI (CI=true) a missing Chromium is a failure, elsewhere a skip that says how to get it.
 """
@@ -127,6 +130,23 @@ def qwen_server(start_server, tiny_qwen, tmp_path_factory):
     key = tmp_path_factory.mktemp("key") / "api-key"
     key.write_text(API_KEY + "\n")
     return start_server(tiny_qwen, "--api-key-file", str(key), name="tiny-qwen")
+
+
+QWEN25_TEMPLATE = Path(__file__).parent / "data" / "qwen2.5-instruct.jinja"
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen25(tiny_qwen, tmp_path_factory):
+    """The tiny Qwen model with Qwen2.5-Instruct's chat template (which renders tools)."""
+    dest = tmp_path_factory.mktemp("tiny-qwen25") / "model"
+    shutil.copytree(tiny_qwen, dest)
+    (dest / "chat_template.jinja").write_text(QWEN25_TEMPLATE.read_text(encoding="utf-8"), encoding="utf-8")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def qwen25_server(start_server, tiny_qwen25):
+    return start_server(tiny_qwen25, "--max-concurrency", "8", name="tiny-qwen25")
 
 
 # ----------------------------------------------------------------------------- Chromium

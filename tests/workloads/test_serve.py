@@ -221,6 +221,164 @@ def test_overload_gets_429_and_the_server_recovers(bpe_server):
     assert health["status"] == "ok"
 
 
+# ----------------------------------------------------------------------------- every field honoured
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_qwen):
+    """Log-probabilities straight from transformers, to compare the server's with."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen, dtype=torch.float32).eval()
+
+    def logprobs(ids):
+        with torch.inference_mode():
+            lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        return lp  # [len(ids), vocab]: row j is the distribution of token j + 1
+
+    logprobs.tokenizer = tok
+    return logprobs
+
+
+def test_echo_with_logprobs_scores_the_prompt_like_transformers(qwen25_server, scorer):
+    """Prompt scoring (max_tokens 0, echo, logprobs): every prompt token's log-probability, as a
+    forward pass of transformers computes it; token-id prompts and lists of them, one choice each."""
+    tok = scorer.tokenizer
+    texts = ["Kubernetes 调度 Pod 到节点上", "kubectl rollout undo deployment/web"]
+    ids = [tok(t, add_special_tokens=False).input_ids for t in texts]
+    r = httpx.post(qwen25_server.url + "/v1/completions", timeout=60,
+                   json={"prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 2, "temperature": 0}).json()
+    assert [c["index"] for c in r["choices"]] == [0, 1]
+    assert r["usage"] == {"prompt_tokens": sum(map(len, ids)), "completion_tokens": 0, "total_tokens": sum(map(len, ids))}
+    for choice, text, prompt_ids in zip(r["choices"], texts, ids):
+        lp = choice["logprobs"]
+        assert choice["text"] == text and choice["finish_reason"] == "length"
+        assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+        assert len(lp["token_logprobs"]) == len(prompt_ids)
+        expected = scorer(prompt_ids)
+        for j in range(1, len(prompt_ids)):
+            assert lp["token_logprobs"][j] == pytest.approx(float(expected[j - 1, prompt_ids[j]]), abs=1e-4)
+            best = float(expected[j - 1].max())
+            assert max(lp["top_logprobs"][j].values()) == pytest.approx(best, abs=1e-4)
+            assert 2 <= len(lp["top_logprobs"][j]) <= 3  # the top 2, plus the prompt's own token when it is not among them
+        if text.isascii():  # a token that holds part of a UTF-8 character shows as U+FFFD alone
+            assert "".join(lp["tokens"]) == text
+        assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:k]) for k in range(len(prompt_ids))]
+    # the same as text, one generated token (what lm-evaluation-harness sends): prompt logprobs equal
+    one = httpx.post(qwen25_server.url + "/v1/completions", timeout=60,
+                     json={"prompt": texts[0], "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0}).json()
+    lp = one["choices"][0]["logprobs"]
+    assert lp["token_logprobs"][:len(ids[0])] == pytest.approx(r["choices"][0]["logprobs"]["token_logprobs"], abs=1e-5)
+    assert len(lp["tokens"]) == len(ids[0]) + 1
+    # the generated token is the greedy one, and its logprob is the top one
+    assert lp["token_logprobs"][-1] == pytest.approx(max(lp["top_logprobs"][-1].values()), abs=1e-6)
+
+
+def test_prompt_lists_and_token_ids_answer_like_single_text_prompts(bpe_server):
+    url = bpe_server.url + "/v1/completions"
+    prompts = ["kubectl get pods", "Prometheus scrapes"]
+    single = [httpx.post(url, json={"prompt": p, "max_tokens": 6, "temperature": 0}, timeout=60).json()["choices"][0]["text"]
+              for p in prompts]
+    both = httpx.post(url, json={"prompt": prompts, "max_tokens": 6, "temperature": 0}, timeout=60).json()
+    assert [c["text"] for c in sorted(both["choices"], key=lambda c: c["index"])] == single
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(bpe_server.model)(prompts[0], add_special_tokens=False).input_ids
+    as_ids = httpx.post(url, json={"prompt": ids, "max_tokens": 6, "temperature": 0}, timeout=60).json()
+    assert as_ids["choices"][0]["text"] == single[0]
+    with httpx.stream("POST", url, json={"prompt": prompts, "max_tokens": 6, "temperature": 0, "stream": True}, timeout=60) as r:
+        events = sse_events(r)
+    streamed = ["", ""]
+    for e in events[:-1]:
+        for c in e["choices"]:
+            streamed[c["index"]] += c["text"]
+    assert streamed == single and events[-1] == "[DONE]"
+
+
+def test_chat_logprobs_and_top_logprobs(qwen25_server, tiny_qwen25, scorer):
+    client = client_for(qwen25_server)
+    messages = [{"role": "user", "content": "什么是 Service？"}]
+    res = client.chat.completions.create(model="x", messages=messages, max_tokens=4, temperature=0, logprobs=True,
+                                         top_logprobs=3, extra_body={"ignore_eos": True})
+    content = res.choices[0].logprobs.content
+    assert len(content) == 4 and "".join(c.token for c in content) == res.choices[0].message.content
+    for c in content:
+        assert len(c.top_logprobs) == 3
+        assert c.logprob == pytest.approx(c.top_logprobs[0].logprob, abs=1e-6)  # greedy: the chosen one is the top one
+        assert bytes(c.bytes).decode("utf-8", "replace") == c.token
+    # the first token's log-probability is transformers' own for that prompt
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen25)
+    ids = tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), add_special_tokens=False).input_ids
+    first = scorer(ids)[-1]
+    assert content[0].logprob == pytest.approx(float(first.max()), abs=1e-4)
+    streamed = list(client.chat.completions.create(model="x", messages=messages, max_tokens=4, temperature=0, logprobs=True,
+                                                   stream=True, extra_body={"ignore_eos": True}))
+    lps = [lp.logprob for ch in streamed if ch.choices and ch.choices[0].logprobs for lp in ch.choices[0].logprobs.content]
+    assert lps == pytest.approx([c.logprob for c in content], abs=1e-6)
+
+
+def test_logit_bias_moves_greedy_decoding(bpe_server):
+    url = bpe_server.url + "/v1/completions"
+    body = {"prompt": "Kubernetes", "max_tokens": 3, "temperature": 0, "logprobs": 0, "ignore_eos": True}
+    plain = httpx.post(url, json=body, timeout=60).json()["choices"][0]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bpe_server.model)
+    # the greedy first token's id, from the TGI route's details
+    first = httpx.post(bpe_server.url + "/generate", json={"inputs": "Kubernetes", "parameters": {"max_new_tokens": 1, "details": True}},
+                       timeout=60).json()["details"]["tokens"][0]["id"]
+    assert tok.decode([first]) == plain["logprobs"]["tokens"][0]
+    banned = httpx.post(url, json={**body, "logit_bias": {str(first): -100}}, timeout=60).json()["choices"][0]
+    assert banned["logprobs"]["tokens"][0] != plain["logprobs"]["tokens"][0]
+    target = tok("pod", add_special_tokens=False).input_ids[0]
+    forced = httpx.post(url, json={**body, "logit_bias": {str(target): 100}}, timeout=60).json()["choices"][0]
+    assert forced["text"] == tok.decode([target]) * 3
+
+
+def test_developer_role_tool_turns_and_any_model_name(qwen25_server, tiny_qwen25):
+    """developer is rendered as system; an assistant turn with content null and tool_calls, and the
+    tool's answer, reach the chat template; any model name means the one served."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen25)
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_pods", "arguments": '{"ns": "prod"}'}}
+    messages = [{"role": "developer", "content": "你是 SRE 助手。"}, {"role": "user", "content": "prod 有几个 Pod？"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "content": "3", "tool_call_id": "call_1"}]
+    res = client_for(qwen25_server).chat.completions.create(model="placeholder-name", messages=messages, max_tokens=1)
+    rendered = tok.apply_chat_template(
+        [{"role": "system", "content": "你是 SRE 助手。"}, messages[1],
+         {"role": "assistant", "content": "", "tool_calls": [{**call, "function": {"name": "get_pods", "arguments": {"ns": "prod"}}}]},
+         {"role": "tool", "content": "3"}], tokenize=False, add_generation_prompt=True)
+    assert '<tool_call>\n{"name": "get_pods", "arguments": {"ns": "prod"}}\n</tool_call>' in rendered
+    assert "<tool_response>\n3\n</tool_response>" in rendered and "你是 SRE 助手。" in rendered
+    assert res.usage.prompt_tokens == len(tok(rendered, add_special_tokens=False).input_ids)
+    assert res.model == "tiny-qwen25"
+
+
+def test_strict_model_name_refuses_other_names(start_server, tiny_bpe):
+    strict = start_server(tiny_bpe, "--strict-model-name", name="only-me")
+    r = httpx.post(strict.url + CHAT, json={"messages": USER, "model": "gpt-4", "max_tokens": 1}, timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model" and "only-me" in r.json()["error"]["message"]
+    ok = httpx.post(strict.url + CHAT, json={"messages": USER, "model": "only-me", "max_tokens": 1}, timeout=30)
+    assert ok.status_code == 200
+
+
+def test_model_by_id_and_unknown_routes_answer_in_openai_shape(bpe_server):
+    assert client_for(bpe_server).models.retrieve("tiny-bpe").id == "tiny-bpe"
+    with pytest.raises(openai.NotFoundError):
+        client_for(bpe_server).models.retrieve("gpt-4")
+    for method, path, status in (("GET", "/v1/nope", 404), ("POST", "/v1/embeddings", 404), ("GET", "/v1/chat/completions", 405)):
+        r = httpx.request(method, bpe_server.url + path, timeout=30)
+        assert r.status_code == status
+        err = r.json()["error"]
+        assert err["type"] == "invalid_request_error" and path in err["message"], err
+
+
 # ----------------------------------------------------------------------------- TGI API
 
 
@@ -317,10 +475,37 @@ MALFORMED = [
     ("empty-stop", CHAT, {"messages": USER, "stop": ""}, 400, "stop"),
     ("presence-penalty", CHAT, {"messages": USER, "presence_penalty": 3}, 400, "presence_penalty"),
     ("stream-not-bool", CHAT, {"messages": USER, "stream": "yes"}, 400, "stream"),
-    ("unknown-model", CHAT, {"messages": USER, "model": "gpt-4"}, 404, "model"),
+    ("unknown-parameter", CHAT, {"messages": USER, "frobnicate": True}, 400, "frobnicate"),
+    ("legacy-functions", CHAT, {"messages": USER, "functions": [{"name": "f"}]}, 400, "functions"),
+    ("top-logprobs-without-logprobs", CHAT, {"messages": USER, "top_logprobs": 2}, 400, "top_logprobs"),
+    ("top-logprobs-too-many", CHAT, {"messages": USER, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
+    ("logit-bias-key-not-id", CHAT, {"messages": USER, "logit_bias": {"abc": 1}}, 400, "logit_bias"),
+    ("logit-bias-too-big", CHAT, {"messages": USER, "logit_bias": {"5": 101}}, 400, "logit_bias"),
+    ("logit-bias-past-vocab", CHAT, {"messages": USER, "logit_bias": {"99999999": 1}}, 400, "logit_bias"),
+    ("user-content-null", CHAT, {"messages": [{"role": "user", "content": None}]}, 400, "messages[0]"),
+    ("tool-calls-on-user", CHAT, {"messages": [{"role": "user", "content": "x", "tool_calls": [
+        {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}, 400, "messages[0]"),
+    ("tool-call-arguments-not-json", CHAT, {"messages": [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": "{x"}}]},
+        {"role": "tool", "content": "1", "tool_call_id": "a"}]}, 400, "messages[0].tool_calls[0].function.arguments"),
+    ("tools-without-template-support", CHAT, {"messages": USER, "tools": [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, 400, "tools"),
+    ("tool-choice-without-tools", CHAT, {"messages": USER, "tool_choice": "required"}, 400, "tool_choice"),
+    ("tool-choice-unknown-tool", CHAT, {"messages": USER, "tool_choice": {"type": "function", "function": {"name": "g"}},
+                                        "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tool_choice"),
+    ("response-format-unknown", CHAT, {"messages": USER, "response_format": {"type": "yaml"}}, 400, "response_format.type"),
+    ("response-format-schema-missing", CHAT, {"messages": USER, "response_format": {"type": "json_schema"}}, 400, "response_format"),
+    ("response-format-bad-schema", CHAT, {"messages": USER, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "no-such-type"}}}}}}, 400,
+        "response_format.json_schema.schema"),
     ("prompt-too-long", CHAT, {"messages": [{"role": "user", "content": "kubectl " * 3000}]}, 400, "messages"),
     ("completion-no-prompt", "/v1/completions", {"max_tokens": 3}, 400, "prompt"),
-    ("completion-two-prompts", "/v1/completions", {"prompt": ["a", "b"]}, 400, "prompt"),
+    ("completion-empty-prompt-in-list", "/v1/completions", {"prompt": ["a", ""]}, 400, "prompt"),
+    ("completion-token-past-vocab", "/v1/completions", {"prompt": [1, 2, 10**9]}, 400, "prompt"),
+    ("completion-suffix", "/v1/completions", {"prompt": "a", "suffix": "b"}, 400, "suffix"),
+    ("completion-best-of", "/v1/completions", {"prompt": "a", "best_of": 3}, 400, "best_of"),
+    ("completion-logprobs-too-many", "/v1/completions", {"prompt": "a", "logprobs": 50}, 400, "logprobs"),
+    ("completion-negative-max-tokens", "/v1/completions", {"prompt": "a", "max_tokens": -1}, 400, "max_tokens"),
     ("tgi-no-inputs", "/generate", {"parameters": {}}, 422, None),
     ("tgi-bad-top-p", "/generate", {"inputs": "x", "parameters": {"top_p": 2}}, 422, None),
     ("tgi-negative-tokens", "/generate_stream", {"inputs": "x", "parameters": {"max_new_tokens": -1}}, 422, None),

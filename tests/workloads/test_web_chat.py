@@ -25,7 +25,7 @@ window.__seen = [];
 new MutationObserver(() => {
   const bubbles = document.querySelectorAll('.msg.assistant');
   if (!bubbles.length) return;
-  const text = bubbles[bubbles.length - 1].textContent;
+  const b = bubbles[bubbles.length - 1], text = b.dataset.markdown ?? b.textContent;
   if (window.__seen[window.__seen.length - 1] !== text) window.__seen.push(text);
 }).observe(document.getElementById('messages'), {childList: true, subtree: true, characterData: true});
 true
@@ -39,7 +39,7 @@ def type_and_send(page, text: str) -> None:
 
 def last_answer(page, n: int) -> str:
     page.wait_for(f"document.querySelectorAll('.msg.assistant[data-done=\"true\"]').length >= {n}", timeout=90)
-    return page.eval("Array.from(document.querySelectorAll('.msg.assistant')).pop().textContent")
+    return page.eval("(b => b.dataset.markdown ?? b.textContent)(Array.from(document.querySelectorAll('.msg.assistant')).pop())")
 
 
 def api_answer(server, messages, max_tokens, key=None) -> str:
@@ -130,3 +130,51 @@ def test_web_page_is_self_contained():
     html = WEB_PAGE.read_text(encoding="utf-8")
     for marker in ("http://", "https://", "//cdn", "<link ", "src="):
         assert marker not in html, f"the web page refers to an external resource: {marker}"
+
+
+MARKDOWN = """# Rollback
+
+Run `kubectl rollout undo` **now**, then *watch*:
+
+```bash
+kubectl rollout status deploy/web <script>window.__pwned = 1</script>
+```
+
+1. check [the runbook](https://example.invalid/runbook)
+2. tell [nobody](javascript:window.__pwned=2)
+
+- <img src=x onerror="window.__pwned=3"> stays text
+> quoted <b>bold?</b>
+"""
+
+
+def test_answers_render_as_markdown_and_html_in_them_stays_text(chromium, bpe_server):
+    """The page's own renderer (no library, no CDN): structure from Markdown, and every piece of
+    HTML or javascript: link in a model's answer shown as text, never run."""
+    page = chromium
+    page.navigate(bpe_server.url + "/")
+    dom = page.eval(f"""(() => {{
+        const root = renderMarkdown({json.dumps(MARKDOWN)});
+        document.getElementById('messages').appendChild(root);
+        const q = s => Array.from(root.querySelectorAll(s));
+        return {{
+          h1: q('h1').map(e => e.textContent), code: q('p code').map(e => e.textContent), strong: q('strong').map(e => e.textContent),
+          em: q('em').map(e => e.textContent), pre: q('pre code').map(e => [e.dataset.lang, e.textContent]),
+          ol: q('ol li').length, ul: q('ul li').map(e => e.textContent), links: q('a').map(e => [e.textContent, e.getAttribute('href'), e.rel]),
+          quote: q('blockquote').map(e => e.textContent), elements: q('*').map(e => e.tagName.toLowerCase()),
+          handlers: q('*').filter(e => Array.from(e.attributes).some(a => a.name.startsWith('on'))).length,
+        }};
+    }})()""")
+    assert dom["h1"] == ["Rollback"]
+    assert dom["code"] == ["kubectl rollout undo"] and dom["strong"] == ["now"] and dom["em"] == ["watch"]
+    assert dom["pre"] == [["bash", "kubectl rollout status deploy/web <script>window.__pwned = 1</script>"]]
+    assert dom["ol"] == 2
+    assert dom["links"] == [["the runbook", "https://example.invalid/runbook", "noopener noreferrer"]]
+    assert '<img src=x onerror="window.__pwned=3"> stays text' in dom["ul"]
+    assert dom["quote"] == ["quoted <b>bold?</b>"]
+    assert not {"script", "img", "b"} & set(dom["elements"]) and dom["handlers"] == 0
+    page.eval("new Promise(r => setTimeout(r, 300))")  # an onerror would have fired by now
+    assert page.eval("window.__pwned === undefined")
+    # the page loads nothing from elsewhere: its policy allows only its own origin
+    csp = page.eval("document.querySelector('meta[http-equiv=\"Content-Security-Policy\"]').content")
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp

@@ -63,6 +63,8 @@ def register(sub) -> None:
     p.add_argument("--lineage-file", type=Path, default=None,
                    help="JSON with lineage and exam scores, shown by the web chat and /v1/info")
     p.add_argument("--no-ui", action="store_true", help="do not serve the web chat at /")
+    p.add_argument("--strict-model-name", action="store_true",
+                   help="answer 404 to a request naming another model (default: any name means the one served, as TGI)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="default: bfloat16 on GPU, float32 on CPU")
@@ -109,6 +111,7 @@ def config_from_args(args):
         device=args.device,
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,
+        strict_model_name=args.strict_model_name,
     )
 
 

@@ -54,6 +54,16 @@ class SamplingParams:
     seed: int | None = None
     #: Keep generating past end-of-sequence tokens (vLLM's ignore_eos; benchmarks and load tests).
     ignore_eos: bool = False
+    #: Report the log-probability of each generated token under the model's raw distribution, with
+    #: this many most likely alternatives (None = off; 0 = the chosen token only).
+    logprobs: int | None = None
+    #: The same for every prompt token after the first (prompt scoring: ``echo`` + ``logprobs``).
+    prompt_logprobs: int | None = None
+    #: Added to the logits of these token ids before sampling (OpenAI's logit_bias, -100..100).
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    #: Constrained decoding: an object with ``mask(logits_row)`` (disallowed ids to -inf in place),
+    #: ``accept(token_id) -> bool`` and ``finished`` (see guided.py); None = free text.
+    constraint: Any = None
 
     @property
     def greedy(self) -> bool:
@@ -73,6 +83,13 @@ class Event:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    #: With ``SamplingParams.logprobs``: the chosen token's raw log-probability and the top
+    #: alternatives as (token id, log-probability), most likely first.
+    raw_logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    #: On the first event, with ``SamplingParams.prompt_logprobs``: one entry per prompt token,
+    #: (token id, log-probability or None for the first token, top alternatives or None).
+    prompt_logprobs: list[tuple[int, float | None, list[tuple[int, float]] | None]] | None = None
 
 
 class GenerationRequest:
@@ -86,6 +103,7 @@ class GenerationRequest:
         self.generated: list[int] = []
         self.emitted = 0  # characters of the visible text already sent
         self.generator = None
+        self.prompt_logprobs = None  # computed at prefill when asked for
 
     def cancel(self) -> None:
         """The client went away: the loop drops the sequence at its next step."""
@@ -273,7 +291,19 @@ class BatchingEngine:
         return new
 
     def _admit(self, reqs: list[GenerationRequest]) -> None:
-        """Prefill new requests together and merge them into the running batch."""
+        """Prefill new requests together and merge them into the running batch. A request that
+        scores its prompt needs the logits of every prompt position (prompt length × vocabulary),
+        so it is prefilled on its own: that memory is one prompt's, never a whole batch's."""
+        scoring = [r for r in reqs if r.params.prompt_logprobs is not None]
+        if not scoring or len(reqs) == 1:
+            return self._prefill(reqs)
+        for r in scoring:
+            self._prefill([r])
+        rest = [r for r in reqs if r.params.prompt_logprobs is None]
+        if rest:
+            self._prefill(rest)
+
+    def _prefill(self, reqs: list[GenerationRequest]) -> None:
         torch = self.torch
         reqs = [r for r in reqs if not r.cancelled]
         if not reqs:
@@ -292,27 +322,55 @@ class BatchingEngine:
 
         cache = DynamicCache(config=self.model.config)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self._forward(ids, mask, position_ids, cache)
+        scoring = any(r.params.prompt_logprobs is not None for r in reqs)
+        out = self._forward(ids, mask, position_ids, cache, all_logits=scoring)
+        if scoring:
+            for i, r in enumerate(reqs):
+                if r.params.prompt_logprobs is not None:
+                    n = len(r.prompt_ids)
+                    r.prompt_logprobs = self._prompt_logprobs(out.logits[i, width - n:-1], r.prompt_ids, r.params.prompt_logprobs)
         logits = out.logits[:, -1, :]
-        tokens, logprobs = self._sample(logits, reqs)
-        keep = [i for i, r in enumerate(reqs) if not self._emit(r, int(tokens[i]), float(logprobs[i]))]
+        # max_tokens 0 (prompt scoring): done after the prefill, nothing is sampled
+        done = [i for i, r in enumerate(reqs) if r.params.max_tokens == 0]
+        for i in done:
+            r = reqs[i]
+            r.sink(Event(finish_reason="length", full_text="", prompt_tokens=len(r.prompt_ids), completion_tokens=0,
+                         prompt_logprobs=r.prompt_logprobs))
+        live = [i for i in range(len(reqs)) if i not in set(done)]
+        if not live:
+            return
+        sampled = self._sample(logits[live], [reqs[i] for i in live])
+        keep = [i for j, i in enumerate(live) if not self._emit(reqs[i], *sampled[j])]
         if not keep:
             return
+        tokens = torch.tensor([sampled[live.index(i)][0] for i in keep], dtype=torch.long)
         if len(keep) < len(reqs):
             cache.batch_select_indices(torch.tensor(keep, device=self.device))
             mask = mask[keep]
-            tokens = tokens[keep]
         reqs = [reqs[i] for i in keep]
         if not self._rows:
             self._rows, self._cache, self._mask, self._pending = reqs, cache, mask, tokens.to(self.device)
             return
         self._merge(reqs, cache, mask, tokens.to(self.device))
 
-    def _forward(self, ids, mask, position_ids, cache):
+    def _prompt_logprobs(self, rows, prompt_ids: list[int], top: int):
+        """Log-probability of each prompt token given the ones before it (the first has none)."""
+        torch = self.torch
+        lp = torch.log_softmax(rows.float(), dim=-1)  # [n-1, vocab]: row j predicts token j+1
+        nxt = torch.tensor(prompt_ids[1:], device=lp.device, dtype=torch.long)
+        chosen = lp.gather(1, nxt.view(-1, 1)).squeeze(1).tolist()
+        if top > 0:
+            vals, idx = torch.topk(lp, top, dim=-1)
+            tops = [list(zip(i.tolist(), v.tolist())) for i, v in zip(idx, vals)]
+        else:
+            tops = [[] for _ in chosen]
+        return [(prompt_ids[0], None, None)] + [(t, c, k) for t, c, k in zip(prompt_ids[1:], chosen, tops)]
+
+    def _forward(self, ids, mask, position_ids, cache, all_logits: bool = False):
         # The cache object is updated in place; transformers 5 names the argument ``cache``
         # (``past_key_values`` is deprecated there), older or remote-code models still use the old name.
         kwargs = {"cache" if self._cache_arg_is_cache else "past_key_values": cache}
-        if self._logits_to_keep:
+        if self._logits_to_keep and not all_logits:
             kwargs["logits_to_keep"] = 1
         return self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **kwargs)
 
@@ -353,9 +411,9 @@ class BatchingEngine:
         self.stats.steps += 1
         if self.stats.on_step:
             self.stats.on_step(n)
-        tokens, logprobs = self._sample(out.logits[:, -1, :], self._rows)
-        keep = [i for i, r in enumerate(self._rows) if not self._emit(r, int(tokens[i]), float(logprobs[i]))]
-        self._pending = tokens.to(self.device)
+        sampled = self._sample(out.logits[:, -1, :], self._rows)
+        keep = [i for i, r in enumerate(self._rows) if not self._emit(r, *sampled[i])]
+        self._pending = torch.tensor([t for t, *_ in sampled], dtype=torch.long, device=self.device)
         if len(keep) < n:
             self._select(keep)
 
@@ -379,13 +437,16 @@ class BatchingEngine:
                 layer.values = layer.values[..., start:, :]
 
     # ------------------------------------------------------------------ sampling
-    def _sample(self, logits, reqs: list[GenerationRequest]):
-        """Next token and its log-probability for each row, each with its own parameters."""
+    def _sample(self, logits, reqs: list[GenerationRequest]) -> list[tuple]:
+        """For each row, with that row's own parameters: (token, log-probability under the processed
+        distribution, raw log-probability or None, top alternatives or None)."""
         torch = self.torch
         logits = logits.float()
         logits = torch.nan_to_num(logits, nan=0.0, posinf=torch.finfo(logits.dtype).max, neginf=torch.finfo(logits.dtype).min)
         if logits.shape[-1] > self.vocab_limit:
             logits[:, self.vocab_limit:] = -math.inf
+        # logprobs are reported from the model's raw distribution (as vLLM), before any processing
+        raw = torch.log_softmax(logits, -1) if any(r.params.logprobs is not None for r in reqs) else None
         for i, r in enumerate(reqs):
             p = r.params
             if p.repetition_penalty != 1.0:
@@ -395,8 +456,12 @@ class BatchingEngine:
             if (p.presence_penalty or p.frequency_penalty) and r.generated:
                 ids, counts = torch.tensor(r.generated, device=logits.device).unique(return_counts=True)
                 logits[i, ids] -= p.presence_penalty + p.frequency_penalty * counts.float()
-        tokens = torch.empty(len(reqs), dtype=torch.long, device=logits.device)
-        logprobs = torch.empty(len(reqs), dtype=torch.float32, device=logits.device)
+            if p.logit_bias:
+                ids = torch.tensor(list(p.logit_bias), device=logits.device, dtype=torch.long)
+                logits[i, ids] += torch.tensor(list(p.logit_bias.values()), device=logits.device)
+            if p.constraint is not None:
+                p.constraint.mask(logits[i])
+        out = []
         for i, r in enumerate(reqs):
             p = r.params
             row = logits[i]
@@ -418,12 +483,20 @@ class BatchingEngine:
                 gen = r.generator
                 tok = int(torch.multinomial(probs.cpu() if gen is not None else probs, 1, generator=gen)[0])
                 lp = torch.log(probs[tok].clamp_min(1e-30))
-            tokens[i] = tok
-            logprobs[i] = lp
-        return tokens, logprobs
+            raw_lp, top = None, None
+            if p.logprobs is not None:
+                raw_lp = float(raw[i, tok])
+                if p.logprobs > 0:
+                    vals, idx = torch.topk(raw[i], p.logprobs)
+                    top = list(zip(idx.tolist(), vals.tolist()))
+                else:
+                    top = []
+            out.append((tok, float(lp), raw_lp, top))
+        return out
 
     # ------------------------------------------------------------------ output
-    def _emit(self, r: GenerationRequest, token: int, logprob: float) -> bool:
+    def _emit(self, r: GenerationRequest, token: int, logprob: float, raw_logprob: float | None = None,
+              top: list | None = None) -> bool:
         """Record a sampled token and send what became visible; True when the request finished."""
         if r.cancelled:
             return True
@@ -432,10 +505,14 @@ class BatchingEngine:
         p = r.params
         finish = None
         is_eos = token in self.eos_ids and not p.ignore_eos
+        if p.constraint is not None:
+            p.constraint.accept(token)
         if is_eos:
             finish = "stop"
         else:
             r.generated.append(token)
+            if p.constraint is not None and p.constraint.finished:
+                finish = "stop"  # the grammar is complete: nothing but end-of-sequence may follow
         text = self.tokenizer.decode(r.generated, skip_special_tokens=True)
         visible = text
         if p.stop:
@@ -460,7 +537,9 @@ class BatchingEngine:
             visible = text[: len(text) - hold]
         delta = visible[r.emitted:] if len(visible) > r.emitted else ""
         r.emitted = max(r.emitted, len(visible))
-        ev = Event(token_id=token, text=delta, logprob=logprob)
+        ev = Event(token_id=token, text=delta, logprob=logprob, raw_logprob=raw_logprob, top_logprobs=top)
+        if r.prompt_logprobs is not None:  # sent once, with the first token
+            ev.prompt_logprobs, r.prompt_logprobs = r.prompt_logprobs, None
         if finish is not None:
             ev.finish_reason = finish
             ev.full_text = visible

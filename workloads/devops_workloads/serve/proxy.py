@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# httpx2 is the HTTP client that openai and huggingface_hub (the serve extra) bring along
+# httpx2: the maintained HTTPX line that openai's client is built on; declared in the serve extra
 import httpx2 as httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
