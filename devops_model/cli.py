@@ -79,9 +79,12 @@ def _register_validate(sub) -> None:
         "validate",
         help="check resource files against the API (same rules as the API server)",
         description="Validate every resource in the files with the same schema and rules the API "
-        "server applies; print each problem with its field path.",
+        "server applies (the file read as kubectl reads it); print each problem with its field path. "
+        "--local checks for `devops-model run` instead, where file:// URIs are allowed.",
     )
     p.add_argument("-f", "--file", dest="files", action="append", required=True, help="resource YAML (repeatable, - for stdin)")
+    p.add_argument("--local", action="store_true",
+                   help="check for `devops-model run` on this machine instead of the API server (accepts file:// URIs)")
     p.set_defaults(func=_cmd_validate)
 
 
@@ -91,7 +94,7 @@ def _cmd_validate(args) -> int:
     bad = 0
     for f in args.files:
         try:
-            for res in load_resources(f):
+            for res in load_resources(f, cluster=not args.local):
                 print(f"{f}: {res.kind}/{res.metadata['name']} is valid")
         except InvalidResource as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -83,7 +83,7 @@ def test_unknown_kind_suggests_the_closest():
 def test_bad_metadata_name():
     obj = base("EvalRun")
     obj["metadata"]["name"] = "Bad_Name"
-    with pytest.raises(InvalidResource, match="metadata.name: must be a DNS label"):
+    with pytest.raises(InvalidResource, match="metadata.name: must start with a lowercase letter"):
         parse_resource(obj)
 
 
