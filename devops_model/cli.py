@@ -89,16 +89,25 @@ def _register_validate(sub) -> None:
 
 
 def _cmd_validate(args) -> int:
-    from devops_model.api.resource import InvalidResource, load_resources
+    from devops_model.api.resource import InvalidResource, load_documents, parse_resource
 
     bad = 0
     for f in args.files:
         try:
-            for res in load_resources(f, cluster=not args.local):
-                print(f"{f}: {res.kind}/{res.metadata['name']} is valid")
+            docs = load_documents(f)
         except InvalidResource as exc:
             print(f"error: {exc}", file=sys.stderr)
             bad += 1
+            continue
+        for doc in docs:  # every document is checked, as kubectl apply reports each one
+            meta = doc.get("metadata") if isinstance(doc, dict) else None
+            label = f"{doc.get('kind')}/{meta.get('name') if isinstance(meta, dict) else '?'}" if isinstance(doc, dict) else "?"
+            try:
+                res = parse_resource(doc, f"{f}: {label}", cluster=not args.local)
+                print(f"{f}: {res.kind}/{res.metadata['name']} is valid")
+            except InvalidResource as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                bad += 1
     return 1 if bad else 0
 
 

@@ -204,8 +204,8 @@ def root_rules(kind: str, *, immutable: bool = True) -> tuple[Rule, ...]:
         ),
         Rule(
             cel=f"size(self.metadata.name) <= {limit}",
-            message=f"a {kind} name has at most {limit} characters (the names of its children must stay "
-            "within 63; see docs/api.md)",
+            message=f"names of kind {kind} have at most {limit} characters (so that the names of its "
+            "children stay within 63; see docs/api.md)",
             check=lambda m: len(_name(m)) <= limit,
             field=".metadata.name",
         ),

@@ -45,12 +45,17 @@ def load_documents(path: str | Path) -> list[dict[str, Any]]:
         text = sys.stdin.read() if str(path) == "-" else Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidResource([FieldError("<file>", f"not UTF-8 text (byte {exc.start}); save it as UTF-8")], str(path)) from None
+    return parse_documents(text, str(path))
+
+
+def parse_documents(text: str, source: str = "") -> list[Any]:
+    """The documents of a YAML text as the API server would receive them from kubectl."""
     try:
         return load_all(text)
     except NotJson as exc:
-        raise InvalidResource([FieldError(exc.path, exc.message)], str(path)) from None
+        raise InvalidResource([FieldError(exc.path, exc.message)], source) from None
     except yaml.YAMLError as exc:
-        raise InvalidResource([FieldError("<yaml>", f"not valid YAML: {exc}")], str(path)) from None
+        raise InvalidResource([FieldError("<yaml>", f"not valid YAML: {exc}")], source) from None
 
 
 def parse_resource(obj: dict[str, Any], source: str = "", *, cluster: bool = False) -> ApiModel:
@@ -121,6 +126,8 @@ def format_errors(exc: ValidationError, model: type[BaseModel]) -> list[FieldErr
                 out.append(FieldError(path or "<root>", text))
                 continue
             msg = msg.removeprefix("Value error, ")
+            if isinstance(value, str) and repr(value) in msg:
+                has_value = False  # the message already quotes it
         elif etype == "missing":
             msg = "is required"
         elif etype == "extra_forbidden":
