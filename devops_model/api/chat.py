@@ -40,21 +40,41 @@ def overridden_flag(arg: str) -> str | None:
     return None
 
 
-_FLAG_LIST = "[" + ", ".join(cel_quote(f) for f in OPERATOR_FLAGS) + "]"
-_SHORT_LIST = "[" + ", ".join(cel_quote(f) for f in OPERATOR_SHORT_FLAGS) + "]"
-# CEL mirror of overridden_flag() on one argument (``self``).
-_NAME = "self.split('=')[0].replace('_', '-')"
+def _prefix_trie(words: list[str]) -> str:
+    """A regular expression (RE2 and Python alike) matching every non-empty prefix of ``words``;
+    "-" also matches "_" (vLLM accepts both)."""
+    trie: dict = {}
+    for w in words:
+        node = trie
+        for ch in w:
+            node = node.setdefault(ch, {})
+
+    def emit(node: dict) -> str:
+        alts = []
+        for ch, sub in sorted(node.items()):
+            atom = "[-_]" if ch == "-" else re.escape(ch)
+            alts.append(atom + (f"(?:{emit(sub)})?" if sub else ""))
+        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+
+    return emit(trie)
+
+
+_LONG = [f[2:] for f in OPERATOR_FLAGS] + ["no-" + f[2:] for f in OPERATOR_FLAGS]
+#: One expression for both halves: an argument that names (a prefix of) an operator flag, with
+#: or without "=value", or a short form of one.
+OPERATOR_FLAG_PATTERN = (
+    rf"^(?:--{_prefix_trie(_LONG)}|-(?:p|q|tp))(?:=(?s:.*))?$|^-p[0-9]|^-q[a-z]"
+)
+_OPERATOR_FLAG_RE = re.compile(OPERATOR_FLAG_PATTERN)
 _EXTRA_ARG_RULE = Rule(
-    cel=f"!({_NAME} in {_SHORT_LIST} || self.matches('^-p[0-9]') || self.matches('^-q[a-z]') "
-    f"|| ({_NAME}.startsWith('--') && size({_NAME}) >= 3 && {_FLAG_LIST}.exists(f, f.startsWith({_NAME}) "
-    f"|| ({_NAME}.startsWith('--no-') && f.startsWith('--' + {_NAME}.substring(5))))))",
+    cel=f"!self.matches({cel_quote(OPERATOR_FLAG_PATTERN)})",
     message="sets a flag the operator sets from the spec (model, host, port, served name, limits, "
     "quantization, trust-remote-code, api key); use the matching spec field instead",
-    message_expression=f"{_NAME} + ' is set by the operator from the spec and cannot be repeated or "
+    message_expression="self.split('=')[0].replace('_', '-') + ' is set by the operator from the spec and cannot be repeated or "
     "overridden in extraArgs; use the matching spec field instead'",
     explain=lambda a: f"{a.split('=', 1)[0].replace('_', '-')} is set by the operator from the spec and cannot "
     "be repeated or overridden in extraArgs; use the matching spec field instead",
-    check=lambda a: overridden_flag(a) is None,
+    check=lambda a: _OPERATOR_FLAG_RE.search(a) is None,
 )
 ExtraArg = Annotated[str, Field(max_length=1024), Checked(_EXTRA_ARG_RULE)]
 
@@ -80,7 +100,7 @@ class EngineSpec(ApiModel):
     image: Optional[Image] = Field(default=None, description="Override the engine image from the operator's configuration.")
     max_model_length: int = Field(default=4096, ge=128, le=1_048_576, description="Maximum tokens of prompt plus answer.")
     max_concurrency: int = Field(default=16, ge=1, le=4096, description="Concurrent requests before the server answers 429.")
-    extra_args: Optional[list[ExtraArg]] = Field(default=None, max_length=64, description="Extra engine command-line arguments, appended after the operator's; flags the operator sets from the spec (--model, --port, --host, --trust-remote-code, --api-key, --served-model-name, limits, quantization) are refused.")
+    extra_args: Optional[list[ExtraArg]] = Field(default=None, max_length=32, description="Extra engine command-line arguments, appended after the operator's; flags the operator sets from the spec (--model, --port, --host, --trust-remote-code, --api-key, --served-model-name, limits, quantization) are refused.")
 
 
 class ChatSpec(ApiModel):

@@ -133,7 +133,7 @@ Quantity = Annotated[
     str,
     Field(pattern=QUANTITY_PATTERN, max_length=64),
     Checked(Rule(
-        cel="!isQuantity(self) || quantity(self).sign() == 1",
+        cel="!isQuantity(self) || quantity(self).isGreaterThan(quantity('0'))",
         message="must be a positive Kubernetes quantity, e.g. \"8\", \"500m\" or \"64Gi\"",
         check=_quantity_positive,
     )),
