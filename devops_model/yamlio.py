@@ -21,7 +21,7 @@ _AMBIGUOUS = re.compile(
     r"""^(?:
         [-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?   # numbers, 5e-5, 1_000
       | [-+]?\.(?:inf|Inf|INF) | \.(?:nan|NaN|NAN)
-      | 0x[0-9a-fA-F_]+ | 0o[0-7_]+ | 0b[01_]+
+      | [-+]?0[xX][0-9a-fA-F_]+ | [-+]?0[oO][0-7_]+ | [-+]?0[bB][01_]+
       | (?:y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)
       | (?:~|null|Null|NULL)
       | [0-9]+(?::[0-5]?[0-9])+(?:\.[0-9_]*)?                                # sexagesimal
