@@ -426,12 +426,21 @@ _NODE_SELECTOR_RULE = Rule(
 )
 
 
+#: An extended resource name: the kubernetes.io domain is reserved for native resources, which
+#: the API server refuses as a container's extended resource.
+GpuResourceName = Annotated[str, Checked(Rule(
+    cel="!self.contains('kubernetes.io/')",
+    message="must be an extended resource name outside the kubernetes.io domain, e.g. nvidia.com/gpu",
+    check=lambda v: "kubernetes.io/" not in v,
+))]
+
+
 class Resources(ApiModel):
     """Compute for the workload's pods."""
 
     nodes: int = Field(default=1, ge=1, le=512, description="Number of nodes (pods) for distributed training.")
     gpus_per_node: int = Field(default=0, ge=0, le=16, description="GPUs per node; also torchrun's --nproc-per-node. 0 runs on CPU.")
-    gpu_resource_name: str = Field(
+    gpu_resource_name: GpuResourceName = Field(
         default="nvidia.com/gpu",
         max_length=253,
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",

@@ -241,6 +241,7 @@ BAD_CASES: list[tuple[str, str, Callable[[dict], None], str]] = [
     ("toleration-bad-value", _Q, _tol(key="k", value="not ok!"), "spec.resources.tolerations[0].value"),
     ("gpu-resource-no-domain", _S, _set("spec.resources.gpuResourceName", "gpu/x"), "spec.resources.gpuResourceName"),
     ("gpu-resource-double-dot", _S, _set("spec.resources.gpuResourceName", "nvidia..com/gpu"), "spec.resources.gpuResourceName"),
+    ("gpu-resource-kubernetes-io", _S, _set("spec.resources.gpuResourceName", "gpu.kubernetes.io/a100"), "spec.resources.gpuResourceName"),
     ("queue-name-64", _S, _set("spec.resources.queueName", "q" * 64), "spec.resources.queueName"),
     ("priority-class-upper", _S, _set("spec.resources.priorityClassName", "High"), "spec.resources.priorityClassName"),
     ("image-with-space", _S, _set("spec.image", "my image:1"), "spec.image"),
