@@ -14,6 +14,7 @@ from devops_model.api import KINDS
 from devops_model.api.base import ApiModel
 from devops_model.api.crdgen import build_crd, crd_files
 from devops_model.api.resource import InvalidResource, load_documents, parse_documents, parse_resource
+from devops_model.yamlio import dump
 from tests.api.api_cases import BAD_CASES, BASE, GOOD_CASES, bad_resource, base, case_yaml, good_resource
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -257,11 +258,11 @@ def test_cli_crds_equals_committed_files():
 
 def test_cli_validate_reports_field_paths(tmp_path):
     good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump(base("QuantizeRun")))
+    good.write_text(dump(base("QuantizeRun")))
     bad = tmp_path / "bad.yaml"
     obj = base("QuantizeRun")
     obj["spec"]["bits"] = 5
-    bad.write_text(yaml.safe_dump(obj))
+    bad.write_text(dump(obj))
     assert _cli("validate", "-f", str(good)).returncode == 0
     out = _cli("validate", "-f", str(bad))
     assert out.returncode == 1
@@ -272,7 +273,7 @@ def test_cli_run_refuses_bad_file_before_running(tmp_path):
     obj = base("SFTRun")
     obj["spec"]["finetuning"]["type"] = "full"
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(obj))
+    bad.write_text(dump(obj))
     out = _cli("run", "-f", str(bad))
     assert out.returncode == 3
     assert "spec.finetuning.lora: lora settings are only allowed with type: lora" in out.stderr
