@@ -137,7 +137,9 @@ def format_errors(exc: ValidationError, model: type[BaseModel]) -> list[FieldErr
             expected = err.get("ctx", {}).get("expected", "")
             msg = f"unsupported value; supported values: {expected}"
         elif etype == "string_pattern_mismatch":
-            msg = f"does not match the expected format {err['ctx']['pattern']}" + _pattern_hint(err["ctx"]["pattern"])
+            hint = _pattern_hint(err["ctx"]["pattern"])
+            # A known format is named in words; the server's message shows the expression itself.
+            msg = f"must be {hint[2:-1]}" if hint else f"does not match the expected format {err['ctx']['pattern']}"
         elif etype == "string_type" and isinstance(value, (int, float)) and not isinstance(value, bool):
             # An unquoted number where the API wants a string (learning rates, fractions).
             written = getattr(value, "text", None) or _go_number(value)
