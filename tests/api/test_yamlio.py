@@ -30,6 +30,10 @@ def test_keys_become_json_strings_like_kubectl():
     assert load_all("1: a\ny: b\nn: c\ntrue: d\n")[0] == {"1": "a", "true": "d", "false": "c"}
 
 
+def test_duplicate_keys_keep_the_last_like_kubectl():
+    assert load_all("a: 1\na: 2\n")[0] == {"a": 2}
+
+
 def test_merge_keys_and_anchors():
     assert load_all("base: &b {x: 1}\nm:\n  <<: *b\n  z: 2\n")[0]["m"] == {"x": 1, "z": 2}
 

@@ -60,7 +60,8 @@ def test_kubectl_reads_yaml_like_the_local_loader(control_plane, tmp_path):
     lines = [f"  s{i}: {text}" for i, text in enumerate(SCALARS)]
     text = "\n".join([
         "apiVersion: v1", "kind: ConfigMap", "metadata: {name: yaml-probe, namespace: default}", "data:",
-        *lines, "  y: key-y", "  1: key-1", "  tagged: !!str 12", "  custom: !thing 5", "  <<: {merged: 1}", "",
+        *lines, "  y: key-y", "  1: key-1", "  tagged: !!str 12", "  custom: !thing 5", "  <<: {merged: 1}",
+        "  dup: first", "  dup: last", "",
     ])
     f = tmp_path / "probe.yaml"
     f.write_text(text)
