@@ -33,6 +33,8 @@ from pathlib import Path
 
 import yaml
 
+from devops_model.yamlio import dump_all
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 N_PER_KIND = 40
@@ -149,7 +151,7 @@ def main() -> int:
         # For reference: the same 200 resources applied with no operator watching (the API server's
         # schema and CEL validation of the five kinds, nothing else).
         noop_file = work / "noop.yaml"
-        noop_file.write_text(yaml.safe_dump_all(resources("n")))
+        noop_file.write_text(dump_all(resources("n")))
         t0 = time.perf_counter()
         cp.kubectl("apply", "-f", str(noop_file), "-n", "noop", timeout=600)
         noop_s = time.perf_counter() - t0
@@ -175,7 +177,7 @@ def main() -> int:
         res = resources("b")
         want = expected_children(res)
         res_file = work / "resources.yaml"
-        res_file.write_text(yaml.safe_dump_all(res))
+        res_file.write_text(dump_all(res))
         t0 = time.perf_counter()
         cp.kubectl("apply", "-f", str(res_file), "-n", "bench", timeout=600)
         applied_s = time.perf_counter() - t0

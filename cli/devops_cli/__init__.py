@@ -80,23 +80,35 @@ def _register_validate(sub) -> None:
         "validate",
         help="check resource files against the API (same rules as the API server)",
         description="Validate every resource in the files with the same schema and rules the API "
-        "server applies; print each problem with its field path.",
+        "server applies (the file read as kubectl reads it); print each problem with its field path. "
+        "--local checks for `devops-model run` instead, where file:// URIs are allowed.",
     )
     p.add_argument("-f", "--file", dest="files", action="append", required=True, help="resource YAML (repeatable, - for stdin)")
+    p.add_argument("--local", action="store_true",
+                   help="check for `devops-model run` on this machine instead of the API server (accepts file:// URIs)")
     p.set_defaults(func=_cmd_validate)
 
 
 def _cmd_validate(args) -> int:
-    from devops_model.api.resource import InvalidResource, load_resources
+    from devops_model.api.resource import InvalidResource, load_documents, parse_resource
 
     bad = 0
     for f in args.files:
         try:
-            for res in load_resources(f):
-                print(f"{f}: {res.kind}/{res.metadata['name']} is valid")
+            docs = load_documents(f)
         except InvalidResource as exc:
             print(f"error: {exc}", file=sys.stderr)
             bad += 1
+            continue
+        for doc in docs:  # every document is checked, as kubectl apply reports each one
+            meta = doc.get("metadata") if isinstance(doc, dict) else None
+            label = f"{doc.get('kind')}/{meta.get('name') if isinstance(meta, dict) else '?'}" if isinstance(doc, dict) else "?"
+            try:
+                res = parse_resource(doc, f"{f}: {label}", cluster=not args.local)
+                print(f"{f}: {res.kind}/{res.metadata['name']} is valid")
+            except InvalidResource as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                bad += 1
     return 1 if bad else 0
 
 

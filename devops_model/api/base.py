@@ -1,7 +1,8 @@
 """Base class and cross-field rules shared by every typed resource.
 
 Every spec and status type derives from :class:`ApiModel`: camelCase on the wire, snake_case in
-Python, unknown fields refused (as the API server does with strict field validation).
+Python, unknown fields refused (as the API server does with strict field validation), and no
+type coercion the server would not do (strict mode: ``"100"`` is not an integer).
 
 A cross-field rule is written once as a :class:`Rule`: the CEL expression goes into the CRD's
 ``x-kubernetes-validations`` (enforced by the API server on ``kubectl apply``) and the Python
@@ -37,13 +38,58 @@ class Rule:
     field: str = ""
     transition: bool = False
     reason: str = "FieldValueInvalid"
+    #: A CEL expression for the server's message when it should name the value (e.g. the flag);
+    #: ``explain`` is its Python half and receives the same value.
+    message_expression: str = ""
+    explain: Callable[[Any], str] | None = None
 
     def to_schema(self) -> dict[str, Any]:
         out: dict[str, Any] = {"rule": self.cel, "message": self.message}
+        if self.message_expression:
+            out["messageExpression"] = self.message_expression
         if self.field:
             out["fieldPath"] = self.field
         if self.reason != "FieldValueInvalid":
             out["reason"] = self.reason
+        return out
+
+    def describe(self, value: Any) -> str:
+        """The local message for a failing value (the same words as the server's)."""
+        return self.explain(value) if self.explain is not None else self.message
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Annotated metadata that attaches rules (:class:`Rule`) to one field (a scalar or a list item).
+
+    ``Annotated[str, Field(...), Checked(Rule(...))]``: the CEL half goes into that field's own
+    ``x-kubernetes-validations``, so the API server names the field itself (not its parent) even
+    when evaluating the rule fails; the Python half runs after the field's own validation and
+    receives the value. ``cel`` sees the value as ``self``.
+    """
+
+    rules: tuple[Rule, ...]
+
+    def __init__(self, *rules: Rule):
+        object.__setattr__(self, "rules", tuple(rules))
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any):
+        from pydantic_core import core_schema
+
+        rules = self.rules
+
+        def check(value: Any) -> Any:
+            for rule in rules:
+                if value is not None and rule.check is not None and not rule.check(value):
+                    raise ValueError(_encode_rule(rule, rule.describe(value)))
+            return value
+
+        return core_schema.no_info_after_validator_function(check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any):
+        out = handler(schema)
+        target = handler.resolve_ref_schema(out)
+        target.setdefault("x-kubernetes-validations", []).extend(r.to_schema() for r in self.rules)
         return out
 
 
@@ -62,6 +108,8 @@ class ApiModel(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
+        # No coercion the API server would not do: "100" is not an integer, "true" not a boolean.
+        strict=True,
         validate_default=False,
         use_attribute_docstrings=True,
     )
@@ -72,8 +120,10 @@ class ApiModel(BaseModel):
     @model_validator(mode="after")
     def _check_rules(self):
         for rule in type(self).rules:
+            if rule.field == ".metadata.name":
+                continue  # checked by parse_resource, which sees the name even when the spec is bad
             if rule.check is not None and not rule.transition and not rule.check(self):
-                raise ValueError(_encode_rule(rule))
+                raise ValueError(_encode_rule(rule, rule.describe(self)))
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,8 +136,8 @@ class ApiModel(BaseModel):
 _RULE_MARK = "\x00rule\x00"
 
 
-def _encode_rule(rule: Rule) -> str:
-    return f"{_RULE_MARK}{rule.field}{_RULE_MARK}{rule.message}"
+def _encode_rule(rule: Rule, message: str | None = None) -> str:
+    return f"{_RULE_MARK}{rule.field}{_RULE_MARK}{message if message is not None else rule.message}"
 
 
 def decode_rule_message(msg: str) -> tuple[str, str] | None:

@@ -2,12 +2,81 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Optional
 
 from pydantic import Field
 
-from .base import ApiModel, Rule
-from .common import CommonStatus, EvalRunRef, ModelSource, Name, Resources, SecretKeyRef
+from .base import ApiModel, Checked, Rule
+from .common import CommonStatus, Image, ModelSource, Resources, RunName, SecretKeyRef, cel_quote, root_rules
+
+#: Flags the operator sets on some engine (vLLM, TGI or the built-in server), from the spec:
+#: extraArgs may not repeat or override them (a second --port breaks the probes and the
+#: Service, --trust-remote-code undoes trustRemoteCode: false, --api-key bypasses auth). Also
+#: refused: vLLM's --config (it can set any of these from a file) and the short forms.
+OPERATOR_FLAGS: tuple[str, ...] = (
+    "--api-key", "--api-key-file", "--config", "--host", "--hostname", "--lineage-file",
+    "--max-concurrency", "--max-concurrent-requests", "--max-input-length", "--max-input-tokens",
+    "--max-model-len", "--max-num-seqs", "--max-total-tokens", "--model", "--model-id", "--no-ui",
+    "--num-shard", "--port", "--quantization", "--quantize", "--served-model-name", "--sharded",
+    "--tensor-parallel-size", "--trust-remote-code", "--uds", "--upstream",
+)
+OPERATOR_SHORT_FLAGS: tuple[str, ...] = ("-p", "-q", "-tp")
+
+
+def overridden_flag(arg: str) -> str | None:
+    """The operator's flag that ``arg`` would set, or None. Catches ``--flag=value``,
+    ``--flag_with_underscores`` (vLLM accepts them), ``--no-flag`` and the unambiguous prefixes
+    that argparse expands (``--trust-remote`` is ``--trust-remote-code``)."""
+    name = arg.split("=", 1)[0].replace("_", "-")
+    if name in OPERATOR_SHORT_FLAGS or re.match(r"^-p[0-9]", arg) or re.match(r"^-q[a-z]", arg):
+        return name[:2] if name not in OPERATOR_SHORT_FLAGS else name
+    if not name.startswith("--") or len(name) < 3:
+        return None
+    negated = "--" + name[5:] if name.startswith("--no-") else None
+    for flag in OPERATOR_FLAGS:
+        if flag.startswith(name) or (negated and flag.startswith(negated)):
+            return flag
+    return None
+
+
+def _prefix_trie(words: list[str]) -> str:
+    """A regular expression (RE2 and Python alike) matching every non-empty prefix of ``words``;
+    "-" also matches "_" (vLLM accepts both)."""
+    trie: dict = {}
+    for w in words:
+        node = trie
+        for ch in w:
+            node = node.setdefault(ch, {})
+
+    def emit(node: dict) -> str:
+        alts = []
+        for ch, sub in sorted(node.items()):
+            atom = "[-_]" if ch == "-" else re.escape(ch)
+            alts.append(atom + (f"(?:{emit(sub)})?" if sub else ""))
+        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+
+    return emit(trie)
+
+
+_LONG = [f[2:] for f in OPERATOR_FLAGS] + ["no-" + f[2:] for f in OPERATOR_FLAGS]
+#: One expression for both halves: an argument that names (a prefix of) an operator flag, with
+#: or without "=value", or a short form of one.
+OPERATOR_FLAG_PATTERN = (
+    rf"^(?:--{_prefix_trie(_LONG)}|-(?:p|q|tp))(?:=(?s:.*))?$|^-p[0-9]|^-q[a-z]"
+)
+_OPERATOR_FLAG_RE = re.compile(OPERATOR_FLAG_PATTERN)
+_EXTRA_ARG_RULE = Rule(
+    cel=f"!self.matches({cel_quote(OPERATOR_FLAG_PATTERN)})",
+    message="sets a flag the operator sets from the spec (model, host, port, served name, limits, "
+    "quantization, trust-remote-code, api key); use the matching spec field instead",
+    message_expression="self.split('=')[0].replace('_', '-') + ' is set by the operator from the spec and cannot be repeated or "
+    "overridden in extraArgs; use the matching spec field instead'",
+    explain=lambda a: f"{a.split('=', 1)[0].replace('_', '-')} is set by the operator from the spec and cannot "
+    "be repeated or overridden in extraArgs; use the matching spec field instead",
+    check=lambda a: _OPERATOR_FLAG_RE.search(a) is None,
+)
+ExtraArg = Annotated[str, Field(max_length=1024), Checked(_EXTRA_ARG_RULE)]
 
 
 class AuthSpec(ApiModel):
@@ -19,7 +88,7 @@ class AuthSpec(ApiModel):
 class ServeGate(ApiModel):
     """Serve only a model that passed its exams."""
 
-    eval_run: Name = Field(description="EvalRun whose overall accuracy is checked.")
+    eval_run: RunName = Field(description="EvalRun whose overall accuracy is checked.")
     min_accuracy: str = Field(pattern=r"^(0(\.[0-9]+)?|1(\.0+)?)$", max_length=16, description='Minimum overall accuracy (0-1), e.g. "0.55".')
     shots: int = Field(default=0, ge=0, le=5, description="Which shots setting of the EvalRun to read.")
 
@@ -28,10 +97,10 @@ class EngineSpec(ApiModel):
     """Serving engine settings."""
 
     name: Literal["vllm", "tgi", "builtin"] = Field(default="vllm", description="vllm (default), tgi (maintenance mode upstream) or builtin (CPU and small GPUs).")
-    image: Optional[str] = Field(default=None, max_length=512, description="Override the engine image from the operator's configuration.")
+    image: Optional[Image] = Field(default=None, description="Override the engine image from the operator's configuration.")
     max_model_length: int = Field(default=4096, ge=128, le=1_048_576, description="Maximum tokens of prompt plus answer.")
     max_concurrency: int = Field(default=16, ge=1, le=4096, description="Concurrent requests before the server answers 429.")
-    extra_args: Optional[list[Annotated[str, Field(max_length=1024)]]] = Field(default=None, max_length=64, description="Extra engine command-line arguments.")
+    extra_args: Optional[list[ExtraArg]] = Field(default=None, max_length=32, description="Extra engine command-line arguments, appended after the operator's; flags the operator sets from the spec (--model, --port, --host, --trust-remote-code, --api-key, --served-model-name, limits, quantization) are refused.")
 
 
 class ChatSpec(ApiModel):
@@ -87,3 +156,5 @@ class ChatDeployment(ApiModel):
     metadata: dict = Field(default_factory=dict)
     spec: ChatSpec
     status: Optional[ChatStatus] = None
+
+    rules = root_rules("ChatDeployment", immutable=False)

@@ -5,36 +5,79 @@ Field descriptions become ``kubectl explain`` text, so they are written for the 
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Annotated, Literal, Optional
+from decimal import Decimal as _Dec
+from decimal import InvalidOperation
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, ValidationInfo
 
-from .base import ApiModel, Rule
+from ..uris import CLUSTER_URI_PATTERN, MAX_URI_LENGTH, URI_HELP, UriError, check_uri
+from .base import ApiModel, Checked, Rule
 
 # --------------------------------------------------------------------------- scalars
 
-URI_PATTERN = r"^(hf|modelscope|pvc|s3|file)://[^\s]+$"
-URI_HELP = (
-    "hf://ORG/NAME[@REVISION], modelscope://ORG/NAME[@REVISION], pvc://CLAIM/PATH, "
-    "s3://BUCKET/KEY or file:///ABS/PATH (file:// only for local runs)"
-)
+#: Kept for error hints: the schema pattern of every URI field (what the API server accepts).
+URI_PATTERN = CLUSTER_URI_PATTERN
 #: A decimal or scientific-notation number carried as a string (no floats in spec, per the
-#: Kubernetes API conventions), e.g. "5e-5", "0.05", "1.0".
-DECIMAL_PATTERN = r"^[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
+#: Kubernetes API conventions), e.g. "5e-5", "0.05", "1.0". The exponent has at most two
+#: digits, so every value is finite ("1e999" is refused at the field, locally and on the server).
+DECIMAL_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,2})?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-QUANTITY_PATTERN = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
-DURATION_PATTERN = r"^([0-9]+(s|m|h))+$"
+#: A run's name: a DNS-1035 label (starts with a letter), as Kubeflow requires of its jobs.
+RUN_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+#: Kubernetes' quantity grammar (k8s.io/apimachinery resource.Quantity), without a sign:
+#: digits with an optional fraction, then a binary-SI (Ki..Ei), decimal-SI (n, u, m, k, M..E)
+#: suffix or a decimal exponent. "1.2.3" and "8Gii" do not match.
+QUANTITY_PATTERN = r"^[+]?([0-9]{1,18}(\.[0-9]{0,9})?|\.[0-9]{1,9})([KMGTPE]i|[numkMGTPE]|[eE][-+]?[0-9]{1,2})?$"
+#: A Go duration with hours, minutes and seconds in that order, each at most 5 digits ("1h30m").
+DURATION_PATTERN = (
+    r"^([0-9]{1,5}h([0-9]{1,5}m)?([0-9]{1,5}s)?|[0-9]{1,5}m([0-9]{1,5}s)?|[0-9]{1,5}s)$"
+)
 SHA1_PATTERN = r"^[0-9a-f]{40}$"
+#: A label or annotation key: an optional DNS-subdomain prefix and "/", then a name of at most
+#: 63 characters (letters, digits, "-", "_", "."; alphanumeric at both ends).
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+#: A container image reference: no spaces or shell characters.
+IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"
 
-Uri = Annotated[str, Field(pattern=URI_PATTERN, max_length=2048, description=f"A URI: {URI_HELP}.")]
-Decimal = Annotated[str, Field(pattern=DECIMAL_PATTERN, max_length=32)]
+_LABEL_KEY_RE = re.compile(LABEL_KEY_PATTERN)
+
+
+def _uri(value: str, info: ValidationInfo) -> str:
+    """The Python half of every URI field: the grammar of devops_model.uris (the same
+    expressions as the schema pattern). ``file://`` is refused when validating for a cluster."""
+    cluster = bool((info.context or {}).get("cluster"))
+    try:
+        check_uri(value, allow_file=not cluster)
+    except UriError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+Uri = Annotated[
+    str,
+    Field(max_length=MAX_URI_LENGTH, description=f"A URI: {URI_HELP}.",
+          json_schema_extra={"pattern": CLUSTER_URI_PATTERN}),
+    AfterValidator(_uri),
+]
+DecimalStr = Annotated[str, Field(pattern=DECIMAL_PATTERN, max_length=48)]
+Decimal = DecimalStr
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
-Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
 Name = Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
-#: A short token such as a module or exam name.
+#: The name of a run referenced by another (fromRun, baseline, gate): what a run may be named.
+RunName = Annotated[str, Field(pattern=RUN_NAME_PATTERN, max_length=63)]
+#: A short token such as a module name.
 ShortStr = Annotated[str, Field(min_length=1, max_length=256)]
+#: An exam as BENCHMARK/SUBJECT: two names without "." or ".." segments (they become paths).
+ExamName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*/[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$", max_length=256)]
+Image = Annotated[str, Field(pattern=IMAGE_PATTERN, max_length=512)]
 
 
 def decimal_value(text: str) -> float:
@@ -42,10 +85,151 @@ def decimal_value(text: str) -> float:
     return float(text)
 
 
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def decimal_range(lo: float | None, hi: float | None, *, lo_open: bool = False, hi_open: bool = False,
+                  example: str, what: str = "") -> Any:
+    """A decimal string whose value lies in a range, checked on the field itself (CEL and Python).
+    ``what`` names the range in words ("a fraction below 1")."""
+    cel, desc = [], []
+    if lo is not None:
+        cel.append(f"double(self) {'>' if lo_open else '>='} {float(lo)!r}")
+    if hi is not None:
+        cel.append(f"double(self) {'<' if hi_open else '<='} {float(hi)!r}")
+    left = "(" if lo_open else "["
+    right = ")" if hi_open else "]"
+    interval = f"{left}{_fmt(lo) if lo is not None else '-inf'}, {_fmt(hi) if hi is not None else 'inf'}{right}"
+    message = f"must be {what + ' ' if what else ''}in {interval}, written as a string, e.g. \"{example}\""
+
+    def check(v: str) -> bool:
+        x = float(v)
+        if not math.isfinite(x):
+            return False
+        if lo is not None and (x <= lo if lo_open else x < lo):
+            return False
+        if hi is not None and (x >= hi if hi_open else x > hi):
+            return False
+        return True
+
+    return Annotated[DecimalStr, Checked(Rule(cel=" && ".join(cel), message=message, check=check))]
+
+
+def cel_quote(text: str) -> str:
+    """``text`` as a single-quoted CEL string literal (regular expressions carry backslashes)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _quantity_positive(text: str) -> bool:
+    m = re.match(r"^[+]?([0-9.]+)", text)
+    try:
+        return m is not None and _Dec(m.group(1)) > 0
+    except InvalidOperation:
+        return False
+
+
+Quantity = Annotated[
+    str,
+    Field(pattern=QUANTITY_PATTERN, max_length=64),
+    Checked(Rule(
+        cel="!isQuantity(self) || quantity(self).isGreaterThan(quantity('0'))",
+        message="must be a positive Kubernetes quantity, e.g. \"8\", \"500m\" or \"64Gi\"",
+        check=_quantity_positive,
+    )),
+]
+
+
+def label_key_ok(key: str) -> bool:
+    """Kubernetes' IsQualifiedName: the pattern, and a prefix of at most 253 characters."""
+    return bool(_LABEL_KEY_RE.match(key)) and len(key.rpartition("/")[0]) <= 253
+
+
+_LABEL_KEY_RULE = Rule(
+    cel=f"self.matches({cel_quote(LABEL_KEY_PATTERN)}) && (!self.contains('/') || self.indexOf('/') <= 253)",
+    message="must be a label key: an optional DNS-subdomain prefix and '/', then at most 63 letters, "
+    "digits, '-', '_' or '.', starting and ending with a letter or digit (e.g. nvidia.com/gpu.product)",
+    check=label_key_ok,
+)
+LabelKey = Annotated[str, Field(max_length=317), Checked(_LABEL_KEY_RULE)]
+LabelValue = Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)]
+
+
 def duration_seconds(text: str) -> int:
     """Seconds in a duration such as ``"30m"`` or ``"1h30m"``."""
     units = {"s": 1, "m": 60, "h": 3600}
     return sum(int(n) * units[u] for n, u in re.findall(r"([0-9]+)(s|m|h)", text))
+
+
+# --------------------------------------------------------------------------- names
+
+#: The longest name of each kind, so that every child the operator creates and every name the
+#: launchers derive from it stays a valid DNS label (≤ 63) without cutting:
+#: - PretrainRun/SFTRun: the child is <name>-train-r<attempt> (attempt ≤ 100: 11 characters), and
+#:   Kubeflow derives from it <job>-worker-<i> Services (PyTorchJob, 11 more) or JobSet pods
+#:   <job>-node-0-<i>-<5 random> (TrainJob, 17 more, checked by JobSet's webhook):
+#:   35 + 11 + 17 = 63.
+#: - EvalRun, QuantizeRun, ChatDeployment: their children are Jobs, Deployments and Services whose
+#:   names the operator cuts with a hash when needed; the name itself is a label value (≤ 63).
+MAX_NAME_LENGTH: dict[str, int] = {
+    "PretrainRun": 35,
+    "SFTRun": 35,
+    "EvalRun": 63,
+    "QuantizeRun": 63,
+    "ChatDeployment": 63,
+}
+_RUN_NAME_RE = re.compile(RUN_NAME_PATTERN)
+IMMUTABLE_ONCE_STARTED = Rule(
+    cel="!has(oldSelf.status) || !has(oldSelf.status.startTime) || self.spec == oldSelf.spec",
+    message="spec is immutable once the run has started; create a new run (e.g. name-v2) instead",
+    transition=True,
+)
+
+
+def _name(m: Any) -> str:
+    return str((m.metadata or {}).get("name") or "")
+
+
+def root_rules(kind: str, *, immutable: bool = True) -> tuple[Rule, ...]:
+    """The rules on a whole resource: its name (CEL sees metadata.name at the root), no fromRun
+    or baseline pointing at the resource itself, and the spec frozen once the run started."""
+    limit = MAX_NAME_LENGTH[kind]
+    rules = [
+        Rule(
+            cel=f"self.metadata.name.matches({cel_quote(RUN_NAME_PATTERN)})",
+            message="must start with a lowercase letter and hold only lowercase letters, digits and '-' "
+            "(a DNS-1035 label, as Kubeflow and Services require), e.g. sft-7b",
+            check=lambda m: not _name(m) or bool(_RUN_NAME_RE.match(_name(m))),
+            field=".metadata.name",
+        ),
+        Rule(
+            cel=f"size(self.metadata.name) <= {limit}",
+            message=f"names of kind {kind} have at most {limit} characters (so that the names of its "
+            "children stay within 63; see docs/api.md)",
+            check=lambda m: len(_name(m)) <= limit,
+            field=".metadata.name",
+        ),
+    ]
+    if kind in ("PretrainRun", "SFTRun", "QuantizeRun"):
+        rules.append(Rule(
+            cel=f"!has(self.spec.model.fromRun) || self.spec.model.fromRun.kind != '{kind}' "
+            "|| self.spec.model.fromRun.name != self.metadata.name",
+            message="fromRun names this run itself; a run cannot start from its own output",
+            check=lambda m: m.spec.model.from_run is None or m.spec.model.from_run.kind != kind
+            or m.spec.model.from_run.name != _name(m),
+            field=".spec.model.fromRun",
+        ))
+    if kind == "EvalRun":
+        rules.append(Rule(
+            cel="!has(self.spec.baseline) || !has(self.spec.baseline.evalRun) "
+            "|| self.spec.baseline.evalRun != self.metadata.name",
+            message="baseline.evalRun names this run itself; compare with another EvalRun",
+            check=lambda m: m.spec.baseline is None or m.spec.baseline.eval_run != _name(m),
+            field=".spec.baseline.evalRun",
+        ))
+    if immutable:
+        rules.append(IMMUTABLE_ONCE_STARTED)
+    return tuple(rules)
 
 
 # --------------------------------------------------------------------------- references
@@ -61,13 +245,13 @@ class RunRef(ApiModel):
     kind: Literal["PretrainRun", "SFTRun", "QuantizeRun"] = Field(
         description="Kind of the referenced run: PretrainRun, SFTRun or QuantizeRun."
     )
-    name: Name = Field(description="Name of the referenced run (same namespace).")
+    name: RunName = Field(description="Name of the referenced run (same namespace).")
 
 
 class EvalRunRef(ApiModel):
     """A reference to an EvalRun in the same namespace."""
 
-    name: Name = Field(description="Name of the EvalRun (same namespace).")
+    name: RunName = Field(description="Name of the EvalRun (same namespace).")
 
 
 class SecretKeyRef(ApiModel):
@@ -159,6 +343,10 @@ class DatasetRef(ApiModel):
     )
 
 
+#: valSize: 0, a fraction below 1, or a whole number of rows (at most 9 digits).
+VAL_SIZE_PATTERN = r"^(0|0\.[0-9]{1,20}|[1-9][0-9]{0,8})$"
+
+
 class DataSpec(ApiModel):
     """Training data: one or more datasets mixed together."""
 
@@ -173,9 +361,11 @@ class DataSpec(ApiModel):
         description="How several datasets are combined: concat, or interleaved until the "
         "smallest (interleaveUnder) or the largest (interleaveOver) is exhausted.",
     )
-    val_size: Decimal = Field(
+    val_size: str = Field(
         default="0",
-        description='Held-out share for evaluation: a fraction below 1 ("0.01") or a row count ("200").',
+        max_length=24,
+        pattern=VAL_SIZE_PATTERN,
+        description='Held-out share for evaluation: a fraction below 1 ("0.01") or a whole row count ("200"); "0" for none.',
     )
     system_prompt: Optional[str] = Field(default=None, max_length=8192, description="System prompt for every sample (overrides the template's).")
 
@@ -193,13 +383,56 @@ class DataSpec(ApiModel):
 
 
 class Toleration(ApiModel):
-    """A Kubernetes toleration (see ``kubectl explain pod.spec.tolerations``)."""
+    """A Kubernetes toleration (see ``kubectl explain pod.spec.tolerations``), with the rules the
+    API server applies to pods: a key is a label key, Exists takes no value, no key needs Exists,
+    tolerationSeconds needs effect NoExecute."""
 
-    key: Optional[str] = Field(default=None, max_length=317, description="Taint key; empty with operator Exists matches all taints.")
+    key: Optional[LabelKey] = Field(default=None, description="Taint key (a label key); omit it with operator Exists to match all taints.")
     operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
-    value: Optional[str] = Field(default=None, max_length=63, description="Taint value (operator Equal).")
+    value: Optional[LabelValue] = Field(default=None, description="Taint value (operator Equal only; a label value).")
     effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = Field(default=None, description="Taint effect to match; all effects when empty.")
-    toleration_seconds: Optional[int] = Field(default=None, ge=0, description="How long a NoExecute taint is tolerated.")
+    toleration_seconds: Optional[int] = Field(default=None, ge=0, le=2**31 - 1, description="How long a NoExecute taint is tolerated (effect NoExecute only).")
+
+    rules = (
+        Rule(
+            cel="self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            message="a toleration with operator Exists takes no value; remove value or use operator Equal",
+            check=lambda m: m.operator != "Exists" or not m.value,
+            field=".value",
+        ),
+        Rule(
+            cel="has(self.key) || self.operator == 'Exists'",
+            message="a toleration without key must use operator Exists (it then matches every taint)",
+            check=lambda m: m.key is not None or m.operator == "Exists",
+            field=".operator",
+        ),
+        Rule(
+            cel="!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            message="tolerationSeconds needs effect NoExecute",
+            check=lambda m: m.toleration_seconds is None or m.effect == "NoExecute",
+            field=".tolerationSeconds",
+        ),
+    )
+
+
+_NODE_SELECTOR_RULE = Rule(
+    cel=f"self.all(k, k.matches({cel_quote(LABEL_KEY_PATTERN)}) && (!k.contains('/') || k.indexOf('/') <= 253))",
+    message="every key must be a label key: an optional DNS-subdomain prefix and '/', then at most 63 "
+    "letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+    check=lambda d: all(label_key_ok(k) for k in d),
+    explain=lambda d: "every key must be a label key: an optional DNS-subdomain prefix and '/', then at most 63 "
+    "letters, digits, '-', '_' or '.', starting and ending with a letter or digit (not "
+    + ", ".join(repr(k) for k in d if not label_key_ok(k)) + ")",
+)
+
+
+#: An extended resource name: the kubernetes.io domain is reserved for native resources, which
+#: the API server refuses as a container's extended resource.
+GpuResourceName = Annotated[str, Checked(Rule(
+    cel="!self.contains('kubernetes.io/')",
+    message="must be an extended resource name outside the kubernetes.io domain, e.g. nvidia.com/gpu",
+    check=lambda v: "kubernetes.io/" not in v,
+))]
 
 
 class Resources(ApiModel):
@@ -207,16 +440,17 @@ class Resources(ApiModel):
 
     nodes: int = Field(default=1, ge=1, le=512, description="Number of nodes (pods) for distributed training.")
     gpus_per_node: int = Field(default=0, ge=0, le=16, description="GPUs per node; also torchrun's --nproc-per-node. 0 runs on CPU.")
-    gpu_resource_name: str = Field(
+    gpu_resource_name: GpuResourceName = Field(
         default="nvidia.com/gpu",
         max_length=253,
-        pattern=r"^[a-z0-9.-]+/[a-z0-9._-]+$",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",
         description="Extended resource name of the GPU (nvidia.com/gpu, amd.com/gpu, or a MIG profile).",
     )
     cpu: Optional[Quantity] = Field(default=None, description='CPU request and limit per pod, e.g. "8".')
     memory: Optional[Quantity] = Field(default=None, description='Memory request and limit per pod, e.g. "64Gi".')
     shared_memory: Quantity = Field(default="8Gi", description="Size of /dev/shm (NCCL and data loaders need more than the container default).")
-    node_selector: Optional[dict[Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=63)]]] = Field(default=None, max_length=64, description="Node labels the pods must match.")
+    node_selector: Optional[Annotated[dict[Annotated[str, Field(max_length=317)], LabelValue], Checked(_NODE_SELECTOR_RULE)]] = Field(
+        default=None, max_length=64, description="Node labels the pods must match (label keys and values).")
     tolerations: Optional[list[Toleration]] = Field(default=None, max_length=32, description="Taints the pods tolerate.")
     priority_class_name: Optional[Name] = Field(default=None, description="PriorityClass of the pods.")
     queue_name: Optional[str] = Field(
@@ -233,13 +467,24 @@ class OutputSpec(ApiModel):
     uri: Uri = Field(description="Output location (pvc://CLAIM/PATH in a cluster, file:// locally). Checkpoints live below it.")
 
 
+#: The shortest stall timeout: the watchdog runs about once a minute, and a pod reports its first
+#: progress only after it started (image pull, model download).
+MIN_STALL_TIMEOUT = "1m"
+StallTimeout = Annotated[Duration, Checked(Rule(
+    cel=f"duration(self) >= duration('{MIN_STALL_TIMEOUT}')",
+    message=f"must be at least {MIN_STALL_TIMEOUT} (a duration such as \"30m\" or \"1h30m\")",
+    check=lambda v: duration_seconds(v) >= duration_seconds(MIN_STALL_TIMEOUT),
+))]
+
+
 class FailurePolicy(ApiModel):
     """What happens when a pod fails or the work stalls."""
 
     max_restarts: int = Field(default=3, ge=0, le=100, description="Restarts before the run is marked Failed. Each restart resumes from the latest checkpoint.")
-    stall_timeout: Duration = Field(
+    stall_timeout: StallTimeout = Field(
         default="30m",
-        description='Fail (and restart) when no progress was reported for this long, e.g. "30m", "1h".',
+        description='Fail (and restart) when no progress was reported for this long, e.g. "30m", "1h" '
+        f'(at least {MIN_STALL_TIMEOUT}: the operator checks about once a minute).',
     )
     resume: Literal["Latest", "Never"] = Field(default="Latest", description="Latest: resume from the newest complete checkpoint; Never: start over.")
 

@@ -48,6 +48,8 @@ def _convert(node: Any, defs: dict[str, Any], models: dict[str, type[BaseModel]]
     description = node.pop("description", None)
     default = node.pop("default", None)
     node.pop("title", None)
+    # Rules on a field itself (devops_model.api.base.Checked): the server then names that field.
+    field_rules = node.pop("x-kubernetes-validations", None)
 
     if "$ref" in node:
         name = node.pop("$ref").split("/")[-1]
@@ -95,6 +97,8 @@ def _convert(node: Any, defs: dict[str, Any], models: dict[str, type[BaseModel]]
     else:
         raise ValueError(f"{path}: cannot map schema {node!r}")
 
+    if field_rules:
+        out["x-kubernetes-validations"] = out.get("x-kubernetes-validations", []) + field_rules
     if description:
         out["description"] = " ".join(description.split())
     if default is not None and out.get("type") in ("string", "integer", "boolean") and not isinstance(default, (dict, list)):
@@ -110,7 +114,7 @@ def _with_rules(schema: dict[str, Any], model: type[BaseModel] | None) -> dict[s
         if model is not None and model.__doc__ and "description" not in schema:
             schema["description"] = " ".join(model.__doc__.split())
         return schema
-    schema["x-kubernetes-validations"] = [r.to_schema() for r in model.rules]
+    schema["x-kubernetes-validations"] = schema.get("x-kubernetes-validations", []) + [r.to_schema() for r in model.rules]
     return schema
 
 
@@ -148,7 +152,8 @@ def openapi_schema(info: KindInfo) -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": "devops-model.io/v1alpha1"},
             "kind": {"type": "string", "description": info.kind},
-            "metadata": {"type": "object"},
+            # Only metadata.name may be described; it is, so that the name rules can point at it.
+            "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
             "spec": spec,
             "status": status,
         },

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from .base import ApiModel, Rule
-from .common import Artifact, CommonStatus, ModelSource, Name, Resources, ShortStr, TrainingProgress, Uri
+from .common import Artifact, CommonStatus, ExamName, Image, ModelSource, Resources, RunName, TrainingProgress, Uri, root_rules
 
 #: The six exams of the seed's table (574 questions): CMMLU test + C-Eval val.
 PRESETS: dict[str, list[str]] = {
@@ -33,7 +33,7 @@ class ExamSource(ApiModel):
     uri: Uri = Field(description="Root folder in the CMMLU/C-Eval layout: ROOT/BENCHMARK/SPLIT/SUBJECT.csv (dev split for shots).")
     layout: Literal["cmmlu", "devopseval"] = Field(default="cmmlu", description="cmmlu: the CMMLU/C-Eval CSV layout; devopseval: the DevOps-Eval layout.")
     preset: Optional[Literal["devops-574"]] = Field(default=None, description="A named set of exams: devops-574 = the six exams of the seed's table.")
-    exams: Optional[list[ShortStr]] = Field(
+    exams: Optional[list[ExamName]] = Field(
         default=None,
         max_length=256,
         description='Exams as BENCHMARK/SUBJECT, e.g. "cmmlu/computer_science". All exams under the root when neither preset nor exams is given.',
@@ -52,7 +52,7 @@ class ExamSource(ApiModel):
 class BaselineRef(ApiModel):
     """A model or run to compare the scores with."""
 
-    eval_run: Optional[Name] = Field(default=None, description="Name of an EvalRun whose scores are the baseline.")
+    eval_run: Optional[RunName] = Field(default=None, description="Name of an EvalRun whose scores are the baseline (not this one).")
 
 
 class EvalSpec(ApiModel):
@@ -69,7 +69,7 @@ class EvalSpec(ApiModel):
     baseline: Optional[BaselineRef] = Field(default=None, description="Report the change against this baseline.")
     output: Optional[Uri] = Field(default=None, description="Where results.json and predictions.jsonl go (default: next to the model, or a local work dir).")
     resources: Resources = Field(default_factory=Resources)
-    image: Optional[str] = Field(default=None, max_length=512, description="Override the workload image from the operator's configuration.")
+    image: Optional[Image] = Field(default=None, description="Override the workload image from the operator's configuration.")
 
     rules = (
         Rule(
@@ -132,10 +132,4 @@ class EvalRun(ApiModel):
     spec: EvalSpec
     status: Optional[EvalStatus] = None
 
-    rules = (
-        Rule(
-            cel="!has(oldSelf.status) || !has(oldSelf.status.startTime) || self.spec == oldSelf.spec",
-            message="spec is immutable once the run has started; create a new run (e.g. name-v2) instead",
-            transition=True,
-        ),
-    )
+    rules = root_rules("EvalRun")

@@ -7,7 +7,24 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from .base import ApiModel, Rule
-from .common import Artifact, CommonStatus, DatasetRef, Decimal, ModelSource, OutputSpec, Resources, TrainingProgress, Uri
+from .common import (
+    Artifact,
+    CommonStatus,
+    DatasetRef,
+    Image,
+    ModelSource,
+    OutputSpec,
+    Resources,
+    TrainingProgress,
+    Uri,
+    decimal_range,
+    root_rules,
+)
+
+#: GPTQ's Hessian dampening, a share of the mean diagonal: GPTQModel refuses values outside (0, 1].
+DampPercent = decimal_range(0, 1, lo_open=True, example="0.01")
+PerplexityIncrease = decimal_range(0, 100, example="0.25")
+AccuracyDrop = decimal_range(0, 1, example="0.05")
 from .evaluation import ExamSource
 
 
@@ -22,15 +39,24 @@ class CalibrationSpec(ApiModel):
     max_length: int = Field(default=2048, ge=16, le=1_048_576, description="Cut samples to this many tokens.")
     apply_chat_template: bool = Field(default=True, description="Render conversational samples with the chat template first.")
 
+    rules = (
+        Rule(
+            cel="self.minLength <= self.maxLength",
+            message="minLength must not exceed maxLength (no sample could be used)",
+            check=lambda m: m.min_length <= m.max_length,
+            field=".minLength",
+        ),
+    )
+
 
 class VerificationSpec(ApiModel):
     """Checks after quantization; a failed check fails the run with the numbers in its message."""
 
     perplexity_text: Optional[Uri] = Field(default=None, description="Held-out text for perplexity before/after (default: a held-out part of the calibration data).")
-    max_perplexity_increase: Decimal = Field(default="0.25", description='Allowed relative perplexity increase, e.g. "0.25" = +25 %.')
+    max_perplexity_increase: PerplexityIncrease = Field(default="0.25", description='Allowed relative perplexity increase, e.g. "0.25" = +25 %.')
     exams: Optional[ExamSource] = Field(default=None, description="Also evaluate both models on these exams.")
     shots: int = Field(default=0, ge=0, le=5, description="Few-shot setting of the verification exam.")
-    max_accuracy_drop: Decimal = Field(default="0.05", description='Allowed accuracy drop in points of accuracy (0-1), e.g. "0.05".')
+    max_accuracy_drop: AccuracyDrop = Field(default="0.05", description='Allowed accuracy drop in points of accuracy (0-1), e.g. "0.05".')
 
 
 class QuantizeSpec(ApiModel):
@@ -43,12 +69,12 @@ class QuantizeSpec(ApiModel):
     group_size: int = Field(default=128, description="Columns sharing one scale: -1 (per channel), 32, 64 or 128.")
     symmetric: bool = Field(default=True, description="Symmetric quantization (no zero point); what vLLM's fast kernels expect.")
     act_order: bool = Field(default=False, description="Quantize columns in order of activation size (desc_act); better accuracy, slower kernels.")
-    damp_percent: Decimal = Field(default="0.01", description="Hessian dampening.")
+    damp_percent: DampPercent = Field(default="0.01", description='Hessian dampening as a share of the mean diagonal, in (0, 1], e.g. "0.01".')
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     verification: Optional[VerificationSpec] = Field(default_factory=VerificationSpec, description="Checks after quantization.")
     output: OutputSpec
     resources: Resources = Field(default_factory=Resources)
-    image: Optional[str] = Field(default=None, max_length=512, description="Override the workload image from the operator's configuration.")
+    image: Optional[Image] = Field(default=None, description="Override the workload image from the operator's configuration.")
 
     rules = (
         Rule(
@@ -95,10 +121,4 @@ class QuantizeRun(ApiModel):
     spec: QuantizeSpec
     status: Optional[QuantizeStatus] = None
 
-    rules = (
-        Rule(
-            cel="!has(oldSelf.status) || !has(oldSelf.status.startTime) || self.spec == oldSelf.spec",
-            message="spec is immutable once the run has started; create a new run (e.g. name-v2) instead",
-            transition=True,
-        ),
-    )
+    rules = root_rules("QuantizeRun")

@@ -10,8 +10,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..uris import URI_HELP
 from . import API_VERSION, KINDS
+from .common import MAX_NAME_LENGTH
 from .crdgen import build_crd
+
+_NAME_WHY = {
+    "PretrainRun": "35 + `-train-r100` + JobSet's `-node-0-511-abcde` (TrainJob) = 63; PyTorchJob's `-worker-511` fits too",
+    "SFTRun": "as PretrainRun",
+    "EvalRun": "its Job is cut with a hash when needed; the name is a label value",
+    "QuantizeRun": "as EvalRun",
+    "ChatDeployment": "the Service and Deployment carry the name itself",
+}
 
 
 def _type(node: dict[str, Any]) -> str:
@@ -58,6 +68,27 @@ def render_reference() -> str:
         "",
         "Generated from `devops_model/api` by `devops-model crds --docs docs/api.md`; do not edit.",
         "The same text is available in a cluster with `kubectl explain <kind>.spec`.",
+        "",
+        "## Names, URIs and numbers (all kinds)",
+        "",
+        "- **Names** start with a lowercase letter and hold lowercase letters, digits and `-` (a DNS-1035 label, "
+        "as Kubeflow's jobs and Services require). The longest name per kind keeps every child the operator "
+        "creates, and every name Kubeflow derives from it, within 63 characters:",
+        "",
+        "  | kind | longest name | why |",
+        "  |---|---|---|",
+        *[f"  | {k} | {n} | {_NAME_WHY[k]} |" for k, n in MAX_NAME_LENGTH.items()],
+        "",
+        f"- **URIs**: {URI_HELP}. No path segment may be `.` or `..` and none may be empty (`a//b`; one "
+        "trailing `/` is fine), so a URI cannot leave its claim, bucket or root; claim names are DNS-1123 labels; "
+        "hub repositories are `ORG/NAME[@REVISION]`. `file://` is refused by the API server: it is for "
+        "`devops-model run` on one machine (`devops-model validate --local` accepts it).",
+        "- **Numbers that are not integers are strings** (`learningRate: \"5e-5\"`), with at most two exponent "
+        "digits, so every value is finite; each field states its range. An unquoted `5e-5` is a number in YAML "
+        "and is refused, locally as by the server, with the hint to quote it. Integers and booleans are not "
+        "strings: `maxSteps: \"100\"` is refused.",
+        "- Files are read as kubectl reads them (go-yaml v2: `yes`/`no`/`on`/`off` are booleans, `0755` is octal), "
+        "so `devops-model validate` gives the server's answer before `kubectl apply`.",
         "",
     ]
     for info in KINDS.values():

@@ -2,6 +2,12 @@
 
 Errors name the field path, the value and the fix, in the same words as the API server's
 schema and CEL rules: ``spec.finetuning.lora: lora settings are only allowed with type: lora``.
+
+One answer before and after ``kubectl apply``: files are read as kubectl reads them
+(:func:`devops_model.yamlio.load_all`), values are validated strictly (no coercion the server would
+not do), and the rules on metadata.name are the CRDs' own. ``cluster=True`` is the API server's
+view (``devops-model validate``): ``file://`` URIs are refused there, since they only mean
+something to ``devops-model run`` on this machine.
 """
 
 from __future__ import annotations
@@ -14,13 +20,10 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ..yamlio import NotJson, load_all
 from . import API_VERSION, KINDS
 from .base import ApiModel, FieldError, decode_rule_message
-
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-#: Child names are "<run>-<suffix>" and must stay DNS labels; 52 leaves room for the suffix
-#: without hashing in the common case (the builders still hash-cut longer names).
-MAX_NAME_LENGTH = 63
+from .common import MAX_NAME_LENGTH  # noqa: F401  (re-exported: the longest name per kind)
 
 
 class InvalidResource(ValueError):
@@ -38,16 +41,26 @@ def load_documents(path: str | Path) -> list[dict[str, Any]]:
     """All YAML documents of a file (``-`` reads standard input), skipping empty ones."""
     import sys
 
-    text = sys.stdin.read() if str(path) == "-" else Path(path).read_text(encoding="utf-8")
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        text = sys.stdin.read() if str(path) == "-" else Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidResource([FieldError("<file>", f"not UTF-8 text (byte {exc.start}); save it as UTF-8")], str(path)) from None
+    return parse_documents(text, str(path))
+
+
+def parse_documents(text: str, source: str = "") -> list[Any]:
+    """The documents of a YAML text as the API server would receive them from kubectl."""
+    try:
+        return load_all(text)
+    except NotJson as exc:
+        raise InvalidResource([FieldError(exc.path, exc.message)], source) from None
     except yaml.YAMLError as exc:
-        raise InvalidResource([FieldError("<yaml>", f"not valid YAML: {exc}")], str(path)) from None
-    return docs
+        raise InvalidResource([FieldError("<yaml>", f"not valid YAML: {exc}")], source) from None
 
 
-def parse_resource(obj: dict[str, Any], source: str = "") -> ApiModel:
-    """Validate one resource dict and return the typed model (PretrainRun, SFTRun, ...)."""
+def parse_resource(obj: dict[str, Any], source: str = "", *, cluster: bool = False) -> ApiModel:
+    """Validate one resource dict and return the typed model (PretrainRun, SFTRun, ...).
+    ``cluster=True`` checks it as the API server would (file:// refused)."""
     if not isinstance(obj, dict):
         raise InvalidResource([FieldError("<root>", "a resource must be a mapping with apiVersion, kind, metadata and spec")], source)
     errors: list[FieldError] = []
@@ -61,17 +74,20 @@ def parse_resource(obj: dict[str, Any], source: str = "") -> ApiModel:
         errors.append(FieldError("apiVersion", f"must be {API_VERSION}", obj.get("apiVersion"), True))
     meta = obj.get("metadata") or {}
     name = meta.get("name") if isinstance(meta, dict) else None
+    model = KINDS[kind].model
     if not name:
         errors.append(FieldError("metadata.name", "is required"))
-    elif not (_NAME_RE.match(name) and len(name) <= MAX_NAME_LENGTH):
-        errors.append(FieldError(
-            "metadata.name",
-            f"must be a DNS label: lowercase letters, digits and '-', at most {MAX_NAME_LENGTH} characters",
-            name, True,
-        ))
-    model = KINDS[kind].model
+    elif not isinstance(name, str):
+        errors.append(FieldError("metadata.name", "must be a string", name, True))
+    else:
+        # The CRD's rules on metadata.name (root_rules), evaluated here even when the spec is
+        # invalid too, as the server reports both.
+        shim = _NameOnly(name)
+        for rule in model.rules:
+            if rule.field == ".metadata.name" and rule.check is not None and not rule.check(shim):
+                errors.append(FieldError("metadata.name", rule.message, name, True))
     try:
-        parsed = model.model_validate({**obj, "apiVersion": API_VERSION})
+        parsed = model.model_validate({**obj, "apiVersion": API_VERSION}, context={"cluster": cluster})
     except ValidationError as exc:
         errors.extend(format_errors(exc, model))
         parsed = None
@@ -81,9 +97,14 @@ def parse_resource(obj: dict[str, Any], source: str = "") -> ApiModel:
     return parsed
 
 
-def load_resources(path: str | Path) -> list[ApiModel]:
+class _NameOnly:
+    def __init__(self, name: str):
+        self.metadata = {"name": name}
+
+
+def load_resources(path: str | Path, *, cluster: bool = False) -> list[ApiModel]:
     """Parse and validate every resource in a YAML file."""
-    return [parse_resource(d, f"{path}") for d in load_documents(path)]
+    return [parse_resource(d, f"{path}", cluster=cluster) for d in load_documents(path)]
 
 
 def format_errors(exc: ValidationError, model: type[BaseModel]) -> list[FieldError]:
@@ -99,10 +120,14 @@ def format_errors(exc: ValidationError, model: type[BaseModel]) -> list[FieldErr
             decoded = decode_rule_message(str(ctx_err)) if ctx_err is not None else None
             if decoded:
                 rel, text = decoded
-                path = _join(loc) + rel
+                if rel == ".metadata.name":
+                    continue  # reported by parse_resource, with the name
+                path = (_join(loc) + rel).lstrip(".")
                 out.append(FieldError(path or "<root>", text))
                 continue
             msg = msg.removeprefix("Value error, ")
+            if isinstance(value, str) and repr(value) in msg:
+                has_value = False  # the message already quotes it
         elif etype == "missing":
             msg = "is required"
         elif etype == "extra_forbidden":
@@ -112,11 +137,30 @@ def format_errors(exc: ValidationError, model: type[BaseModel]) -> list[FieldErr
             expected = err.get("ctx", {}).get("expected", "")
             msg = f"unsupported value; supported values: {expected}"
         elif etype == "string_pattern_mismatch":
-            msg = f"does not match the expected format {err['ctx']['pattern']}" + _pattern_hint(err["ctx"]["pattern"])
+            hint = _pattern_hint(err["ctx"]["pattern"])
+            # A known format is named in words; the server's message shows the expression itself.
+            msg = f"must be {hint[2:-1]}" if hint else f"does not match the expected format {err['ctx']['pattern']}"
+        elif etype == "string_type" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            # An unquoted number where the API wants a string (learning rates, fractions).
+            written = getattr(value, "text", None) or _go_number(value)
+            msg = f'must be a string, not a number; write it as a string: "{written}"'
+        elif etype == "string_type" and isinstance(value, bool):
+            msg = "must be a string, not a boolean (yes/no/on/off/true/false are booleans in YAML); quote it"
+        elif etype in ("int_type", "bool_type") and isinstance(value, str):
+            kind_of = "an integer" if etype == "int_type" else "a boolean"
+            msg = f"must be {kind_of}, not a string; write it without quotes: {value}"
+        elif etype == "int_type" and isinstance(value, float):
+            msg = "must be an integer"
         else:
             msg = msg[0].lower() + msg[1:]
         out.append(FieldError(_join(loc) or "<root>", msg, value, has_value))
     return out
+
+
+def _go_number(value: float | int) -> str:
+    """How Go prints a number (what kubectl would send): 5e-05, 0.5, 100."""
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
 
 
 def _join(loc: Iterable[Any]) -> str:
@@ -132,12 +176,25 @@ def _join(loc: Iterable[Any]) -> str:
 
 
 def _pattern_hint(pattern: str) -> str:
-    from .common import DECIMAL_PATTERN, DURATION_PATTERN, URI_HELP, URI_PATTERN
+    from .common import (
+        DECIMAL_PATTERN,
+        DURATION_PATTERN,
+        LABEL_VALUE_PATTERN,
+        QUANTITY_PATTERN,
+        RUN_NAME_PATTERN,
+        URI_HELP,
+        URI_PATTERN,
+        VAL_SIZE_PATTERN,
+    )
 
     hints = {
         URI_PATTERN: f" (a URI: {URI_HELP})",
-        DECIMAL_PATTERN: ' (a number written as a string, e.g. "5e-5" or "0.05")',
+        DECIMAL_PATTERN: ' (a number written as a string, e.g. "5e-5" or "0.05"; exponents have at most 2 digits)',
         DURATION_PATTERN: ' (a duration such as "30m" or "1h30m")',
+        QUANTITY_PATTERN: ' (a Kubernetes quantity such as "8", "500m", "64Gi" or "1e3")',
+        LABEL_VALUE_PATTERN: " (a label value: at most 63 letters, digits, '-', '_' or '.', alphanumeric at both ends)",
+        RUN_NAME_PATTERN: " (a run name: starts with a lowercase letter; lowercase letters, digits and '-')",
+        VAL_SIZE_PATTERN: ' (a fraction below 1 such as "0.01", or a whole row count such as "200")',
     }
     return hints.get(pattern, "")
 

@@ -15,14 +15,22 @@ from .common import (
     Artifact,
     CommonStatus,
     DataSpec,
-    Decimal,
     FailurePolicy,
+    Image,
     ModelSource,
     OutputSpec,
     ShortStr,
     Resources,
     TrainingProgress,
+    decimal_range,
+    root_rules,
 )
+
+LearningRate = decimal_range(0, 1, lo_open=True, hi_open=True, example="5e-5", what="a learning rate")
+Fraction = decimal_range(0, 1, hi_open=True, example="0.05", what="a fraction below 1")
+WeightDecay = decimal_range(0, 1, example="0.01")
+#: 0 turns clipping off (as in transformers' Trainer).
+GradNorm = decimal_range(0, 1000, example="1.0")
 
 
 class LoraSpec(ApiModel):
@@ -30,7 +38,7 @@ class LoraSpec(ApiModel):
 
     rank: int = Field(default=8, ge=1, le=256, description="LoRA rank r (seed: 8).")
     alpha: int = Field(default=32, ge=1, le=1024, description="LoRA alpha; the update is scaled by alpha/rank (seed: 32).")
-    dropout: Decimal = Field(default="0.1", description='Dropout on the LoRA input, a fraction below 1 (seed: "0.1").')
+    dropout: Fraction = Field(default="0.1", description='Dropout on the LoRA input, a fraction below 1 (seed: "0.1").')
     target_modules: Optional[list[ShortStr]] = Field(
         default=None,
         max_length=64,
@@ -40,15 +48,6 @@ class LoraSpec(ApiModel):
     merge: bool = Field(
         default=False,
         description="Also write the adapter merged into the base weights (for serving and quantization).",
-    )
-
-    rules = (
-        Rule(
-            cel="double(self.dropout) < 1.0",
-            message="lora.dropout must be a fraction below 1",
-            check=lambda m: float(m.dropout) < 1.0,
-            field=".dropout",
-        ),
     )
 
 
@@ -124,11 +123,11 @@ class DistributedSpec(ApiModel):
 class TrainingSpec(ApiModel):
     """Hyper-parameters. Numbers that are not integers are strings ("5e-5")."""
 
-    learning_rate: Decimal = Field(default="5e-5", description='Peak learning rate, e.g. "5e-5".')
+    learning_rate: LearningRate = Field(default="5e-5", description='Peak learning rate, e.g. "5e-5".')
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(default="cosine", description="Learning-rate schedule after warmup (seed: cosine).")
-    warmup_ratio: Decimal = Field(default="0.05", description='Share of steps spent warming up, below 1 (seed: "0.05").')
-    weight_decay: Decimal = Field(default="0", description='AdamW weight decay, e.g. "0.01".')
-    max_grad_norm: Decimal = Field(default="1.0", description="Gradient clipping norm.")
+    warmup_ratio: Fraction = Field(default="0.05", description='Share of steps spent warming up, below 1 (seed: "0.05").')
+    weight_decay: WeightDecay = Field(default="0", description='AdamW weight decay, e.g. "0.01".')
+    max_grad_norm: GradNorm = Field(default="1.0", description='Gradient clipping norm; "0" turns clipping off.')
     epochs: Optional[int] = Field(default=None, ge=1, le=1000, description="Passes over the data (ignored when maxSteps is set).")
     max_steps: Optional[int] = Field(default=None, ge=1, le=100_000_000, description="Optimizer steps; takes precedence over epochs.")
     per_device_batch_size: int = Field(default=1, ge=1, le=4096, description="Sequences per device per micro-step.")
@@ -158,26 +157,7 @@ class TrainingSpec(ApiModel):
             message="set epochs or maxSteps",
             check=lambda m: m.epochs is not None or m.max_steps is not None,
         ),
-        Rule(
-            cel="double(self.warmupRatio) < 1.0",
-            message="warmupRatio must be a fraction below 1",
-            check=lambda m: float(m.warmup_ratio) < 1.0,
-            field=".warmupRatio",
-        ),
-        Rule(
-            cel="double(self.learningRate) > 0.0 && double(self.learningRate) < 1.0",
-            message="learningRate must be between 0 and 1, e.g. \"5e-5\"",
-            check=lambda m: 0.0 < float(m.learning_rate) < 1.0,
-            field=".learningRate",
-        ),
     )
-
-
-_IMMUTABLE_ONCE_STARTED = Rule(
-    cel="!has(oldSelf.status) || !has(oldSelf.status.startTime) || self.spec == oldSelf.spec",
-    message="spec is immutable once the run has started; create a new run (e.g. name-v2) instead",
-    transition=True,
-)
 
 
 class _RunSpecBase(ApiModel):
@@ -193,7 +173,7 @@ class _RunSpecBase(ApiModel):
     )
     output: OutputSpec = Field(description="Where checkpoints and the final model go.")
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Restarts, stall watchdog and resume.")
-    image: Optional[str] = Field(default=None, max_length=512, description="Override the workload image from the operator's configuration.")
+    image: Optional[Image] = Field(default=None, description="Override the workload image from the operator's configuration.")
 
     rules = (
         Rule(
@@ -236,7 +216,7 @@ class PretrainRun(ApiModel):
     spec: PretrainSpec
     status: Optional[RunStatus] = None
 
-    rules = (_IMMUTABLE_ONCE_STARTED,)
+    rules = root_rules("PretrainRun")
 
 
 class SFTRun(ApiModel):
@@ -248,4 +228,4 @@ class SFTRun(ApiModel):
     spec: SFTSpec
     status: Optional[RunStatus] = None
 
-    rules = (_IMMUTABLE_ONCE_STARTED,)
+    rules = root_rules("SFTRun")

@@ -13,8 +13,9 @@ import yaml
 from devops_model.api import KINDS
 from devops_model.api.base import ApiModel
 from devops_model.api.crdgen import build_crd, crd_files
-from devops_model.api.resource import InvalidResource, load_documents, parse_resource
-from tests.api.api_cases import BAD_CASES, BASE, bad_resource, base
+from devops_model.api.resource import InvalidResource, load_documents, parse_documents, parse_resource
+from devops_model.yamlio import dump
+from tests.api.api_cases import BAD_CASES, BASE, GOOD_CASES, bad_resource, base, case_yaml, good_resource
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,22 +45,85 @@ def test_example_resources_validate(path):
         parse_resource(doc, str(path))
 
 
-def test_at_least_30_bad_cases_across_all_kinds():
-    assert len(BAD_CASES) >= 30
-    assert {c[1] for c in BAD_CASES} == set(KINDS)
-    assert len({c[0] for c in BAD_CASES}) == len(BAD_CASES), "case ids must be unique"
+def test_at_least_100_bad_and_10_unusual_cases_across_all_kinds():
+    assert len(BAD_CASES) >= 100 and len(GOOD_CASES) >= 10
+    assert {c[1] for c in BAD_CASES} == set(KINDS) and {c[1] for c in GOOD_CASES} == set(KINDS)
+    ids = [c[0] for c in BAD_CASES] + [c[0] for c in GOOD_CASES]
+    assert len(set(ids)) == len(ids), "case ids must be unique"
+    names = [(c[1], bad_resource(c)["metadata"]["name"]) for c in BAD_CASES]
+    assert len(set(names)) == len(names), "case names must be unique (the server test applies them all)"
+
+
+def _names_field(paths: list[str], field: str) -> bool:
+    return any(p == field or p.startswith(field + ".") or p.startswith(field + "[") for p in paths)
 
 
 @pytest.mark.parametrize("case", BAD_CASES, ids=[c[0] for c in BAD_CASES])
 def test_bad_resource_is_refused_with_field_path(case):
-    obj = bad_resource(case)
+    """The YAML text the API server test applies, read and validated here as for the server."""
+    text = case_yaml(bad_resource(case))
     with pytest.raises(InvalidResource) as info:
-        parse_resource(obj)
+        for doc in parse_documents(text, case[0]):
+            parse_resource(doc, case[0], cluster=True)
     paths = [e.path for e in info.value.errors]
-    field = case[3]
-    assert any(p == field or p.startswith(field + ".") or p.startswith(field + "[") for p in paths), (
-        f"expected an error at {field}, got {paths}: {info.value}"
-    )
+    assert _names_field(paths, case[3]), f"expected an error at {case[3]}, got {paths}: {info.value}"
+
+
+@pytest.mark.parametrize("case", GOOD_CASES, ids=[c[0] for c in GOOD_CASES])
+def test_unusual_resource_is_accepted(case):
+    for doc in parse_documents(case_yaml(good_resource(case)), case[0]):
+        parse_resource(doc, case[0], cluster=True)
+
+
+def test_cli_validate_refuses_every_bad_case_naming_its_field(tmp_path):
+    """One `devops-model validate` over all bad cases: each document gets its own error naming its
+    field (and nothing else is reported valid)."""
+    docs = "---\n".join(case_yaml(bad_resource(c)) for c in BAD_CASES)
+    good = "---\n".join(case_yaml(good_resource(c)) for c in GOOD_CASES)
+    (tmp_path / "bad.yaml").write_text(docs)
+    (tmp_path / "good.yaml").write_text(good)
+    out = _cli("validate", "-f", str(tmp_path / "bad.yaml"))
+    assert out.returncode == 1 and "is valid" not in out.stdout, out.stdout
+    blocks = {}
+    for block in out.stderr.split("error: ")[1:]:
+        head = block.split(": invalid resource", 1)[0]
+        blocks[head.rsplit("/", 1)[-1]] = block
+    missing = []
+    for c in BAD_CASES:
+        name = bad_resource(c)["metadata"]["name"]
+        block = blocks.get(name, "")
+        if f"  - {c[3]}" not in block and f"  - {c[3].split('[')[0]}" not in block:
+            missing.append((c[0], c[3], block[:300]))
+    assert not missing, missing
+    ok = _cli("validate", "-f", str(tmp_path / "good.yaml"))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.count("is valid") == len(GOOD_CASES)
+
+
+@pytest.mark.parametrize("text,field,needle", [
+    ("learningRate: 5e-5", "spec.training.learningRate", 'write it as a string: "5e-5"'),
+    ("learningRate: 1e-4", "spec.training.learningRate", 'write it as a string: "1e-4"'),
+    ("maxSteps: \"100\"", "spec.training.maxSteps", "write it without quotes: 100"),
+    ("packing: \"true\"", "spec.training.packing", "write it without quotes: true"),
+    ("learningRate: \"1e999\"", "spec.training.learningRate", "exponents have at most 2 digits"),
+    ("learningRate: 1e999", "spec.training.learningRate", "exponents have at most 2 digits"),
+])
+def test_number_hints_name_the_field_and_the_fix(text, field, needle):
+    obj = base("SFTRun")
+    obj["spec"]["training"] = {"epochs": 3, "RAW": 0}
+    doc = case_yaml(obj).replace("RAW: 0", text)
+    with pytest.raises(InvalidResource) as info:
+        parse_resource(parse_documents(doc)[0], cluster=True)
+    errs = [e for e in info.value.errors if e.path == field]
+    assert errs and needle in str(errs[0]), str(info.value)
+
+
+def test_file_uris_are_for_local_runs_only():
+    obj = base("PretrainRun")
+    obj["spec"]["model"]["uri"] = "file:///data/models/qwen"
+    parse_resource(obj)  # devops-model run: fine
+    with pytest.raises(InvalidResource, match="file:// URIs are only for runs on this machine"):
+        parse_resource(obj, cluster=True)
 
 
 def test_error_message_names_field_value_and_fix():
@@ -80,10 +144,27 @@ def test_unknown_kind_suggests_the_closest():
         parse_resource(obj)
 
 
+def test_run_name_limits_follow_the_children():
+    """The longest PretrainRun/SFTRun name keeps <name>-train-r100 plus Kubeflow's derived names
+    (PyTorchJob <job>-worker-511, JobSet <job>-node-0-511-abcde) within 63 characters."""
+    from devops_model.api.common import MAX_NAME_LENGTH
+
+    for kind in ("PretrainRun", "SFTRun"):
+        job = "x" * MAX_NAME_LENGTH[kind] + "-train-r100"
+        assert len(job + "-node-0-511-abcde") <= 63 and len(job + "-worker-511") <= 63
+    for kind, limit in MAX_NAME_LENGTH.items():
+        obj = base(kind)
+        obj["metadata"]["name"] = "a" * limit
+        parse_resource(obj)
+        obj["metadata"]["name"] = "a" * (limit + 1)
+        with pytest.raises(InvalidResource, match=f"have at most {limit} characters"):
+            parse_resource(obj)
+
+
 def test_bad_metadata_name():
     obj = base("EvalRun")
     obj["metadata"]["name"] = "Bad_Name"
-    with pytest.raises(InvalidResource, match="metadata.name: must be a DNS label"):
+    with pytest.raises(InvalidResource, match="metadata.name: must start with a lowercase letter"):
         parse_resource(obj)
 
 
@@ -177,11 +258,11 @@ def test_cli_crds_equals_committed_files():
 
 def test_cli_validate_reports_field_paths(tmp_path):
     good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump(base("QuantizeRun")))
+    good.write_text(dump(base("QuantizeRun")))
     bad = tmp_path / "bad.yaml"
     obj = base("QuantizeRun")
     obj["spec"]["bits"] = 5
-    bad.write_text(yaml.safe_dump(obj))
+    bad.write_text(dump(obj))
     assert _cli("validate", "-f", str(good)).returncode == 0
     out = _cli("validate", "-f", str(bad))
     assert out.returncode == 1
@@ -192,7 +273,7 @@ def test_cli_run_refuses_bad_file_before_running(tmp_path):
     obj = base("SFTRun")
     obj["spec"]["finetuning"]["type"] = "full"
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(obj))
+    bad.write_text(dump(obj))
     out = _cli("run", "-f", str(bad))
     assert out.returncode == 3
     assert "spec.finetuning.lora: lora settings are only allowed with type: lora" in out.stderr

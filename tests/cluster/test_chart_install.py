@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devops_model.yamlio import dump
 from tests.api.api_cases import base
 from tests.plugins.chart import CHART, render_chart
 
@@ -312,7 +313,7 @@ def test_api_servers_pod_security_admission_accepts_every_pod(control_plane, fre
     sources: list[tuple[str, list[dict]]] = [("chart default", render_chart())]
     sources += [(f"chart {f.name}", render_chart((f,))) for f in CI_VALUES]
     every = tmp_path / "variants.yaml"
-    every.write_text("---\n".join(yaml.safe_dump({**res, "metadata": {**res["metadata"], "name": name.lower()}})
+    every.write_text("---\n".join(dump({**res, "metadata": {**res["metadata"], "name": name.lower()}})
                                   for name, res in _variants()))
     sources.append(("variants", _render(every)))
     sources += [(f"example {p.name}", _render(p)) for p in _examples()]

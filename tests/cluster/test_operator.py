@@ -231,12 +231,13 @@ def test_bad_data_fails_without_restarting(control_plane, k8s_namespace, run_ope
 def test_stall_watchdog_restarts_a_silent_run(control_plane, k8s_namespace, run_operator):
     cp, ns = control_plane, k8s_namespace
     op = run_operator(ns)
-    cp.apply(sft("quiet", launcher="Job", failurePolicy={"maxRestarts": 2, "stallTimeout": "2s"}), namespace=ns)
+    # 1m is the shortest stall timeout the API accepts (issue 14: "0s" restarted a run at once).
+    cp.apply(sft("quiet", launcher="Job", failurePolicy={"maxRestarts": 2, "stallTimeout": "1m"}), namespace=ns)
     pod = cp.wait_for(lambda: job_pod(cp, ns, "quiet-train"), timeout=45, message=lambda: op.tail())
     patch_status(cp, "pod", pod, ns, {"phase": "Running", "containerStatuses": [running_container()]})
     # A worker that reported once, long ago.
     patch_status(cp, "sftrun", "quiet", ns, {"progress": {"step": 3, "totalSteps": 5, "updated": "2026-01-01T00:00:00Z"}})
-    cp.wait_for(lambda: cp.get("job", "quiet-train-r1", ns), timeout=45,
+    cp.wait_for(lambda: cp.get("job", "quiet-train-r1", ns), timeout=150,
                 message=lambda: f"restart after stall; {cp.get('sftrun', 'quiet', ns).get('status')}\n{op.tail()}")
     obj = cp.get("sftrun", "quiet", ns)
     assert condition(obj, "Stalled")["status"] == "True"

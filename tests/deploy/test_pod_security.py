@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from devops_model.yamlio import dump
 from tests.api.api_cases import base
 from tests.plugins.chart import CHART, CI_VALUES, render_chart
 
@@ -259,7 +260,7 @@ def variant_children(tmp_path_factory) -> dict[str, list[dict]]:
     for name, res in _variants():
         res["metadata"]["name"] = name.lower()  # distinct names, so children can be told apart
         res["metadata"]["namespace"] = "team-a"
-        (d / f"{name}.yaml").write_text(yaml.safe_dump(res))
+        (d / f"{name}.yaml").write_text(dump(res))
     every = d / "all.yaml"
     every.write_text("---\n".join((d / f"{name}.yaml").read_text() for name, _ in _variants()))
     children = _render(every)
@@ -320,7 +321,7 @@ def test_trust_remote_code_only_when_the_resource_asks(variant_children, tmp_pat
     chat = base("ChatDeployment")
     chat["spec"]["engine"] = {"name": "builtin"}
     chat["spec"]["model"]["trustRemoteCode"] = True
-    (tmp_path / "chat.yaml").write_text(yaml.safe_dump(chat))
+    (tmp_path / "chat.yaml").write_text(dump(chat))
     assert any(_mentions_remote_code(o) for o in _render(tmp_path / "chat.yaml"))
 
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from devops_model.yamlio import dump
 from tests.plugins.serve import REPO, cli, free_port
 
 
@@ -190,7 +191,7 @@ def test_gate_refuses_to_serve(lineage_home, gate, why, reason):
     doc = yaml.safe_load((REPO / "examples/local/chat.yaml").read_text())
     doc["spec"]["gate"] = gate
     f = lineage_home / "chat.yaml"
-    f.write_text(yaml.safe_dump(doc))
+    f.write_text(dump(doc))
     r = subprocess.run([*cli(), "run", "-f", str(f)], cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 3, r.stderr
     assert f"failed ({why})" in r.stderr and reason in r.stderr and "spec.gate" in r.stderr

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from devops_model.yamlio import dump
 from devops_workloads import runner
 from devops_workloads.train.entry import find_resume_checkpoint
 
@@ -61,7 +63,7 @@ def _sft_data_loss(model_dir: Path, template: str = "chatml") -> float:
 
 def _write(tmp_path: Path, res_dict: dict) -> Path:
     p = tmp_path / f"{res_dict['metadata']['name']}.yaml"
-    p.write_text(yaml.safe_dump(res_dict, sort_keys=False))
+    p.write_text(dump(res_dict))
     return p
 
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from devops_model.yamlio import dump
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "local"
 QUESTION = "Kubernetes 中 Deployment 和 StatefulSet 有什么区别？"
@@ -121,7 +123,7 @@ def run_quickstart(workdir: Path, exams: Path | None = None, fresh: bool = False
         if exams is not None and res["kind"] == "EvalRun":
             res["spec"]["exams"] = {"uri": f"file://{exams.resolve()}", "preset": "devops-574"}
         dst = workdir / "resources" / stage.file
-        dst.write_text(yaml.safe_dump(res, sort_keys=False, allow_unicode=True))
+        dst.write_text(dump(res))  # quoted as kubectl needs ("5e-5" stays a string)
         kind, name = res["kind"], res["metadata"]["name"]
         entry = _registry(workdir, kind, name)
         if entry and entry.get("status", {}).get("state") == "Succeeded" and entry.get("resource") and \

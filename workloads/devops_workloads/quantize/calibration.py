@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from devops_model.contract import ExitCode, Reason
-from devops_model.uris import UriError, local_path, parse_uri
+from devops_model.uris import UriError, local_path, parse_uri, resolve_within
 
 from ..runner import WorkloadError
 
@@ -222,7 +222,10 @@ def resolve_datasets(datasets: Sequence[Any], registry: str | None, field: str) 
             if "file_name" not in entry:
                 raise bad(f"{where}.name", f"{name!r} has no file_name in dataset_info.json; "
                           "hub datasets cannot be fetched here, give a file")
-            path = reg_dir / entry["file_name"]
+            try:  # a registry's file name stays inside the registry folder (issue 14)
+                path = resolve_within(reg_dir, entry["file_name"], what=f"{name}.file_name")
+            except UriError as exc:
+                raise bad(f"{where}.name", str(exc)) from None
             for k, v in (entry.get("columns") or {}).items():
                 columns.setdefault(k, v)
             if fmt == "auto" and entry.get("formatting") in ("alpaca", "sharegpt"):

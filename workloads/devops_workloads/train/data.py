@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from devops_model.contract import ExitCode, Reason
-from devops_model.uris import UriError, local_path, parse_uri
+from devops_model.uris import UriError, local_path, parse_uri, resolve_within
 
 from ..runner import WorkloadError
 
@@ -84,6 +84,14 @@ def file_sha1(path: Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def _within(base: Path, name: str, what: str) -> Path:
+    """A registry's relative file name, refused when it leaves the registry folder (issue 14)."""
+    try:
+        return resolve_within(base, name, what=what)
+    except UriError as exc:
+        raise bad_data(str(exc)) from None
 
 
 def _local(uri: str, what: str) -> Path:
@@ -150,9 +158,10 @@ def resolve_sources(data_spec: Any, stage: str) -> list[Source]:
                 src.hub = entry["hf_hub_url"]
             elif entry.get("file_name"):
                 fn = entry["file_name"]
-                src.path = _local(fn, f"{fp} ({ref.name}.file_name)") if "://" in fn else reg_dir / fn
+                what = f"{fp} ({ref.name}.file_name)"
+                src.path = _local(fn, what) if "://" in fn else _within(reg_dir, fn, what)
             elif entry.get("script_url"):
-                src.path = reg_dir / entry["script_url"]
+                src.path = _within(reg_dir, entry["script_url"], f"{fp} ({ref.name}.script_url)")
             else:
                 raise bad_data(f"{fp}.name: registry entry {ref.name!r} has none of file_name, hf_hub_url or script_url")
         else:
