@@ -7,16 +7,17 @@ the docs and the tests need to know about vLLM, TGI and the built-in server.
 
 The built-in server runs the same worker entry point as every other pod
 (``devops-model run -f /etc/devops-model/resource.yaml``), so its model arrives through the same
-code as locally (hub, ModelScope, S3, PVC) and it needs no flags; vLLM and TGI get flags built from
-the spec. Flags the operator sets are reserved: ``spec.engine.extraArgs`` may not repeat them.
+code as locally (hub, ModelScope, S3, PVC) and it needs no flags (the API refuses extraArgs for it);
+vLLM and TGI get flags built from the spec, which ``spec.engine.extraArgs`` may not repeat or override
+(``devops_model.api.chat.OPERATOR_FLAGS``).
 
 Pure: no I/O, no imports beyond the standard library and the contract.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from .contract import SPEC_FILE, Env
@@ -84,8 +85,6 @@ class Engine:
     api_key_env: tuple[str, ...]
     #: Environment variables set from the spec (name -> function of the spec).
     env: tuple[tuple[str, Callable[[Any], str]], ...] = ()
-    #: Flags the operator sets: spec.engine.extraArgs may not repeat or override them.
-    reserved_flags: frozenset[str] = field(default_factory=frozenset)
     #: The readiness/liveness route (200 once the model is loaded).
     health_path: str = "/health"
     #: Whether the engine downloads hub ids itself (vLLM, TGI) or gets them from the worker (builtin).
@@ -105,18 +104,12 @@ ENGINES: dict[str, Engine] = {
         command=("python3", "-m", "vllm.entrypoints.openai.api_server"),
         build_args=_vllm_args, needs_gpu=True, serves_ui=False,
         api_key_env=("VLLM_API_KEY",),
-        reserved_flags=frozenset({"--model", "--served-model-name", "--host", "--port", "--trust-remote-code",
-                                  "--api-key", "--tensor-parallel-size", "-tp", "--max-model-len",
-                                  "--max-num-seqs", "--quantization", "-q", "--download-dir"}),
     ),
     "tgi": Engine(
         name="tgi", image_key="tgi", command=("text-generation-launcher",),
         build_args=_tgi_args, needs_gpu=True, serves_ui=False,
         # TGI reads its key from API_KEY (text-generation-launcher --api-key / env API_KEY).
         api_key_env=("API_KEY",),
-        reserved_flags=frozenset({"--model-id", "--hostname", "--port", "-p", "--trust-remote-code", "--api-key",
-                                  "--num-shard", "--max-total-tokens", "--max-input-tokens",
-                                  "--max-concurrent-requests", "--quantize", "--revision"}),
     ),
     "builtin": Engine(
         name="builtin", image_key="serve",
@@ -124,22 +117,9 @@ ENGINES: dict[str, Engine] = {
         build_args=_no_args, needs_gpu=False, serves_ui=True,
         api_key_env=(Env.API_KEY,),
         env=((Env.SERVE_HOST, lambda spec: "0.0.0.0"), (Env.SERVE_PORT, lambda spec: str(spec.port))),
-        # The worker reads everything from the spec; any flag would be one the operator did not set
-        # through the spec, so extraArgs are refused for this engine.
-        reserved_flags=frozenset(),
         loads_hub_ids=False,
     ),
 }
 
 ENGINE_NAMES: tuple[str, ...] = tuple(ENGINES)
 
-
-def reserved_flag_in(engine: str, extra_args: Sequence[str]) -> Optional[str]:
-    """The first of ``extra_args`` that repeats or overrides a flag the operator sets (``--port 9`` and
-    ``--port=9`` alike), or None."""
-    reserved = ENGINES[engine].reserved_flags
-    for arg in extra_args:
-        flag = arg.split("=", 1)[0]
-        if flag in reserved:
-            return flag
-    return None

@@ -90,7 +90,7 @@ class YamlFloat(float):
 
     text: str
 
-    def __new__(cls, value: float, text: str):
+    def __new__(cls, value: float, text: str) -> "YamlFloat":
         obj = super().__new__(cls, value)
         obj.text = text
         return obj
@@ -152,17 +152,17 @@ def go_resolve(text: str) -> Any:
     return text
 
 
-class _KubectlLoader(yaml.SafeLoader):
+class _KubectlLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no types
     """PyYAML's parser with go-yaml v2's scalar resolution (see :func:`go_resolve`)."""
 
-    def resolve(self, kind, value, implicit):
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
         if kind is yaml.ScalarNode and implicit[0]:
             if value == "<<":
                 return "tag:yaml.org,2002:merge"
             return _PLAIN
         return super().resolve(kind, value, implicit)
 
-    def construct_mapping(self, node, deep=False):
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         # Keys become JSON strings one by one (PyYAML's dict would merge 1 and true).
         self.flatten_mapping(node)
         out: dict[str, Any] = {}
@@ -218,7 +218,7 @@ def _construct_tagged_scalar(loader: _KubectlLoader, suffix: str, node: Any) -> 
     return loader.construct_mapping(node, deep=True)
 
 
-def _construct_explicit(tag: str):
+def _construct_explicit(tag: str) -> Any:
     def construct(loader: _KubectlLoader, node: yaml.ScalarNode) -> Any:
         value = go_resolve(node.value)
         ok = {

@@ -73,7 +73,7 @@ class Checked:
     def __init__(self, *rules: Rule):
         object.__setattr__(self, "rules", tuple(rules))
 
-    def __get_pydantic_core_schema__(self, source: Any, handler: Any):
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
         from pydantic_core import core_schema
 
         rules = self.rules
@@ -86,7 +86,7 @@ class Checked:
 
         return core_schema.no_info_after_validator_function(check, handler(source))
 
-    def __get_pydantic_json_schema__(self, schema: Any, handler: Any):
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> Any:
         out = handler(schema)
         target = handler.resolve_ref_schema(out)
         target.setdefault("x-kubernetes-validations", []).extend(r.to_schema() for r in self.rules)
@@ -118,7 +118,7 @@ class ApiModel(BaseModel):
     rules: ClassVar[tuple[Rule, ...]] = ()
 
     @model_validator(mode="after")
-    def _check_rules(self):
+    def _check_rules(self) -> Any:
         for rule in type(self).rules:
             if rule.field == ".metadata.name":
                 continue  # checked by parse_resource, which sees the name even when the spec is bad

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Optional
+from typing import Any, Annotated, Literal, Optional
 
 from pydantic import Field
 
+from ..engines import ENGINES
 from .base import ApiModel, Checked, Rule
 from .common import CommonStatus, Image, ModelSource, Resources, RunName, SecretKeyRef, cel_quote, root_rules
+
+#: Engines that run without a GPU (devops_model.engines).
+_CPU_ENGINES = [name for name, engine in ENGINES.items() if not engine.needs_gpu]
 
 #: Flags the operator sets on some engine (vLLM, TGI or the built-in server), from the spec:
 #: extraArgs may not repeat or override them (a second --port breaks the probes and the
@@ -43,13 +47,13 @@ def overridden_flag(arg: str) -> str | None:
 def _prefix_trie(words: list[str]) -> str:
     """A regular expression (RE2 and Python alike) matching every non-empty prefix of ``words``;
     "-" also matches "_" (vLLM accepts both)."""
-    trie: dict = {}
+    trie: dict[str, Any] = {}
     for w in words:
         node = trie
         for ch in w:
             node = node.setdefault(ch, {})
 
-    def emit(node: dict) -> str:
+    def emit(node: dict[str, Any]) -> str:
         alts = []
         for ch, sub in sorted(node.items()):
             atom = "[-_]" if ch == "-" else re.escape(ch)
@@ -119,10 +123,20 @@ class ChatSpec(ApiModel):
 
     rules = (
         Rule(
-            cel="(has(self.engine) && self.engine.name == 'builtin') || (has(self.resources) && self.resources.gpusPerNode >= 1)",
-            message="engines vllm and tgi need resources.gpusPerNode >= 1; use engine.name: builtin on CPU",
-            check=lambda m: m.engine.name == "builtin" or m.resources.gpus_per_node >= 1,
+            # From the engine registry: the engines that run on CPU need no GPU.
+            cel=f"(has(self.engine) && self.engine.name in {_CPU_ENGINES!r}) || "
+                "(has(self.resources) && self.resources.gpusPerNode >= 1)",
+            message=f"engines {', '.join(n for n in ENGINES if n not in _CPU_ENGINES)} need resources.gpusPerNode >= 1; "
+                    f"use engine.name: {_CPU_ENGINES[0]} on CPU",
+            check=lambda m: not ENGINES[m.engine.name].needs_gpu or m.resources.gpus_per_node >= 1,
             field=".engine.name",
+        ),
+        Rule(
+            cel="!(has(self.engine) && self.engine.name == 'builtin' && has(self.engine.extraArgs))",
+            message="the builtin engine takes no extraArgs: its pod runs the worker entry point, which reads "
+                    "everything from the spec",
+            check=lambda m: not (m.engine.name == "builtin" and m.engine.extra_args),
+            field=".engine.extraArgs",
         ),
         Rule(
             cel="!has(self.resources) || self.resources.nodes == 1",
@@ -153,7 +167,7 @@ class ChatDeployment(ApiModel):
 
     api_version: Literal["devops-model.io/v1alpha1"] = "devops-model.io/v1alpha1"
     kind: Literal["ChatDeployment"] = "ChatDeployment"
-    metadata: dict = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
     spec: ChatSpec
     status: Optional[ChatStatus] = None
 

@@ -93,7 +93,7 @@ def decimal_range(lo: float | None, hi: float | None, *, lo_open: bool = False, 
                   example: str, what: str = "") -> Any:
     """A decimal string whose value lies in a range, checked on the field itself (CEL and Python).
     ``what`` names the range in words ("a fraction below 1")."""
-    cel, desc = [], []
+    cel: list[str] = []
     if lo is not None:
         cel.append(f"double(self) {'>' if lo_open else '>='} {float(lo)!r}")
     if hi is not None:

@@ -168,7 +168,7 @@ def build_crd(info: KindInfo) -> dict[str, Any]:
     """The CustomResourceDefinition of one kind, as a dict."""
     columns = []
     for c in info.columns:
-        col = {"name": c.name, "type": c.type, "jsonPath": c.json_path}
+        col: dict[str, Any] = {"name": c.name, "type": c.type, "jsonPath": c.json_path}
         if c.description:
             col["description"] = c.description
         if c.priority:

@@ -7,7 +7,7 @@ micro-averaged accuracy.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field
 
@@ -55,13 +55,17 @@ class BaselineRef(ApiModel):
     eval_run: Optional[RunName] = Field(default=None, description="Name of an EvalRun whose scores are the baseline (not this one).")
 
 
+def _base_style() -> list[Literal["base", "chat"]]:
+    return ["base"]
+
+
 class EvalSpec(ApiModel):
     """An exam evaluation of one model."""
 
     model: ModelSource = Field(description="The model to evaluate.")
     exams: ExamSource = Field(description="Which exams.")
     shots: list[int] = Field(default_factory=lambda: [0, 5], min_length=1, max_length=6, description="Few-shot settings to run, each 0-5 (seed: 0 and 5).")
-    styles: list[Literal["base", "chat"]] = Field(default_factory=lambda: ["base"], min_length=1, max_length=2, description="base: raw text; chat: chatml with the seed's system prompt.")
+    styles: list[Literal["base", "chat"]] = Field(default_factory=_base_style, min_length=1, max_length=2, description="base: raw text; chat: chatml with the seed's system prompt.")
     chat_template: Literal["chatml", "tokenizer"] = Field(default="chatml", description="For style chat: the seed's chatml prompt, or the tokenizer's own chat template.")
     scoring: Literal["seed", "loglikelihood"] = Field(default="seed", description="seed: raw logit of A-D at the last position; loglikelihood: log-likelihood of ' A'..' D' (lm-evaluation-harness).")
     batch_size: int = Field(default=16, ge=1, le=1024, description="Questions per forward pass.")
@@ -128,7 +132,7 @@ class EvalRun(ApiModel):
 
     api_version: Literal["devops-model.io/v1alpha1"] = "devops-model.io/v1alpha1"
     kind: Literal["EvalRun"] = "EvalRun"
-    metadata: dict = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
     spec: EvalSpec
     status: Optional[EvalStatus] = None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, TypeAlias, Any, Literal, Optional
 
 from pydantic import Field
 
@@ -22,9 +22,14 @@ from .common import (
 )
 
 #: GPTQ's Hessian dampening, a share of the mean diagonal: GPTQModel refuses values outside (0, 1].
-DampPercent = decimal_range(0, 1, lo_open=True, example="0.01")
-PerplexityIncrease = decimal_range(0, 100, example="0.25")
-AccuracyDrop = decimal_range(0, 1, example="0.05")
+if TYPE_CHECKING:  # decimal strings with a checked range; to the type checker, strings
+    DampPercent: TypeAlias = str
+    PerplexityIncrease: TypeAlias = str
+    AccuracyDrop: TypeAlias = str
+else:
+    DampPercent = decimal_range(0, 1, lo_open=True, example="0.01")
+    PerplexityIncrease = decimal_range(0, 100, example="0.25")
+    AccuracyDrop = decimal_range(0, 1, example="0.05")
 from .evaluation import ExamSource
 
 
@@ -117,7 +122,7 @@ class QuantizeRun(ApiModel):
 
     api_version: Literal["devops-model.io/v1alpha1"] = "devops-model.io/v1alpha1"
     kind: Literal["QuantizeRun"] = "QuantizeRun"
-    metadata: dict = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
     spec: QuantizeSpec
     status: Optional[QuantizeStatus] = None
 

@@ -32,7 +32,7 @@ def _type(node: dict[str, Any]) -> str:
         return f"list of {_type(node['items'])}"
     if t == "object" and isinstance(node.get("additionalProperties"), dict):
         return "map of string"
-    return t
+    return str(t)
 
 
 def _limits(node: dict[str, Any]) -> str:

@@ -182,10 +182,10 @@ def _pattern_hint(pattern: str) -> str:
         LABEL_VALUE_PATTERN,
         QUANTITY_PATTERN,
         RUN_NAME_PATTERN,
-        URI_HELP,
         URI_PATTERN,
         VAL_SIZE_PATTERN,
     )
+    from ..uris import URI_HELP
 
     hints = {
         URI_PATTERN: f" (a URI: {URI_HELP})",
@@ -214,14 +214,14 @@ def _did_you_mean(model: type[BaseModel], loc: list[Any]) -> str:
     return f"; did you mean {hint[0]}?" if hint else f"; known fields: {', '.join(names)}"
 
 
-def _find_field(model: Any, name: str):
+def _find_field(model: Any, name: str) -> Any:
     for n, f in getattr(model, "model_fields", {}).items():
         if name in (n, f.alias):
             return f
     return None
 
 
-def _model_of(annotation: Any):
+def _model_of(annotation: Any) -> Any:
     import typing
 
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):

@@ -6,7 +6,7 @@ dropout 0.1, DeepSpeed ZeRO-2 with the optimizer offloaded to CPU, bf16, warmup 
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, TypeAlias, Any, Literal, Optional
 
 from pydantic import Field
 
@@ -26,11 +26,17 @@ from .common import (
     root_rules,
 )
 
-LearningRate = decimal_range(0, 1, lo_open=True, hi_open=True, example="5e-5", what="a learning rate")
-Fraction = decimal_range(0, 1, hi_open=True, example="0.05", what="a fraction below 1")
-WeightDecay = decimal_range(0, 1, example="0.01")
-#: 0 turns clipping off (as in transformers' Trainer).
-GradNorm = decimal_range(0, 1000, example="1.0")
+if TYPE_CHECKING:  # decimal strings with a checked range; to the type checker, strings
+    LearningRate: TypeAlias = str
+    Fraction: TypeAlias = str
+    WeightDecay: TypeAlias = str
+    GradNorm: TypeAlias = str
+else:
+    LearningRate = decimal_range(0, 1, lo_open=True, hi_open=True, example="5e-5", what="a learning rate")
+    Fraction = decimal_range(0, 1, hi_open=True, example="0.05", what="a fraction below 1")
+    WeightDecay = decimal_range(0, 1, example="0.01")
+    #: 0 turns clipping off (as in transformers' Trainer).
+    GradNorm = decimal_range(0, 1000, example="1.0")
 
 
 class LoraSpec(ApiModel):
@@ -212,7 +218,7 @@ class PretrainRun(ApiModel):
 
     api_version: Literal["devops-model.io/v1alpha1"] = "devops-model.io/v1alpha1"
     kind: Literal["PretrainRun"] = "PretrainRun"
-    metadata: dict = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
     spec: PretrainSpec
     status: Optional[RunStatus] = None
 
@@ -224,7 +230,7 @@ class SFTRun(ApiModel):
 
     api_version: Literal["devops-model.io/v1alpha1"] = "devops-model.io/v1alpha1"
     kind: Literal["SFTRun"] = "SFTRun"
-    metadata: dict = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
     spec: SFTSpec
     status: Optional[RunStatus] = None
 

@@ -318,6 +318,7 @@ BAD_CASES: list[tuple[str, str, Callable[[dict], None], str]] = [
     ("extra-args-config-file", _C, _extra("--config", "/mnt/x.yaml"), "spec.engine.extraArgs[0]"),
     ("extra-args-tp", _C, _extra("-tp", "8"), "spec.engine.extraArgs[0]"),
     ("extra-args-tgi-model-id", _C, _extra("--model-id", "other"), "spec.engine.extraArgs[0]"),
+    ("extra-args-builtin", _C, _both(_set("spec.engine.name", "builtin"), _extra("--dtype", "float32")), "spec.engine.extraArgs"),
     # ===== more shapes and bounds
     ("chat-port-80", _C, _set("spec.port", 80), "spec.port"),
     ("chat-served-name-space", _C, _set("spec.servedModelName", "my model"), "spec.servedModelName"),

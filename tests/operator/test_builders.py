@@ -237,10 +237,10 @@ def test_two_kinds_with_one_run_name_get_different_identities():
                               "spec": _minimal_spec(kind)})
         names.add(identity_name(res))
     assert len(names) == 4, names
-    long = "r" * 63
-    res = parse_resource({"apiVersion": "devops-model.io/v1alpha1", "kind": "SFTRun", "metadata": {"name": long},
-                          "spec": _minimal_spec("SFTRun")})
-    assert len(identity_name(res)) <= 63 and identity_name(res).endswith("-sft-worker")
+    long = "r" * 63  # the longest name an EvalRun may have
+    res = parse_resource({"apiVersion": "devops-model.io/v1alpha1", "kind": "EvalRun", "metadata": {"name": long},
+                          "spec": _minimal_spec("EvalRun")})
+    assert len(identity_name(res)) <= 63 and identity_name(res).endswith("-worker")
 
 
 def _minimal_spec(kind):
