@@ -212,11 +212,19 @@ _UTF8 = {"utf-8", "utf_8", "utf8", "u8", "utf-8-sig", "utf_8_sig"}
 
 
 class ReadCounter:
-    """Bytes and rows read so far (what the progress of the data phases counts)."""
+    """Bytes and rows read so far (what the progress of the data phases counts); ``on_rows`` is
+    called every ``every`` rows."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_rows: Any = None, every: int = 256) -> None:
         self.bytes = 0
         self.rows = 0
+        self.on_rows = on_rows
+        self.every = every
+
+    def row(self) -> None:
+        self.rows += 1
+        if self.on_rows is not None and self.rows % self.every == 0:
+            self.on_rows(self)
 
 
 def check_encoding(encoding: str, where: str) -> str:
@@ -342,7 +350,7 @@ def _json_array(src: "Source", path: Path, where: str, counter: ReadCounter | No
                             raise invalid(exc.msg) from None
                 pos = end
                 if counter is not None:
-                    counter.rows += 1
+                    counter.row()
                 yield f"{where}:{start_line}", row
                 i += 1
                 skip_ws()
@@ -388,7 +396,7 @@ def _rows(src: Source, problems: DataProblems, counter: ReadCounter | None = Non
                                 reason="DataDownloadFailed") from exc
         for i, row in enumerate(ds):
             if counter is not None:
-                counter.rows += 1
+                counter.row()
             yield f"{src.name}:{i}", row
         return
     for path in _files(src.path):
@@ -399,7 +407,7 @@ def _rows(src: Source, problems: DataProblems, counter: ReadCounter | None = Non
         if kind == "text":
             for n, line in _decoded_lines(src, path, counter):
                 if counter is not None:
-                    counter.rows += 1
+                    counter.row()
                 yield f"{where}:{n}", {"text": line}
         elif kind == "json":
             if _starts_with_bracket(src, path):
@@ -409,7 +417,7 @@ def _rows(src: Source, problems: DataProblems, counter: ReadCounter | None = Non
                     if not line.strip():
                         continue
                     if counter is not None:
-                        counter.rows += 1
+                        counter.row()
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError:
@@ -428,7 +436,7 @@ def _rows(src: Source, problems: DataProblems, counter: ReadCounter | None = Non
             try:
                 for row in csv.DictReader(texts()):
                     if counter is not None:
-                        counter.rows += 1
+                        counter.row()
                     yield f"{where}:{numbers[0]}", row
             except csv.Error as exc:
                 raise bad_data(f"{src.field_path} ({src.name}): {path} line {numbers[0]} is not valid CSV ({exc})") from None
@@ -437,7 +445,7 @@ def _rows(src: Source, problems: DataProblems, counter: ReadCounter | None = Non
 
             for i, row in enumerate(datasets.load_dataset("parquet", data_files=str(path), split="train")):
                 if counter is not None:
-                    counter.rows += 1
+                    counter.row()
                 yield f"{where}:{i}", row
 
 
