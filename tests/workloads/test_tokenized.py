@@ -251,7 +251,7 @@ def _gbk_registry(root: Path, kind: str, encoding: str | None = None) -> Path:
     return reg
 
 
-BAD_LINE = {"txt": 2, "jsonl": 1, "json": 7, "csv": 3}
+BAD_LINE = {"txt": 2, "jsonl": 1, "json": 8, "csv": 3}
 
 
 @pytest.mark.parametrize("kind", ["txt", "jsonl", "json", "csv"])
@@ -306,10 +306,10 @@ def test_gbk_corpus_run_exits_3_with_one_line_and_leaves_nothing(tmp_path):
                      "training": {"maxSteps": 1}, "launcher": "Job", "output": {"uri": "pvc://runs/gbk-pt"}}}
     f = tmp_path / "gbk.yaml"
     f.write_text(json.dumps(spec))
-    env = {**os.environ, "DEVOPS_MODEL_STORAGE": str(storage), "DEVOPS_MODEL_HOME": str(tmp_path / "home"),
-           "PYTHONPATH": str(REPO)}
-    p = subprocess.run([sys.executable, "-m", "devops_workloads.runner", "-f", str(f)], capture_output=True, text=True,
-                       env=env, timeout=300)
+    env = {**os.environ, "DEVOPS_MODEL_STORAGE": str(storage), "DEVOPS_MODEL_HOME": str(tmp_path / "home")}
+    # the command a one-process Job runs (builders/training.py); no PYTHONPATH: the installed entry point
+    p = subprocess.run([str(Path(sys.executable).parent / "devops-model"), "run", "-f", str(f)], capture_output=True,
+                       text=True, env=env, timeout=300)
     assert p.returncode == 3, p.stderr
     lines = [l for l in p.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
@@ -335,7 +335,7 @@ def test_gbk_exam_csv_is_a_bad_data_error_naming_file_and_line(tmp_path):
     path = _gbk_exam(tmp_path)
     with pytest.raises(ExamError) as err:
         load_exams(tmp_path)  # discovery reads the header (line 1 is ASCII), then the questions
-    assert err.value.exit_code == 3 and f"exam file {path} line 3, column 6 is not valid UTF-8" in str(err.value)
+    assert err.value.exit_code == 3 and f"exam file {path} line 3, column 3 is not valid UTF-8" in str(err.value)
     assert "iconv -f GBK -t UTF-8" in str(err.value)
     assert [q.question for q in read_exam_csv(path, encoding="gbk")] == ["ok?", "哪个命令查看 Pod 日志？"]
 

@@ -297,11 +297,10 @@ def _json_array(src: "Source", path: Path, where: str, counter: ReadCounter | No
             raise (_first_bad_line(src, path) or bad_data(f"{src.field_path} ({src.name}): {path} is not valid {src.encoding}")) from None
         if not raw:
             eof = True
+        if first and text:
+            text, first = text[1:] if text.startswith("\ufeff") else text, False
         line += buf.count("\n", counted, pos)
         buf, counted, pos = buf[pos:] + text, 0, 0
-        if first and buf.startswith("\ufeff"):
-            buf = buf[1:]
-        first = False
         return bool(raw)
 
     def skip_ws() -> None:
@@ -338,9 +337,6 @@ def _json_array(src: "Source", path: Path, where: str, counter: ReadCounter | No
                 while True:
                     try:
                         row, end = decoder.raw_decode(buf, pos)
-                        if end == len(buf) and not eof and isinstance(row, (int, float)):
-                            raise json.JSONDecodeError("number may continue", buf, end)  # 12|34 split by a chunk
-                        break
                     except json.JSONDecodeError as exc:
                         if len(buf) - pos > MAX_JSON_ELEMENT:
                             raise bad_data(f"{src.field_path} ({src.name}): {path} line {start_line}: a JSON array element "
@@ -348,6 +344,11 @@ def _json_array(src: "Source", path: Path, where: str, counter: ReadCounter | No
                                            "write one object per line (jsonl)") from None
                         if not more():
                             raise invalid(exc.msg) from None
+                        continue
+                    if isinstance(row, (int, float)) and not eof and len(buf) - end < 32:
+                        more()  # a number cut by the chunk's end (12|34, 1|.5, 1e|5): look further, then again
+                        continue
+                    break
                 pos = end
                 if counter is not None:
                     counter.row()
