@@ -168,6 +168,7 @@ class Reason(str, enum.Enum):
     UNSUPPORTED_BACKEND = "UnsupportedBackend"
     MODEL_DOWNLOAD_FAILED = "ModelDownloadFailed"   # exit 1: a retry may succeed
     DATA_DOWNLOAD_FAILED = "DataDownloadFailed"     # exit 1
+    DATA_TIMEOUT = "DataTimeout"                    # exit 1: rank 0 did not prepare the data in time
     QUANTIZATION_FAILED = "QuantizationFailed"      # exit 1
     VERIFICATION_FAILED = "VerificationFailed"
 

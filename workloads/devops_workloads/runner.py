@@ -279,4 +279,8 @@ def report_final(status: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # torchrun -m devops_workloads.runner loads this file as __main__: run the imported module's
+    # main, so that `except WorkloadError` catches the class the workloads raise (one class, one module).
+    from devops_workloads.runner import main as _main
+
+    sys.exit(_main())

@@ -103,12 +103,24 @@ def combined_sha1(sha1s: dict[str, str]) -> str:
 # --------------------------------------------------------------------------- CSV
 
 
-def read_exam_csv(path: Path) -> list[Question]:
+def _csv_lines(path: Path, encoding: str = "utf-8-sig"):
+    """Decoded lines of a CSV file, strictly: a byte that does not decode names the file and line."""
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                yield raw.decode(encoding if n == 1 else ("utf-8" if encoding == "utf-8-sig" else encoding))
+            except UnicodeDecodeError as exc:
+                bad = exc.object[exc.start:exc.end][:4].hex(" ")
+                raise ExamError(f"exam file {path} line {n}, column {exc.start + 1} is not valid "
+                                f"{'UTF-8' if encoding == 'utf-8-sig' else encoding} (bytes {bad}); "
+                                "save it as UTF-8 (e.g. iconv -f GBK -t UTF-8)") from None
+
+
+def read_exam_csv(path: Path, encoding: str = "utf-8-sig") -> list[Question]:
     """Questions of one CSV in either header style; raises :class:`ExamError` naming the file."""
     try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        rows = list(csv.reader(_csv_lines(path, encoding)))
+    except (OSError, csv.Error) as exc:
         raise ExamError(f"cannot read exam file {path}: {exc}") from None
     if not rows:
         raise ExamError(f"exam file {path} is empty; expected a header ,Question,A,B,C,D,Answer or id,question,A,B,C,D,answer")
@@ -135,9 +147,11 @@ def read_exam_csv(path: Path) -> list[Question]:
     return out
 
 
-def has_answer_column(path: Path) -> bool:
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        header = next(csv.reader(fh), [])
+def has_answer_column(path: Path, encoding: str = "utf-8-sig") -> bool:
+    try:
+        header = next(csv.reader(_csv_lines(path, encoding)), [])
+    except (OSError, csv.Error) as exc:
+        raise ExamError(f"cannot read exam file {path}: {exc}") from None
     return "answer" in {h.strip().lower() for h in header}
 
 

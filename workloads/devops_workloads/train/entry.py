@@ -37,7 +37,7 @@ from devops_model.contract import ExitCode, Reason, State
 from devops_model.uris import UriError, local_path
 
 from ..runner import RunContext, WorkloadError
-from .data import load_datasets
+from .data import open_datasets
 
 #: Default LoRA targets per architecture (config.model_type); others get every linear layer.
 LORA_TARGETS = {
@@ -119,7 +119,10 @@ def run(ctx: RunContext) -> RunStatus:
     preempt = Preemption().install()
     try:
         # 1. data: everything a person must fix fails here, before any model is loaded
-        data = load_datasets(spec.data, stage, seed=tr.seed)
+        from .tokenized import scan_data
+
+        data = open_datasets(spec.data, stage, seed=tr.seed)
+        scan_data(data, out)  # every row read once (rank 0), nothing kept; restarts reuse the scan
         if data.problems.total():
             _log(f"warning: {data.problems.total()} rows not used ({data.problems.summary()}); see data_report.json")
         model_path = _load_model_dir(ctx.resolved_model)
@@ -133,7 +136,6 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
     from transformers import AutoTokenizer
 
     from ..templates import get_template
-    from . import preprocess as pp
 
     res, spec = ctx.resource, ctx.resource.spec
     tr, ft = spec.training, spec.finetuning
@@ -149,33 +151,12 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
     tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust)
     template = get_template(tr.template)
 
-    # 2. tokenized examples
-    report: dict[str, Any] = {"rowsUsed": len(data.records), "problems": data.problems.to_dict(), "datasets": data.fingerprints}
-    if stage == "pt":
-        blocks = pp.build_pretrain_blocks([r["text"] for r in data.records], tokenizer, tr.max_length)
-        if not blocks.blocks:
-            raise WorkloadError(f"spec.training.maxLength: the corpus has {blocks.tokens} tokens, fewer than one block "
-                                f"of {tr.max_length}; lower maxLength or add data", reason=Reason.BAD_DATA, exit_code=ExitCode.BAD_INPUT)
-        items: list[Any] = blocks.blocks
-        collator: Any = pp.BlockCollator()
-        report.update(separator=blocks.separator, tokens=blocks.tokens, blocks=len(blocks.blocks), droppedTailTokens=blocks.dropped_tail)
-        tokens_mode = "all"
-    else:
-        examples, stats = pp.encode_sft_all(data.records, tokenizer, template, tr.max_length,
-                                            tr.max_source_length, tr.max_target_length)
-        report["truncation"] = stats.to_dict()
-        if tr.packing:
-            items = pp.pack_examples(examples, tr.max_length, tr.seed)
-            collator = pp.PackedCollator()
-            tokens_mode = "all"
-        else:
-            items = examples
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.convert_tokens_to_ids(template.eos_token(tokenizer))
-            collator = pp.PaddedCollator(pad)
-            tokens_mode = "non_padding"
-        report.update(samples=len(examples), sequences=len(items), **{k: v for k, v in pp.label_counts(examples).items()})
-    train_items, eval_items = _split(items, spec.data.val_size, tr.seed)
-    report.update(trainSequences=len(train_items), evalSequences=len(eval_items))
+    # 2. tokenized examples: streamed into memory-mapped files under out/tokenized/ once, reused after
+    from .tokenized import prepare_training_data
+
+    prepared = prepare_training_data(data, tokenizer, model_path, template, tr, spec.data.val_size, out)
+    report, collator, tokens_mode = prepared.report, prepared.collator, prepared.tokens_mode
+    train_items, eval_items = prepared.train, prepared.eval
 
     # 3. model
     on_cpu = not torch.cuda.is_available()
@@ -214,7 +195,7 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
         save_strategy="steps",
         save_steps=tr.save_steps,
         save_total_limit=tr.save_total_limit,
-        eval_strategy="steps" if (tr.eval_steps and eval_items) else "no",
+        eval_strategy="steps" if (tr.eval_steps and eval_items is not None) else "no",
         eval_steps=tr.eval_steps,
         seed=tr.seed,
         data_seed=tr.seed,
@@ -246,8 +227,8 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
     trainer = SelectiveHeadTrainer(  # the LM head only where a token is trained (same loss, less compute)
         model=model,
         args=args,
-        train_dataset=pp.ExampleDataset(train_items),
-        eval_dataset=pp.ExampleDataset(eval_items) if eval_items else None,
+        train_dataset=train_items,
+        eval_dataset=eval_items,
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=[progress, CheckpointConfigCallback(config), PreemptionCallback(preempt)],
@@ -268,7 +249,7 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
             "the next start resumes from it", reason=Reason.PREEMPTED, exit_code=ExitCode.PREEMPTED)
 
     final_eval = None
-    if eval_items:
+    if eval_items is not None:
         final_eval = trainer.evaluate()
     # 5. outputs: every rank takes part in saving (ZeRO-3 gathers the weights), rank 0 writes the rest
     trainer.save_model(str(out))
@@ -317,23 +298,6 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
                                   loss=losses[-1] if losses else None, epoch=trainer.state.epoch,
                                   last_checkpoint=progress.last_checkpoint, percent=100),
     )
-
-
-def _split(items: list[Any], val_size: str, seed: int) -> tuple[list[Any], list[Any]]:
-    """Held-out split after preprocessing, like the seed (a fraction, or a count)."""
-    import random
-
-    v = float(val_size)
-    if v <= 0:
-        return items, []
-    n = int(v) if v >= 1 else max(1, int(round(len(items) * v)))
-    if n >= len(items):
-        raise WorkloadError(f"spec.data.valSize: {val_size} leaves no training data ({len(items)} sequences)",
-                            reason=Reason.BAD_DATA, exit_code=ExitCode.BAD_INPUT)
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    held = set(order[:n])
-    return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
 
 
 def _load_model(path: Path, precision: str, ft_type: str, on_cpu: bool, trust: bool):
