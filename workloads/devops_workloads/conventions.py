@@ -109,14 +109,16 @@ def max_window_size(model_dir: str | Path | None) -> int | None:
     return json.loads(f.read_text()).get("max_window_size")
 
 
-def fit_history(messages: Sequence[dict[str, str]], count: Callable[[list[dict[str, str]]], int], budget: int,
+def fit_history(messages: Sequence[dict[str, str]], count: Callable[[list[dict[str, str]], bool], int], budget: int,
                 window: int | None = None) -> list[dict[str, str]]:
     """Drop the oldest user/assistant turns until the prompt fits, keeping the system message and
     the last user message (Qwen-1's ``make_context``: history newest first, while it fits).
 
-    ``count(messages)`` is the prompt's token count; a turn is kept while the whole prompt stays
-    within ``budget`` and, with ``window`` (Qwen-1's ``max_window_size``), while system + kept
-    history stays under ``window`` tokens, as make_context counts it."""
+    ``count(messages, generation_prompt)`` is the token count of the rendered messages. A turn is
+    kept while the whole prompt stays within ``budget`` and, with ``window`` (Qwen-1's
+    ``max_window_size``), while system + kept history stays under it as make_context counts it:
+    ``system + ("\n" + turn) * n < window``, i.e. the chatml rendering (which ends each message with
+    its "\n") of at most ``window`` tokens."""
     msgs = list(messages)
     head = [msgs[0]] if msgs and msgs[0].get("role") == "system" else []
     body = msgs[len(head):]
@@ -133,9 +135,9 @@ def fit_history(messages: Sequence[dict[str, str]], count: Callable[[list[dict[s
     kept: list[list[dict[str, str]]] = []
     for turn in reversed(turns):
         trial = [m for t in [turn] + kept for m in t]
-        if count(head + trial + last) > budget:
+        if count(head + trial + last, True) > budget:
             break
-        if window is not None and count(head + trial) >= window:
+        if window is not None and count(head + trial, False) > window:
             break
         kept.insert(0, turn)
     return head + [m for t in kept for m in t] + last

@@ -64,13 +64,23 @@ def config_from_spec(ctx: RunContext, model_path: Path) -> EvalConfig:
         exams=list(ex.exams) if ex.exams else None,
         shots=list(spec.shots),
         styles=list(spec.styles),
-        chat_template=spec.chat_template,
+        chat_template=_chat_template(ctx, spec.chat_template),
         scoring=spec.scoring,
         batch_size=spec.batch_size,
         precision=spec.precision,
         trust_remote_code=spec.model.trust_remote_code,
         sha1=ex.sha1,
     )
+
+
+def _chat_template(ctx: RunContext, asked: str) -> str:
+    """Chat style follows the run: a model tuned with the seed's ``default`` template is prompted
+    with it (its tokenizer carries it, conventions.py), not with chatml it never saw."""
+    trained = (((ctx.parent or {}).get("status") or {}).get("artifact") or {}).get("template")
+    if asked == "chatml" and trained == "default":
+        print("note: the model was tuned with template default; chat style uses it (the tokenizer's chat template)", flush=True)
+        return "tokenizer"
+    return asked
 
 
 def run(ctx: RunContext) -> dict[str, Any]:

@@ -312,6 +312,7 @@ def create_app(config: ServerConfig, engine: BatchingEngine | None = None) -> Fa
             check_model(body.model)
             eng = check_ready()
             messages = [{"role": m.role, "content": m.content} for m in body.messages]
+            messages = fit_history(eng, messages, body.max_completion_tokens or body.max_tokens)
             prompt = render_prompt(eng.tokenizer, messages)
             ids, limit = tokenize_prompt(eng, prompt, body.max_completion_tokens or body.max_tokens, "messages")
             params = sampling(eng, body, limit)
@@ -550,6 +551,19 @@ def _version() -> str:
     from devops_model import __version__
 
     return __version__
+
+
+def fit_history(eng, messages: list[dict[str, str]], max_tokens: int | None) -> list[dict[str, str]]:
+    """Drop the oldest turns that do not fit (Qwen-1's make_context keeps its max_window_size the same way)."""
+    from ..conventions import fit_history as fit
+
+    def count(msgs, generation_prompt):
+        text = (eng.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
+                if getattr(eng.tokenizer, "chat_template", None) else render_prompt(eng.tokenizer, msgs))
+        return len(eng.tokenizer(text, add_special_tokens=False).input_ids)
+
+    window = getattr(getattr(eng.model, "generation_config", None), "max_window_size", None)
+    return fit(messages, count, eng.max_model_len - (max_tokens or 1), window)
 
 
 def render_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
