@@ -230,9 +230,11 @@ def build_tiny_model(out: str | Path, tokenizer: str = "qwen", seed: int = 0, li
     return out
 
 
-def build_tiny_qwen1(out: Path, kind: str = "chat", seed: int = 0) -> Path:
-    """A tiny first-generation Qwen folder as downloaded, drawn by Qwen-1's released code."""
+def build_tiny_qwen1(out: Path, kind: str = "chat", seed: int = 0, stop_query: str | None = None) -> Path:
+    """A tiny first-generation Qwen folder as downloaded, drawn by Qwen-1's released code
+    (``stop_query``: greedy chat on it ends with <|im_end|> after 3 tokens, for stop tests)."""
     from .models.reference_env import run_reference, seed_qwen1_code
 
-    run_reference(["build", str(out), "--code", str(seed_qwen1_code()), "--kind", kind, "--seed", str(seed)])
+    run_reference(["build", str(out), "--code", str(seed_qwen1_code()), "--kind", kind, "--seed", str(seed)]
+                  + (["--stop-query", stop_query] if stop_query else []))
     return out

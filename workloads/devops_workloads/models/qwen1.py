@@ -441,6 +441,8 @@ def conversion_record(path: str | Path) -> dict[str, Any] | None:
 def _cache_candidates(src: Path, fp: str) -> Iterator[Path]:
     name = f"{src.name}.qwen2-{fp[:12]}"
     yield src.parent / name
+    if src.resolve().parent != src.parent.resolve():  # a linked folder: its conversion may be beside the target
+        yield src.resolve().parent / f"{src.resolve().name}.qwen2-{fp[:12]}"
     from ..sources import cache_root
 
     yield cache_root() / "converted" / name

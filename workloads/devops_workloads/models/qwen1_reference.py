@@ -44,7 +44,27 @@ GENERATION = {
 }
 
 
-def build(out: Path, code: Path, kind: str, seed: int, shape: dict | None = None, init_std: float = 0.02) -> None:
+def _teach_stop(model, out: Path, code: Path, query: str, after: int) -> None:
+    """Make greedy ``model.chat(query)`` end with <|im_end|> after ``after`` tokens: the lm_head row
+    of <|im_end|> becomes 1.5 × the row of the token it would have chosen next (a random model
+    never ends by itself, and the stop has to be tested)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(out))
+    tok = AutoTokenizer.from_pretrained(str(out), trust_remote_code=True)
+    mod = sys.modules[type(model).__module__]
+    _, context = mod.make_context(tok, query, history=[], system="You are a helpful assistant.", chat_format="chatml")
+    ids = torch.tensor([context])
+    with torch.no_grad():
+        for _ in range(after + 1):
+            nxt = model(input_ids=ids).logits[0, -1].argmax()
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+        model.lm_head.weight[tok.im_end_id] = 1.5 * model.lm_head.weight[int(nxt)]
+
+
+def build(out: Path, code: Path, kind: str, seed: int, shape: dict | None = None, init_std: float = 0.02,
+          stop_query: str | None = None, stop_after: int = 3) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -66,6 +86,8 @@ def build(out: Path, code: Path, kind: str, seed: int, shape: dict | None = None
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             elif name.endswith("c_attn.bias"):
                 p.copy_(0.02 * torch.randn_like(p))
+    if stop_query:
+        _teach_stop(model, out, code, stop_query, stop_after)
     model.save_pretrained(str(out), safe_serialization=True)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))  # as released, not as this process resolved it
     (out / "generation_config.json").write_text(json.dumps(GENERATION[kind], indent=2))
@@ -145,13 +167,15 @@ def main(argv: list[str]) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--shape", type=json.loads, default=None, help="JSON overrides of the tiny shape")
     b.add_argument("--init-std", type=float, default=0.02)
+    b.add_argument("--stop-query", default=None, help="make greedy chat on this query stop at <|im_end|> (see _teach_stop)")
+    b.add_argument("--stop-after", type=int, default=3)
     r = sub.add_parser("run")
     r.add_argument("folder", type=Path)
     r.add_argument("requests", type=Path)
     r.add_argument("results", type=Path)
     a = p.parse_args(argv)
     if a.cmd == "build":
-        build(a.out, a.code, a.kind, a.seed, a.shape, a.init_std)
+        build(a.out, a.code, a.kind, a.seed, a.shape, a.init_std, a.stop_query, a.stop_after)
     else:
         sys.path.insert(0, str(a.folder))
         run(a.folder, a.requests, a.results)
