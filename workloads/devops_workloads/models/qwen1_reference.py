@@ -14,7 +14,8 @@ Runs ONLY in the reference environment (transformers 4.32 + tiktoken + einops, s
 ``run`` answers a JSON list of requests with the original code (fp32, CPU):
 
 * ``{"op": "tokenize", "texts": [...]}`` → ``QWenTokenizer.encode`` ids (special tokens allowed, its default);
-* ``{"op": "logits", "texts": [...]}`` → full fp32 logits per text (saved as ``.pt`` beside the results);
+* ``{"op": "logits", "texts": [...], "vocab_stride": k}`` → fp32 logits per text, every position ×
+  every k-th vocabulary row plus the whole last row (saved as ``.pt`` beside the results);
 * ``{"op": "exam", "queries": [...], "letters": [[...]]}`` → the seed's scoring (codefuse-devops-eval):
   ``tokenizer.encode(query)``, one forward pass, ``logits[0][-1][encode(letter)]``, highest wins
   (ties to the earlier letter); returns predictions and the option logits;
@@ -116,10 +117,16 @@ def run(folder: Path, requests_file: Path, results_file: Path) -> None:
         if op == "tokenize":
             results.append({"ids": [tok.encode(t) for t in req["texts"]]})
         elif op == "logits":
+            # every position × every stride-th vocabulary row, and the whole last row (a full
+            # 151,936-wide matrix per position would be hundreds of MB per prompt)
             path = results_file.with_suffix(f".{n}.pt")
+            stride = req.get("vocab_stride", 1)
+            out = []
             with torch.no_grad():
-                logits = [model(input_ids=torch.tensor([tok.encode(t)])).logits[0].float() for t in req["texts"]]
-            torch.save(logits, str(path))
+                for t in req["texts"]:
+                    logits = model(input_ids=torch.tensor([tok.encode(t)])).logits[0].float()
+                    out.append({"sub": logits[:, ::stride].clone(), "last": logits[-1].clone()})
+            torch.save(out, str(path))
             results.append({"file": str(path)})
         elif op == "exam":
             preds, scores = [], []
