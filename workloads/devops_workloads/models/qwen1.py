@@ -132,10 +132,11 @@ def check_supported(cfg: dict[str, Any], where: str = "config.json") -> None:
 
 
 def fingerprint(src: Path) -> str:
-    """Cheap identity of a source folder: names, sizes and modification times of its files."""
+    """Cheap identity of a source folder: names, sizes and modification times of the files the
+    conversion reads (top level; the remote code and hidden files do not count)."""
     h = hashlib.sha256(CONVERTER_VERSION.encode())
-    for p in sorted(src.rglob("*")):
-        if p.is_file() and not p.name.startswith("."):
+    for p in sorted(src.iterdir()):
+        if p.is_file() and not p.name.startswith(".") and p.suffix != ".py":
             st = p.stat()
             h.update(f"{p.relative_to(src)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
