@@ -71,6 +71,9 @@ def test_pretrain_sft_eval_gptq_chat_on_a_converted_qwen1(tiny_qwen1_chat, local
     assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert {(o["shots"], o["style"]) for o in ev["scores"]["overall"]} == {(0, "base"), (0, "chat")}
     assert q["artifact"]["format"].startswith("gptq")
+    int4 = storage / "runs" / "sft-lora-int4"
+    assert json.loads((int4 / "tokenizer_config.json").read_text())["eos_token"] == "<|im_end|>"
+    assert 151645 in json.loads((int4 / "generation_config.json").read_text())["eos_token_id"]
 
     # chat: the ChatDeployment worker serves the int4 model on a free port
     chat = yaml.safe_load((EXAMPLES / "chat.yaml").read_text())
