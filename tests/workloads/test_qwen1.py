@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugins.qwen1 import STOP_QUERY
+from tests.plugins.qwen1 import STOP_QUERY, reference_answers
 from tests.plugins.serve import cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,8 +69,6 @@ WINDOW = 200  # tokens: keeps only the newest few of the eight turns
 @pytest.fixture(scope="module")
 def reference(tiny_qwen1_chat, seed_exams, qwen1_reference_python, tmp_path_factory):
     """What Qwen-1's released code does with the tiny folder: one run of the reference."""
-    from devops_workloads.models.reference_env import run_reference
-
     exams = _exam_prompts(seed_exams)
     firsts = [p for p in exams if p["index"] == min(x["index"] for x in exams if x["exam"] == p["exam"])]
     texts = [p["query"] for p in exams] + _sft_texts() + HARD_STRINGS
@@ -81,11 +79,7 @@ def reference(tiny_qwen1_chat, seed_exams, qwen1_reference_python, tmp_path_fact
         {"op": "chat", "query": STOP_QUERY, "history": [], "max_new_tokens": 16},
         {"op": "chat", "query": "那 DaemonSet 呢？", "history": HISTORY, "max_new_tokens": 2, "max_window_size": WINDOW},
     ]
-    d = tmp_path_factory.mktemp("qwen1-ref")
-    (d / "requests.json").write_text(json.dumps(requests, ensure_ascii=False))
-    run_reference(["run", str(tiny_qwen1_chat), str(d / "requests.json"), str(d / "results.json")],
-                  python=qwen1_reference_python)
-    results = json.loads((d / "results.json").read_text())
+    results = reference_answers(tiny_qwen1_chat, requests, qwen1_reference_python, tmp_path_factory.mktemp("qwen1-ref"))
     return {"texts": texts, "exams": exams, "firsts": firsts, "tokenize": results[0], "logits": results[1],
             "exam": results[2], "chat": results[3], "chat_history": results[4]}
 
@@ -148,7 +142,8 @@ def test_eval_of_the_folder_as_downloaded_predicts_what_the_seeds_method_predict
                 zip(reference["exams"], reference["exam"]["predictions"], reference["exam"]["scores"])}
     differ = [k for k, (pred, _) in expected.items() if preds[k]["prediction"] != pred]
     assert not differ, f"{len(differ)} of 1148 predictions differ from the original code's, e.g. {differ[:3]}"
-    worst = max(abs(a - b) for k, (_, scores) in expected.items() for a, b in zip(preds[k]["logits"], scores))
+    letters = {(p["exam"], p["index"], p["shots"]): p["letters"] for p in reference["exams"]}
+    worst = max(abs(preds[k]["logits"][x] - s) for k, (_, scores) in expected.items() for x, s in zip(letters[k], scores))
     assert worst < 1e-4
     # the conversion was the cached one, recorded with digests
     record = json.loads((converted / "conversion.json").read_text())
