@@ -118,7 +118,7 @@ def test_a_chatml_lora_sft_of_a_qwen25_base_like_model_stops_at_im_end(tiny_qwen
     assert tok_cfg["chat_template"] == CHATML_TEMPLATE and (out / "chat_template.jinja").read_text() == CHATML_TEMPLATE
     assert gen["eos_token_id"] == [151645, 151643] and gen["do_sample"] is False  # the base's sampling kept
 
-    server = start_server(out, name="pingpong", timeout=600)  # the LoRA adapter folder: merged on load
+    server = start_server(out, name="pingpong", timeout=1800)  # the LoRA adapter folder: merged on load
     r = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
         "model": "pingpong", "messages": [{"role": "user", "content": "ping 3"}], "max_tokens": 24})
     assert r.status_code == 200, r.text
