@@ -163,7 +163,7 @@ def test_serving_the_folder_builds_make_context_and_stops_at_im_end(reference, t
                                                    add_generation_prompt=True)
     assert text == chat["raw_text"]
     assert converted_tokenizer.encode(text, add_special_tokens=False) == chat["context"]
-    server = start_server(tiny_qwen1_chat, name="qwen1-chat")
+    server = start_server(tiny_qwen1_chat, name="qwen1-chat", timeout=1800)  # a busy machine
     r = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
         "model": "qwen1-chat", "messages": [{"role": "user", "content": STOP_QUERY}], "max_tokens": 16, "temperature": 0,
         "repetition_penalty": 1.0})  # greedy, as the reference's model.chat here
