@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "operator": "devops_operator.cli:register",
     "serve": "devops_workloads.serve.cli:register",
     "chat": "devops_workloads.chat.cli:register",
+    "convert": "devops_workloads.models.cli:register",
 }
 
 
@@ -186,6 +187,9 @@ def _register_dev(sub) -> None:
     t.add_argument("--out", required=True, type=Path, help="output directory")
     t.add_argument("--tokenizer", choices=["qwen", "bpe"], default="qwen")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--like", choices=["qwen2.5-base", "qwen2.5-instruct", "qwen1-base", "qwen1-chat"], default=None,
+                   help="copy a real family's tokenizer files, special tokens, eos, chat template and generation config "
+                   "(qwen1-*: a first-generation Qwen folder built by its released code in the reference environment)")
     t.set_defaults(func=_cmd_tiny)
 
 
@@ -195,8 +199,9 @@ def _cmd_tiny(args) -> int:
     from devops_workloads.tiny import build_tiny_model
 
     t0 = time.time()
-    out = build_tiny_model(args.out, args.tokenizer, args.seed)
-    print(f"tiny Qwen2 model ({args.tokenizer} tokenizer) written to {out} in {time.time() - t0:.1f}s")
+    out = build_tiny_model(args.out, args.tokenizer, args.seed, like=args.like)
+    what = f"like {args.like}" if args.like else f"{args.tokenizer} tokenizer"
+    print(f"tiny model ({what}) written to {out} in {time.time() - t0:.1f}s")
     return 0
 
 

@@ -104,7 +104,7 @@ def run_quickstart(workdir: Path, exams: Path | None = None, fresh: bool = False
     if not (model_dir / "config.json").exists():
         from .tiny import build_tiny_model
 
-        build_tiny_model(model_dir, "qwen", seed=0)
+        build_tiny_model(model_dir, "qwen", seed=0, like="qwen2.5-base")  # a base: eos <|endoftext|>, its own template
         _say(f"✓ tiny model          built at {model_dir} ({time.time() - t0:.1f}s)")
     else:
         _say(f"✓ tiny model          reused {model_dir}")

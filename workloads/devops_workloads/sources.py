@@ -10,6 +10,8 @@ Credentials come only from the environment, which the operator fills from the Se
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``. Downloads land in the cache
 (``DEVOPS_MODEL_CACHE``, default ``~/.cache/devops-model/models``) under a stable name, and a
 finished download is marked with ``.complete`` so an interrupted one is resumed, not trusted.
+A first-generation Qwen folder is converted once to the Qwen2 layout (``models/qwen1.py``) and
+that copy is returned.
 """
 
 from __future__ import annotations
@@ -51,10 +53,10 @@ def materialize_model(uri: str, *, must_exist: bool = True) -> Path:
                    else "check the path"),
                 reason=Reason.MODEL_NOT_FOUND, exit_code=ExitCode.BAD_INPUT,
             )
-        return path
+        return _native(path)
     target = _cache_dir(uri)
     if (target / ".complete").exists():
-        return target
+        return _native(target)
     target.mkdir(parents=True, exist_ok=True)
     if parsed.scheme == "hf":
         _download_hf(parsed.authority, parsed.revision, target)
@@ -63,7 +65,14 @@ def materialize_model(uri: str, *, must_exist: bool = True) -> Path:
     elif parsed.scheme == "s3":
         _download_s3(parsed.authority, parsed.path, target)
     (target / ".complete").write_text(uri)
-    return target
+    return _native(target)
+
+
+def _native(path: Path) -> Path:
+    """A first-generation Qwen folder (the seed's checkpoints) → its Qwen2 conversion, made once."""
+    from .models import prepare_model_dir
+
+    return prepare_model_dir(path)
 
 
 def _download_hf(repo: str, revision: str | None, target: Path) -> None:

@@ -55,7 +55,8 @@ def baseline_overall(ctx: RunContext) -> tuple[list[dict[str, Any]] | None, str 
     return overall, None
 
 
-def config_from_spec(spec: EvalSpec, model_path: Path, model_label: str | None, *, engine: str = "fast") -> EvalConfig:
+def config_from_spec(spec: EvalSpec, model_path: Path, model_label: str | None, *, engine: str = "fast",
+                     chat_template: str | None = None) -> EvalConfig:
     """The evaluator's configuration from an EvalRun's spec: the one place its defaults come from
     (``devops-model eval`` builds an EvalRun from its flags and comes through here too)."""
     ex = spec.exams
@@ -68,7 +69,7 @@ def config_from_spec(spec: EvalSpec, model_path: Path, model_label: str | None, 
         exams=list(ex.exams) if ex.exams else None,
         shots=list(spec.shots),
         styles=list(spec.styles),
-        chat_template=spec.chat_template,
+        chat_template=chat_template or spec.chat_template,
         scoring=spec.scoring,
         batch_size=spec.batch_size,
         precision=spec.precision,
@@ -76,6 +77,16 @@ def config_from_spec(spec: EvalSpec, model_path: Path, model_label: str | None, 
         sha1=ex.sha1,
         engine=engine,
     )
+
+
+def _chat_template(ctx: RunContext, asked: str) -> str:
+    """Chat style follows the run: a model tuned with the seed's ``default`` template is prompted
+    with it (its tokenizer carries it, conventions.py), not with chatml it never saw."""
+    trained = (((ctx.parent or {}).get("status") or {}).get("artifact") or {}).get("template")
+    if asked == "chatml" and trained == "default":
+        print("note: the model was tuned with template default; chat style uses it (the tokenizer's chat template)", flush=True)
+        return "tokenizer"
+    return asked
 
 
 def run(ctx: RunContext) -> EvalStatus:
@@ -90,7 +101,8 @@ def run(ctx: RunContext) -> EvalStatus:
                             reason=Reason.BAD_EXAM_DATA, exit_code=ExitCode.BAD_INPUT)
     model_path = materialize_model(model_uri)
     out_path, out_uri = output_dir(ctx)
-    cfg = config_from_spec(spec, model_path, ctx.resolved_model or spec.model.uri)
+    cfg = config_from_spec(spec, model_path, ctx.resolved_model or spec.model.uri,
+                           chat_template=_chat_template(ctx, spec.chat_template))
     print(f"EvalRun/{ctx.name}: model {model_uri}, exams {spec.exams.uri} "
           f"({spec.exams.preset or ', '.join(spec.exams.exams or []) or 'all'}), shots {cfg.shots}, styles {cfg.styles}, "
           f"scoring {cfg.scoring} -> {out_uri}", flush=True)

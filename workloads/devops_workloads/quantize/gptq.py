@@ -93,6 +93,10 @@ def _keep_generation_config(model_dir: Path, out_dir: Path) -> None:
     src = Path(model_dir) / "generation_config.json"
     if src.exists():
         (out_dir / "generation_config.json").write_bytes(src.read_bytes())
+    # the chat conventions a tuned model carries (chat template inline and as .jinja, eos), unchanged
+    for name in ("tokenizer_config.json", "chat_template.jinja"):
+        if (Path(model_dir) / name).exists():
+            (out_dir / name).write_bytes((Path(model_dir) / name).read_bytes())
 
 
 def _ensure_gptq_format(out_dir: Path, settings: GptqSettings) -> None:

@@ -126,7 +126,9 @@ def load_model(model_dir: str | Path, *, device: str = "auto", dtype: str = "aut
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_dir = Path(model_dir)
+    from ..models import prepare_model_dir
+
+    model_dir = prepare_model_dir(Path(model_dir))  # first-generation Qwen: its converted copy
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
@@ -143,6 +145,10 @@ def load_model(model_dir: str | Path, *, device: str = "auto", dtype: str = "aut
                                             trust_remote_code=trust_remote_code)
         base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
         model = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+        if (model_dir / "generation_config.json").exists():  # the run's stop ids (conventions.py), not the base's
+            from transformers import GenerationConfig
+
+            model.generation_config = GenerationConfig.from_pretrained(str(model_dir))
     else:
         tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         config = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").exists() else {}

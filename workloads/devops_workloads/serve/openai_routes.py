@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from .engine import BatchingEngine, Event, SamplingParams
-from .prompts import chat_prompt, template_messages
+from .prompts import chat_prompt, fit_history, template_messages
 from .protocol import ChatCompletionRequest, CompletionRequest, NamedToolChoice, RequestError, parse_body
 from .streaming import collect, generate, sse, usage
 from .tools import ToolCallStream, parse_tool_calls, supports_tools
@@ -118,7 +118,9 @@ def openai_router(state) -> APIRouter:
                                "(serve a model whose template supports tools, such as Qwen2.5-Instruct's, or leave tools unset)",
                                param="tools")
         try:
-            prompt = chat_prompt(eng.tokenizer, template_messages(body.messages), tools)
+            messages = fit_history(eng, template_messages(body.messages), tools,
+                                   body.max_completion_tokens or body.max_tokens)
+            prompt = chat_prompt(eng.tokenizer, messages, tools)
         except Exception as exc:  # the template refused the conversation (e.g. roles out of order)
             raise RequestError(f"messages: the model's chat template cannot render them: {exc}", param="messages") from None
         ids = eng.tokenizer(prompt, add_special_tokens=False).input_ids

@@ -66,3 +66,20 @@ def _chatml(messages: list[dict]) -> str:
             turns[-1][1] += ("\n" if turns[-1][1] else "") + m["content"]
     *history, (query, _) = turns
     return get_template("chatml").render_prompt([tuple(t) for t in history], query, system=system)
+
+
+def fit_history(eng: Any, messages: list[dict], tools: list[dict] | None, max_tokens: int | None) -> list[dict]:
+    """Drop the oldest turns that do not fit the model length (and the model's ``max_window_size``,
+    as Qwen-1's make_context does) instead of refusing the request."""
+    from ..conventions import fit_history as fit
+
+    def count(msgs: list[dict], generation_prompt: bool) -> int:
+        if getattr(eng.tokenizer, "chat_template", None):
+            text = eng.tokenizer.apply_chat_template(msgs, tools=tools or None, tokenize=False,
+                                                     add_generation_prompt=generation_prompt)
+        else:
+            text = _chatml(msgs)
+        return len(eng.tokenizer(text, add_special_tokens=False).input_ids)
+
+    window = getattr(getattr(eng.model, "generation_config", None), "max_window_size", None)
+    return fit(messages, count, eng.max_model_len - (max_tokens or 1), window)

@@ -257,10 +257,10 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
     if trainer.is_world_process_zero():
         if (ckpt_dir / "trainer_state.json").exists():  # save_state writes into args.output_dir
             (out / "trainer_state.json").write_text((ckpt_dir / "trainer_state.json").read_text())
-        tokenizer.save_pretrained(str(out))
+        _save_conventions(out, model_path, tokenizer, tr.template if stage == "sft" else None)
     merged_uri = None
     if ft.type == "lora" and (ft.lora.merge if ft.lora else False) and trainer.is_world_process_zero():
-        _merge_lora(out, model_path, tokenizer, trust)
+        _merge_lora(out, model_path, tokenizer, trust, tr.template if stage == "sft" else None)
         merged_uri = spec.output.uri.rstrip("/") + "/merged"
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
@@ -378,7 +378,20 @@ def _deepspeed(ds_spec, on_cpu: bool, out: Path) -> dict[str, Any]:
     return cfg
 
 
-def _merge_lora(out: Path, base: Path, tokenizer, trust: bool) -> Path:
+def _save_conventions(out: Path, base: Path, tokenizer, template: str | None) -> None:
+    """The tokenizer and generation config of what was trained: an SFT run's chat template, eos
+    (``<|im_end|>`` for chatml) and stop ids, so that every server stops where the model learnt to."""
+    from .. import conventions
+
+    if template is None:
+        tokenizer.save_pretrained(str(out))
+        return
+    conventions.apply_template(tokenizer, template)
+    conventions.save_tokenizer(tokenizer, out)
+    conventions.write_generation_config(out, base, tokenizer, template)
+
+
+def _merge_lora(out: Path, base: Path, tokenizer, trust: bool, template: str | None = None) -> Path:
     """LoRA merged into the base weights (seed export_model), saved as ``merged/`` for serving and GPTQ."""
     import torch
     from peft import PeftModel
@@ -388,5 +401,5 @@ def _merge_lora(out: Path, base: Path, tokenizer, trust: bool) -> Path:
     merged = PeftModel.from_pretrained(base_model, str(out)).merge_and_unload()
     target = out / "merged"
     merged.save_pretrained(str(target), safe_serialization=True)
-    tokenizer.save_pretrained(str(target))
+    _save_conventions(target, out, tokenizer, template)  # generation config: the run's (out/), not the base's
     return target
