@@ -265,3 +265,23 @@ def test_service_account_annotations_come_from_the_operator_config():
     sa, role, binding = build_identity(res, config)
     assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}
     assert "annotations" not in build_identity(res, OperatorConfig())[0]["metadata"]
+
+
+def test_vllm_and_tgi_carry_the_tuned_template_stop_ids_and_the_hub_revision():
+    """The chat conventions the model was tuned with reach vLLM/TGI (devops_model.conventions)."""
+    chat = parse_resource({"apiVersion": "devops-model.io/v1alpha1", "kind": "ChatDeployment",
+                           "metadata": {"name": "c", "namespace": "ns"},
+                           "spec": {"model": {"fromRun": {"kind": "SFTRun", "name": "sft"}}, "engine": {"name": "vllm"},
+                                    "resources": {"gpusPerNode": 1}}})
+    parent = {"kind": "SFTRun", "metadata": {"name": "sft"}, "spec": {},
+              "status": {"artifact": {"uri": "pvc://m/sft", "mergedUri": "pvc://m/sft/merged", "format": "hf-lora",
+                                      "template": "chatml"}}}
+    args = render_children(chat, resolved_model="pvc://m/sft/merged", parent=parent)[1]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "<|im_start|>" in args[args.index("--chat-template") + 1]
+    assert args[args.index("--generation-config") + 1] == "auto"
+    for engine, flag in (("vllm", "--revision"), ("tgi", "--revision")):
+        hub = parse_resource({"apiVersion": "devops-model.io/v1alpha1", "kind": "ChatDeployment", "metadata": {"name": "h"},
+                              "spec": {"model": {"uri": "hf://Qwen/Qwen2.5-7B-Instruct@v1.1"}, "engine": {"name": engine},
+                                       "resources": {"gpusPerNode": 1}}})
+        a = render_children(hub)[1]["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert a[a.index(flag) + 1] == "v1.1", (engine, a)

@@ -87,7 +87,8 @@ def render_children(resource: Any, config: OperatorConfig | None = None, *, reso
         children = [
             cm,
             build_deployment(resource, config, model_uri=model_uri, claims=claims,
-                             artifact_format=artifact_format, config_hash=config_hash(cm)),
+                             artifact_format=artifact_format, config_hash=config_hash(cm),
+                             artifact=parent_artifact),
             build_service(resource, config),
         ]
         if resource.spec.network_policy == "namespace":

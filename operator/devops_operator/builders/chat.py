@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from devops_model.api.chat import ChatDeployment
+from devops_model.conventions import engine_settings
 from devops_model.engines import ENGINES
 
 from ..config import OperatorConfig
@@ -59,13 +60,19 @@ def probes(port_name: str, config: OperatorConfig, path: str = "/health") -> dic
 
 
 def build_deployment(chat: ChatDeployment, config: OperatorConfig, *, model_uri: str, claims: list[str],
-                     artifact_format: str | None, config_hash: str) -> dict[str, Any]:
+                     artifact_format: str | None, config_hash: str,
+                     artifact: dict[str, Any] | None = None) -> dict[str, Any]:
     spec = chat.spec
     engine = ENGINES[spec.engine.name]
     # vLLM and TGI download hub ids themselves; the built-in server runs the worker entry point,
     # which materialises the model (hub, ModelScope, S3, PVC) with the same code as a local run.
     model = model_path(model_uri, config)
-    args = engine.args(spec, model, served_model_name(chat), artifact_format) + list(spec.engine.extra_args or [])
+    args = engine.args(spec, model, served_model_name(chat), artifact_format)
+    if engine.loads_hub_ids:
+        # The chat conventions the model was tuned with (template, stop ids via generation config) and
+        # the hub revision: devops_model.conventions decides them from the artifact record.
+        args += engine_settings(dict(artifact or {"uri": model_uri}), engine.name).args
+    args += list(spec.engine.extra_args or [])
     volumes, mounts = volumes_and_mounts(chat, config, claims, shared_memory=spec.resources.shared_memory)
     env = workload_env(chat, config, 0)
     env += [{"name": name, "value": value} for name, value in engine.env_from_spec(spec)]
