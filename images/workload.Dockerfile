@@ -19,6 +19,9 @@ ARG BASE_RUNTIME_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 ARG PYTHON=python3.12
 
 FROM ${BASE_DEVEL_IMAGE} AS build
+# A CA bundle for a TLS-inspecting proxy, when the build machine needs one (mounted, never copied in).
+ARG SSL_CERT_FILE
+ARG PIP_CERT
 ARG PYTHON
 # uv's cache: off by default; a local build may mount one (UV_NO_CACHE=0 UV_CACHE_DIR=... UV_LINK_MODE=copy).
 ARG UV_NO_CACHE=1

@@ -232,6 +232,13 @@ def build_dockerfile(name: str, digest: str, hashes: dict[str, str]) -> None:
     if "UV_CACHE_DIR" in args:
         uv_cache().mkdir(parents=True, exist_ok=True)
         cmd += ["-v", f"{uv_cache()}:{args['UV_CACHE_DIR']}"]
+    # The machine's CA bundle (a TLS-inspecting proxy's CA, if any) for pip and uv during the build:
+    # mounted read-only, so it is in no layer; not part of the input hash (the image does not change).
+    ca = next((os.environ[v] for v in ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE")
+               if os.environ.get(v) and os.path.isfile(os.environ[v])), None)
+    if ca:
+        cmd += ["-v", f"{os.path.realpath(ca)}:/run/build-ca.crt:ro",
+                "--build-arg", "SSL_CERT_FILE=/run/build-ca.crt", "--build-arg", "PIP_CERT=/run/build-ca.crt"]
     cmd.append(str(REPO))
     log(f"buildah {' '.join(cmd)}")
     buildah(*cmd, capture=False)

@@ -60,7 +60,7 @@ CNI_BIN = Path(os.environ.get("CLUSTER_CNI_BIN", "/usr/lib/cni"))
 KERNEL_SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
                   "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes", "net/ipv4/ip_forward")
 NODE_COMPONENTS = ("containerd", "kube-scheduler", "coredns", "kubelet", "kube-proxy", "training-operator")
-PAUSE_IMAGE = "localhost/devops-model/busybox:node"
+PAUSE_IMAGE = "localhost/devops-model/busybox:local"
 TRAINING_OPERATOR_NAMESPACE = "kubeflow"
 
 
