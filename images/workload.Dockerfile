@@ -54,9 +54,11 @@ LABEL org.opencontainers.image.title="devops-model workload" \
       org.opencontainers.image.source="https://github.com/devops-model/devops-model" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV DEBIAN_FRONTEND=noninteractive
-# The interpreter (the venv links to it) and libgomp for torch's CPU ops; nothing else.
+# The interpreter (the venv links to it), libgomp for torch's CPU ops, and a C++ compiler with
+# Python's headers: DeepSpeed compiles its CPU Adam op (ZeRO optimizer offload, the seed's recipe) and,
+# on CPU, its shared-memory communication op the first time a pod uses them (into $HOME=/tmp).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ${PYTHON} libgomp1 ca-certificates \
+    && apt-get install -y --no-install-recommends ${PYTHON} ${PYTHON}-dev g++ libgomp1 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
 # UID 1000: the operator config's workloads.runAsUser. Ubuntu's images already have UID 1000 (ubuntu):

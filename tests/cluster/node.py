@@ -62,10 +62,20 @@ KERNEL_SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "ke
 NODE_COMPONENTS = ("containerd", "kube-scheduler", "coredns", "kubelet", "kube-proxy", "training-operator")
 PAUSE_IMAGE = "localhost/devops-model/busybox:local"
 TRAINING_OPERATOR_NAMESPACE = "kubeflow"
+STORAGE_CLASS = "local-node"
 
 
 class NodeError(cpm.ControlPlaneError):
     pass
+
+
+#: The open lock file of the node this process runs (one per machine; see Node._take_lock).
+_LOCK_FD: int | None = None
+
+
+def _state_sysctl_before(node: "Node", name: str) -> str | None:
+    """The value a sysctl had before the node started (restored by stop())."""
+    return (node._state().get("sysctls") or {}).get(name)
 
 
 def node_cache() -> Path:
@@ -157,7 +167,6 @@ class Node:
     def __init__(self, cp: "cpm.ControlPlane"):
         self.cp = cp
         self.dir = cp.state_dir / "node"
-        self._lock_fd: int | None = None
 
     # -- paths -----------------------------------------------------------------------------------
     @property
@@ -189,6 +198,9 @@ class Node:
 
     # -- start -----------------------------------------------------------------------------------
     def _take_lock(self) -> None:
+        global _LOCK_FD
+        if _LOCK_FD is not None:
+            raise NodeError(f"this process already runs a node (lock {LOCK_FILE}); one node per machine")
         fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -199,7 +211,7 @@ class Node:
                             "one node per machine: stop it first (`make cluster-down` in its checkout)")
         os.ftruncate(fd, 0)
         os.write(fd, f"{self.cp.state_dir}\n".encode())
-        self._lock_fd = fd
+        _LOCK_FD = fd
 
     def start(self, timeout: float = 240) -> float:
         t0 = time.monotonic()
@@ -227,6 +239,7 @@ class Node:
             self._start_kubelet()
             self._start_kube_proxy()
             self._wait_ready(timeout)
+            self._storage()
             self._start_training_operator()
         except BaseException:
             self.stop()
@@ -480,6 +493,29 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 return False
         self._wait("coredns", dns_ready, 60, "its /ready")
 
+    def _storage(self, count: int = 8, size: str = "20Gi") -> None:
+        """Static hostPath PersistentVolumes under the node's state directory, of the default StorageClass
+        `local-node`: a claim without a class binds to one. Owned by UID/GID 1000, the workloads' user
+        (hostPath volumes are not chowned for fsGroup). Removed with the node."""
+        items: list[dict] = [{
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": STORAGE_CLASS, "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate", "reclaimPolicy": "Retain"}]
+        for i in range(count):
+            d = self.dir / "volumes" / f"pv-{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            os.chown(d, 1000, 1000)
+            d.chmod(0o775)
+            items.append({
+                "apiVersion": "v1", "kind": "PersistentVolume",
+                "metadata": {"name": f"{STORAGE_CLASS}-{i}"},
+                "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
+                         "persistentVolumeReclaimPolicy": "Retain", "storageClassName": STORAGE_CLASS,
+                         "hostPath": {"path": str(d), "type": "Directory"},
+                         "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                             {"key": "kubernetes.io/hostname", "operator": "In", "values": [NODE_NAME]}]}]}}}})
+        self.cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+
     def _start_training_operator(self) -> None:
         """Kubeflow's controller runs on the host with an identity that has its chart's rights; its
         validating webhook serves on the bridge address, so the API server can call it."""
@@ -611,9 +647,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         self._cgroups_cleanup()
         shutil.rmtree(RUN_DIR, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        global _LOCK_FD
+        if _LOCK_FD is not None:
+            os.close(_LOCK_FD)
+            _LOCK_FD = None
         return stopped
 
     def _iptables_cleanup(self) -> None:
