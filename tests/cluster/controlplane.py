@@ -581,8 +581,20 @@ class ControlPlane:
             args += ["-f", str(f)]
         out = self.kubectl(*args, "-o", "name").stdout.split()
         crds = [n for n in out if n.startswith("customresourcedefinition")]
-        if crds:
-            self.kubectl("wait", "--for=condition=Established", f"--timeout={int(wait_established)}s", *crds)
+        if not crds:
+            return
+        # kubectl v1.37's `wait` fails at once ("accessor error: <nil>") on a CRD whose status has no
+        # conditions yet, instead of waiting: ask again until the server has written them.
+        deadline = time.monotonic() + wait_established
+        while True:
+            r = self.kubectl("wait", "--for=condition=Established", f"--timeout={int(wait_established)}s", *crds,
+                             check=False)
+            if r.returncode == 0:
+                return
+            if "accessor error" not in r.stderr or time.monotonic() > deadline:
+                raise ControlPlaneError(f"`kubectl wait --for=condition=Established {' '.join(crds)}` failed "
+                                        f"(exit {r.returncode}):\n{r.stderr}{r.stdout}")
+            time.sleep(0.5)
 
 
 def _print_usage_hint(cp: ControlPlane) -> None:
@@ -650,7 +662,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{tag} WARNING: applying crds/ failed; the cluster is up anyway:\n{e}", file=sys.stderr)
         if a.node:
             print(f"{tag} starting the node (containerd, kube-scheduler, CoreDNS, kubelet, kube-proxy, training-operator)")
-            secs = cp.start_node()
+            try:
+                secs = cp.start_node()
+            except ControlPlaneError:
+                cp.stop()  # the node cleaned up after itself; a cluster without its node is not what was asked
+                raise
             print(f"{tag} node Ready in {secs:.1f}s; load the images with `make images`")
     except ControlPlaneError as e:
         print(f"{tag} ERROR: {e}", file=sys.stderr)

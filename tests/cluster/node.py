@@ -242,7 +242,12 @@ class Node:
             self._storage()
             self._start_training_operator()
         except BaseException:
+            # Keep the logs for a post-mortem: the state directory goes with the clean-up.
+            kept = self.cp.state_dir.with_name(self.cp.state_dir.name + ".failed-logs")
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(self.cp.logs, kept, dirs_exist_ok=True)
             self.stop()
+            print(f"[node] start failed; logs kept in {kept}", file=sys.stderr)
             raise
         return time.monotonic() - t0
 

@@ -16,6 +16,7 @@ manifests set it up, with these differences:
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -132,6 +133,20 @@ def start(node) -> None:
         f"--webhook-server-port={WEBHOOK_PORT}", f"--webhook-service-name={SERVICE}", f"--webhook-secret-name={SECRET}",
         f"--pytorch-init-container-image={PAUSE_IMAGE}", f"--pytorch-init-container-template-file={template}",
         "--pytorch-init-container-max-tries=150", "--zap-log-level=info"], env=env)
+
+    # In a pod the kubelet mounts the rotator's Secret at CERT_DIR and the rotator waits for the files;
+    # on the host this plays that volume, once the rotator has filled the Secret.
+    def secret_filled() -> dict | None:
+        r = cp.kubectl("get", "secret", SECRET, "-n", NAMESPACE, "-o", "json", check=False)
+        data = json.loads(r.stdout).get("data", {}) if r.returncode == 0 else {}
+        return data if data.get("tls.crt") and data.get("tls.key") else None
+    node._wait("training-operator", secret_filled, 120, f"its certificate rotator to fill Secret {NAMESPACE}/{SECRET}")
+    data = secret_filled()
+    CERT_DIR.mkdir(parents=True, exist_ok=True)
+    for key, value in data.items():
+        f = CERT_DIR / key
+        f.write_bytes(base64.b64decode(value))
+        f.chmod(0o600)
 
     def ready() -> bool:
         try:
