@@ -49,7 +49,7 @@ DEBIAN_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certifica
 # The Dockerfiles' build arguments for the CPU variant on the Debian base (their defaults are the CUDA images).
 PYTHON = "python3.13"
 # Recipe versions: bump to rebuild an image whose inputs did not change but whose recipe here did.
-RECIPE = {"debian": "1", "busybox": "1", "operator": "1", "workload": "1", "serve": "1"}
+RECIPE = {"debian": "1", "busybox": "2", "operator": "1", "workload": "1", "serve": "1"}
 ORDER = ("debian", "busybox", "operator", "workload", "serve")
 DOCKERFILE_IMAGES = ("operator", "workload", "serve")
 
@@ -210,7 +210,8 @@ def build_busybox(digest: str) -> None:
         root = work / "root"
         (root / "bin").mkdir(parents=True)
         shutil.copy2(busybox, root / "bin" / "busybox")
-        for applet in ("sh", "sleep", "cat", "echo", "ls", "wget", "nslookup", "nc", "env", "id", "hostname", "true"):
+        for applet in ("sh", "sleep", "seq", "cat", "echo", "ls", "wget", "nslookup", "nc", "env", "id", "hostname",
+                       "true", "sed", "grep", "head", "tail", "test"):
             (root / "bin" / applet).symlink_to("busybox")
         (root / "tmp").mkdir()
         c = buildah("from", "scratch").stdout.strip()

@@ -13,7 +13,8 @@ Parts (binaries from `tests/cluster/build.sh --node`, Debian packages from the s
                         POD_CIDR, no masquerade, no default route: a pod's only routes are the pod range
                         (on the bridge) and the Service range (through the bridge)
     kube-scheduler      leader election off, 127.0.0.1
-    kubelet             cgroup v1 (failCgroupV1: false), node-ip 127.0.0.1, serving on 127.0.0.1
+    kubelet             cgroup v1 (failCgroupV1: false); node IP and serving address = POD_GATEWAY (the
+                        kubelet refuses a loopback node IP; the INPUT guard keeps the address local)
     kube-proxy          iptables mode, no sysctl changes (conntrack and localhost node ports off)
     coredns             on POD_GATEWAY:53, cluster.local only and no forwarder
     Kubeflow training-operator   PyTorchJob controller, webhook serving cert made here
@@ -264,7 +265,7 @@ class Node:
         self.coredns_kubeconfig = self._kubeconfig("coredns", "system:devops-model:coredns")
         self.training_operator_kubeconfig = self._kubeconfig("training-operator", "system:devops-model:training-operator")
         cpm._issue(self.pki, "kubelet-serving", f"/O=system:nodes/CN=system:node:{NODE_NAME}",
-                   f"subjectAltName=IP:127.0.0.1,DNS:{NODE_NAME}\nextendedKeyUsage=serverAuth\n"
+                   f"subjectAltName=IP:{POD_GATEWAY},IP:127.0.0.1,DNS:{NODE_NAME}\nextendedKeyUsage=serverAuth\n"
                    "keyUsage=critical,digitalSignature,keyEncipherment\n")
         svc = f"training-operator.{TRAINING_OPERATOR_NAMESPACE}.svc"
         cpm._issue(self.pki, "training-operator-webhook", f"/CN={svc}",
@@ -427,7 +428,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         cfg = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
             "failCgroupV1": False, "cgroupDriver": "cgroupfs", "failSwapOn": False,
-            "address": cpm.LOOPBACK, "port": port, "readOnlyPort": 0,
+            # The node's address is the bridge's (the kubelet refuses a loopback node IP): the API server
+            # reaches the kubelet there for logs and exec, and nothing off the machine can (INPUT guard).
+            "address": POD_GATEWAY, "port": port, "readOnlyPort": 0,
             "healthzBindAddress": cpm.LOOPBACK, "healthzPort": healthz,
             "tlsCertFile": str(self.pki / "kubelet-serving.crt"),
             "tlsPrivateKeyFile": str(self.pki / "kubelet-serving.key"),
@@ -456,7 +459,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
         self._spawn("kubelet", [
             str(cpm.bin_dir() / "kubelet"), f"--config={cfg_path}", f"--kubeconfig={self.kubelet_kubeconfig}",
-            f"--root-dir={self.kubelet_root}", f"--hostname-override={NODE_NAME}", f"--node-ip={cpm.LOOPBACK}",
+            f"--root-dir={self.kubelet_root}", f"--hostname-override={NODE_NAME}", f"--node-ip={POD_GATEWAY}",
             f"--cert-dir={self.dir / 'kubelet-certs'}", "--v=1"])
 
     def _start_kube_proxy(self) -> None:

@@ -12,7 +12,10 @@ manifests set it up, with these differences:
   certificate, stores it in the Secret `kubeflow/training-operator-webhook-cert` and writes the
   webhook configuration's caBundle: the webhook validates every PyTorchJob, as in a real install;
 - the PyTorch init container (waits for the master's DNS name) uses the node's busybox image and a
-  template with a restricted security context, so workers pass `pod-security.kubernetes.io/enforce: restricted`.
+  template with a restricted security context, so workers pass `pod-security.kubernetes.io/enforce: restricted`;
+  it looks the master up under the pod's own namespace domain (the first `search` entry of its resolv.conf):
+  Debian's busybox `nslookup` tries every search domain and exits 1 when any of them has no answer, while
+  upstream's alpine image resolves through musl, which stops at the first answer.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ WEBHOOK_PORT = 9443
 CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
 USER = "system:devops-model:training-operator"
 
+# training-operator renders this with html/template: no `<`, `>` (they would be escaped).
 INIT_CONTAINER_TEMPLATE = """\
 - name: init-pytorch
   image: {{.InitContainerImage}}
@@ -56,7 +60,7 @@ INIT_CONTAINER_TEMPLATE = """\
       drop: ["ALL"]
     seccompProfile:
       type: RuntimeDefault
-  command: ['sh', '-c', 'err=1;for i in $(seq {{.MaxTries}}); do if nslookup {{.MasterAddr}}; then err=0 && break; fi;echo waiting for master; sleep 2; done; exit $err']
+  command: ['sh', '-c', 'd=; p=; for w in $(cat /etc/resolv.conf); do [ "$p" = search ] && [ -z "$d" ] && d=$w; p=$w; done; err=1;for i in $(seq {{.MaxTries}}); do if nslookup {{.MasterAddr}}.$d; then err=0 && break; fi;echo waiting for master; sleep 2; done; exit $err']
 """
 
 
