@@ -652,7 +652,8 @@ def main(argv: list[str] | None = None) -> int:
             cp.apply_files(kubeflow_crd_files())
             print(f"{tag} Kubeflow CRDs established ({', '.join(p.stem for p in kubeflow_crd_files())}) "
                   f"in {time.monotonic() - t:.1f}s")
-            project = project_crd_files()
+            # With a node the chart is what installs them (helm refuses to adopt CRDs it did not create).
+            project = project_crd_files() if not a.node else []
             if project:
                 try:
                     # Client-side, as a developer's later `kubectl apply -f crds/` will be: no field-manager warnings.

@@ -160,6 +160,14 @@ def cached(name: str, digest: str) -> bool:
     return buildah("inspect", "--type", "image", ref(name, "in-" + digest), check=False).returncode == 0
 
 
+def _loaded_marker(name: str, digest: str) -> Path:
+    """Written when the node's containerd (its store outlives the node) got this image: `build` then has
+    nothing to do for it even though its buildah copy was removed. load() still asks containerd."""
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    root = Path(os.environ.get("DEVOPS_MODEL_NODE_CACHE") or Path(xdg) / "devops-model" / "node")
+    return root / "loaded" / f"{name}-{digest}"
+
+
 # --- builders -------------------------------------------------------------------------------------
 
 def _commit(container: str, name: str, digest: str) -> None:
@@ -257,6 +265,9 @@ def build(names: list[str]) -> dict[str, float]:
             buildah("tag", ref(name, "in-" + digest), ref(name))
             log(f"{name}: cached ({ref(name, 'in-' + digest)})")
             continue
+        if _loaded_marker(name, digest).exists() and name in DOCKERFILE_IMAGES:
+            log(f"{name}: cached in the node's containerd store ({ref(name, 'in-' + digest)})")
+            continue
         t = time.monotonic()
         log(f"{name}: building (inputs {digest})")
         if name == "debian":
@@ -304,16 +315,20 @@ def load(names: list[str], socket: Path | None = None) -> dict[str, float]:
         log(f"{n}: already in the node's containerd ({ref(n, 'in-' + hashes[n])})")
     times: dict[str, float] = {}
     for name in todo:
+        _loaded_marker(name, hashes[name]).unlink(missing_ok=True)  # containerd lacks it after all
         times.update(build([name]))
         digest = hashes[name]
         t = time.monotonic()
         with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
             archive = Path(tmp) / f"{name}.tar"
             # zstd: fast, and about half the size of the raw layers in containerd's content store.
-            buildah("push", "--compression-format", "zstd", ref(name, "in-" + digest),
+            buildah("push", "--compression-format", "zstd", "--compression-level", "1", ref(name, "in-" + digest),
                     f"oci-archive:{archive}:{ref(name, 'in-' + digest)}")
             _ctr(socket, "images", "import", "--base-name", f"{REGISTRY}/{name}", str(archive))
         _ctr(socket, "images", "tag", "--force", ref(name, "in-" + digest), ref(name))
+        marker = _loaded_marker(name, digest)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{ref(name, 'in-' + digest)}\n")
         if name in DOCKERFILE_IMAGES:
             buildah("rmi", ref(name, "in-" + digest), ref(name), check=False)
         times[f"{name} (load)"] = time.monotonic() - t

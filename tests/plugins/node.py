@@ -75,8 +75,7 @@ def node_cluster(tmp_path_factory: pytest.TempPathFactory):
     try:
         cp.start()
         fx = NodeClusterFixture(cp, base / "work", None)
-        fx.apply_crds(cp_mod.kubeflow_crd_files())
-        fx.apply_crds(cp_mod.project_crd_files())
+        fx.apply_crds(cp_mod.kubeflow_crd_files())  # the project's CRDs come with `helm install`, as for a user
         node = cp.node()
         node.start()
         fx.node = node
