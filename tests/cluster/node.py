@@ -563,13 +563,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             chains += re.findall(r"^:((?:KUBE-|CNI-|" + CHAIN + r")[A-Za-z0-9_-]*)", r.stdout, re.M)
         return chains
 
-    def _drain(self, timeout: float = 60) -> None:
+    def _drain(self, timeout: float = 60) -> list[str]:
         """Deletes every pod through the API (controllers stopped first, so none comes back) and waits
         for the kubelet to stop their sandboxes, which also tears down their network."""
         if not (self.cp.readyz() and self.running().get("kubelet")):
-            return
-        for name in ("training-operator", "kube-scheduler"):
-            self._kill(name)
+            return []
+        stopped = [name for name in ("training-operator", "kube-scheduler") if self._kill(name)]
         self.cp.kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=0", "--force",
                         "--wait=false", check=False, timeout=60)
         deadline = time.monotonic() + timeout
@@ -578,6 +577,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             if r.returncode != 0 or not r.stdout.strip():
                 break
             time.sleep(1)
+        return stopped
 
     def _kill(self, name: str, timeout: float = 15) -> bool:
         pid = self.cp.pid(name)
@@ -608,8 +608,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         if not self.dir.exists():
             return []
         st = self._state()
-        self._drain()
-        stopped = [n for n in ("training-operator", "kube-proxy", "kubelet", "coredns", "kube-scheduler") if self._kill(n)]
+        stopped = self._drain()
+        stopped += [n for n in ("training-operator", "kube-proxy", "kubelet", "coredns", "kube-scheduler") if self._kill(n)]
         # Containers the kubelet did not stop (it was gone, or too slow).
         if self.running().get("containerd"):
             r = ctr("tasks", "ls", "-q", check=False)
