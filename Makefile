@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Installs go through uv with its cache outside the checkout (~/.cache/uv), so a repeat set-up is fast.
 EXTRAS ?= operator,train,eval,quantize,serve,dev
 
-.PHONY: help venv test test-unit quickstart crds lint cluster-build cluster-up cluster-down bench clean
+.PHONY: help venv test test-unit quickstart crds lint cluster-build cluster-up cluster-down node-deps images bench clean
 
 help:
 	@echo "make quickstart   the whole life cycle on this machine with a tiny model (sets up .venv)"
@@ -56,12 +56,28 @@ clean:
 
 # A real control plane (etcd + kube-apiserver + kube-controller-manager) on 127.0.0.1; docs/control-plane.md.
 # cluster-build builds the binaries once per machine into ~/.cache/devops-model/k8s/ (fast when cached).
-cluster-build:
-	bash tests/cluster/build.sh
+# NODE=1 adds a node that runs pods (kubelet, kube-proxy, kube-scheduler, containerd, CoreDNS, Kubeflow's
+# training-operator): `make cluster-up NODE=1 && make images`, then helm install / kubectl apply (docs/control-plane.md).
+NODE ?=
+NODE_FLAG := $(if $(filter 1 yes true,$(NODE)),--node,)
+
+cluster-build: $(if $(NODE_FLAG),node-deps,)
+	bash tests/cluster/build.sh $(NODE_FLAG)
 
 # Admin kubeconfig: .cluster/kubeconfig. Ports: CLUSTER_APISERVER_PORT (16443), CLUSTER_ETCD_PORT, ...
 cluster-up: cluster-build
-	bash tests/cluster/up.sh
+	bash tests/cluster/up.sh $(NODE_FLAG)
 
+# Stops everything, the node too: no process, mount, network device or iptables rule is left.
 cluster-down:
 	bash tests/cluster/down.sh
+
+# Debian packages the node and the image builds use (the release lines the node was tested with are
+# checked by tests/cluster/node-deps.sh).
+node-deps:
+	bash tests/cluster/node-deps.sh
+
+# Builds images/ with buildah on a debootstrapped Debian base (cached by input hash in
+# ~/.cache/devops-model/images/) and loads them into the node's containerd; prints how long it took.
+images: node-deps
+	python3 tests/cluster/images.py load

@@ -10,6 +10,9 @@
 ARG PYTHON_IMAGE=python:3.12.12-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# A CA bundle for a TLS-inspecting proxy, when the build machine needs one (mounted, never copied in).
+ARG SSL_CERT_FILE
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install uv==0.13.9
 COPY images/requirements/operator.txt /tmp/requirements.txt

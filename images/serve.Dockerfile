@@ -11,18 +11,30 @@
 # images/requirements.py (tests/deploy/test_images.py checks it). Pods run it as UID 1000 with a read-only
 # root file system.
 
-ARG CUDA_DEVEL_IMAGE=nvidia/cuda:13.0.2-cudnn-devel-ubuntu24.04
-ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
+# The base is a build argument: CUDA by default (GPU clusters); the CPU variant that the local node
+# runs (tests/cluster/images.py) passes a Debian base made with debootstrap and its Python, python3.13
+# (the lock resolves to the same pins for 3.12 and 3.13). Every other line is shared.
+ARG BASE_DEVEL_IMAGE=nvidia/cuda:13.0.2-cudnn-devel-ubuntu24.04
+ARG BASE_RUNTIME_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
+ARG PYTHON=python3.12
 
-FROM ${CUDA_DEVEL_IMAGE} AS build
+FROM ${BASE_DEVEL_IMAGE} AS build
+# A CA bundle for a TLS-inspecting proxy, when the build machine needs one (mounted, never copied in).
+ARG SSL_CERT_FILE
+ARG PIP_CERT
+ARG PYTHON
+# uv's cache: off by default; a local build may mount one (UV_NO_CACHE=0 UV_CACHE_DIR=... UV_LINK_MODE=copy).
+ARG UV_NO_CACHE=1
+ARG UV_CACHE_DIR
+ARG UV_LINK_MODE
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.12 python3.12-venv python3.12-dev build-essential ninja-build \
+    && apt-get install -y --no-install-recommends ${PYTHON} ${PYTHON}-venv ${PYTHON}-dev build-essential ninja-build \
     && rm -rf /var/lib/apt/lists/*
-RUN python3.12 -m venv /opt/venv && /opt/venv/bin/pip install uv==0.13.9
+RUN ${PYTHON} -m venv /opt/venv && /opt/venv/bin/pip install uv==0.13.9
 COPY images/requirements/serve.txt /tmp/requirements.txt
 ENV TORCH_CUDA_ARCH_LIST="8.0;8.9;9.0;10.0" MAX_JOBS=8
-RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python --no-cache \
+RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python \
         -r /tmp/requirements.txt --no-build-isolation-package gptqmodel
 COPY pyproject.toml README.md /src/
 COPY devops_model /src/devops_model
@@ -30,21 +42,27 @@ COPY operator /src/operator
 COPY workloads /src/workloads
 RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python --no-cache --no-deps /src \
     && /opt/venv/bin/pip uninstall -y uv \
-    && /opt/venv/bin/python -m compileall -q /opt/venv/lib/python3.12/site-packages/devops_model \
-       /opt/venv/lib/python3.12/site-packages/devops_workloads
+    && SITE=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
+    && /opt/venv/bin/python -m compileall -q "$SITE/devops_model" "$SITE/devops_workloads"
 
-FROM ${CUDA_RUNTIME_IMAGE}
+FROM ${BASE_RUNTIME_IMAGE}
+ARG PYTHON
 LABEL org.opencontainers.image.title="devops-model serve" \
       org.opencontainers.image.description="Built-in OpenAI-compatible chat server of the DevOps-Model platform" \
       org.opencontainers.image.source="https://github.com/devops-model/devops-model" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.12 libgomp1 ca-certificates \
+    && apt-get install -y --no-install-recommends ${PYTHON} libgomp1 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
-RUN usermod --login devops-model --home /tmp --shell /usr/sbin/nologin ubuntu \
-    && groupmod --new-name devops-model ubuntu
+RUN if getent passwd 1000 >/dev/null; then \
+        usermod --login devops-model --home /tmp --shell /usr/sbin/nologin "$(getent passwd 1000 | cut -d: -f1)" \
+        && groupmod --new-name devops-model "$(getent group 1000 | cut -d: -f1)"; \
+    else \
+        groupadd --gid 1000 devops-model \
+        && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin devops-model; \
+    fi
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -10,8 +10,19 @@ export DEVOPS_MODEL_NO_PROGRESS=1
 export GPTQMODEL_CPU_WORKERS="${GPTQMODEL_CPU_WORKERS:-$(nproc)}"
 
 if [ -x tests/cluster/build.sh ]; then
-  echo "== control plane binaries (cached after the first build)"
-  bash tests/cluster/build.sh
+  # The node of tests/e2e/test_real_pods.py: Debian's containerd, runc, CNI plugins, buildah, debootstrap
+  # (apt), then the control plane and node binaries (kubelet, kube-proxy, kube-scheduler, CoreDNS,
+  # Kubeflow's training-operator). The images are built (cached by input hash) by the test's fixture.
+  echo "== node packages (apt, once per machine)"
+  bash tests/cluster/node-deps.sh
+  # The images (downloads and disk copies, cached by input hash) build while Go compiles (CPU).
+  echo "== images from images/ (cached by input hash; log: .images-build.log)"
+  python3 tests/cluster/images.py build > .images-build.log 2>&1 &
+  images_pid=$!
+  echo "== control plane and node binaries (cached after the first build)"
+  bash tests/cluster/build.sh --node
+  wait "$images_pid" || { tail -n 40 .images-build.log; echo "error: building the images failed (.images-build.log)"; exit 1; }
+  tail -n 1 .images-build.log
 fi
 if ! command -v chromium >/dev/null 2>&1; then
   echo "== installing Debian's chromium for the browser tests"

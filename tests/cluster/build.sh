@@ -9,13 +9,22 @@
 #   helm                                      from helm.sh/helm/v3/cmd/helm
 #   crds/*.yaml                               PyTorchJob (kubeflow.org/v1) from training-operator,
 #                                             TrainJob + (Cluster)TrainingRuntime from trainer/v2
+# With --node (what `make cluster-up NODE=1` and the real-pods test need), also:
+#   kube-scheduler, kubelet, kube-proxy       from the same generated k8s.io/kubernetes module
+#   training-operator                         github.com/kubeflow/training-operator/cmd/training-operator.v1
+#                                             at TRAINING_OPERATOR_VERSION (the version whose CRD is pinned)
+#   coredns                                   github.com/coredns/coredns with only the plugins the node
+#                                             uses (bind, ready, health, errors, cache, kubernetes): the
+#                                             pods' cluster DNS, with no forwarder (nothing leaves the machine)
 #
 # Everything lands outside the checkout, in $DEVOPS_MODEL_K8S_CACHE/<k8s version>/
 # (default ~/.cache/devops-model/k8s/<k8s version>/): bin/ and crds/. Go's own caches (GOMODCACHE,
 # GOCACHE) stay where Go puts them. A second run finds everything there and exits at once.
 #
 # Usage: tests/cluster/build.sh            build what is missing
+#        tests/cluster/build.sh --node     the same, plus the node's binaries (above)
 #        tests/cluster/build.sh --check    exit 1 (listing what is missing) instead of building
+#        tests/cluster/build.sh --node --check
 #        tests/cluster/build.sh --print-dir   print the cache directory and exit
 # Env:   BUILD_JOBS (default 2) = go build -p; K8S_KUBECTL=/path to force a kubectl;
 #        K8S_BUILD_KUBECTL=1 to build kubectl even when the machine has one.
@@ -32,13 +41,16 @@ CRDS=$CACHE/crds
 SRC=$CACHE/src
 
 MODE=build
-case "${1:-}" in
-  --check) MODE=check ;;
-  --print-dir) echo "$CACHE"; exit 0 ;;
-  "") ;;
-  -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
-  *) echo "build.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
-esac
+NODE=${CLUSTER_NODE:-0}
+for arg in "$@"; do
+  case "$arg" in
+    --check) MODE=check ;;
+    --node) NODE=1 ;;
+    --print-dir) echo "$CACHE"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    *) echo "build.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf '[cluster-build] %s\n' "$*" >&2; }
 die() { printf '[cluster-build] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -50,7 +62,9 @@ STAGING_VERSION="v0.${K8S_VERSION#v1.}"   # v1.37.2 -> v0.37.2
 # Each artifact has a stamp file naming what it was built from; a changed pin rebuilds it.
 stamp_of() {
   case "$1" in
-    kube-apiserver|kube-controller-manager) echo "k8s.io/kubernetes $K8S_VERSION" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy) echo "k8s.io/kubernetes $K8S_VERSION" ;;
+    training-operator) echo "github.com/kubeflow/training-operator $TRAINING_OPERATOR_VERSION" ;;
+    coredns) echo "github.com/coredns/coredns $COREDNS_VERSION bind,ready,health,errors,cache,kubernetes" ;;
     etcd) echo "go.etcd.io/etcd/server/v3 $ETCD_VERSION" ;;
     helm) echo "helm.sh/helm/v3 $HELM_VERSION" ;;
     kubectl) echo "kubectl $K8S_VERSION" ;;   # built, or a machine kubectl within one minor
@@ -69,6 +83,7 @@ is_done() {
 mark_done() { mkdir -p "$BIN"; stamp_of "$1" > "$BIN/.$1.stamp"; }
 
 ARTIFACTS=(etcd kube-apiserver kube-controller-manager kubectl helm crds)
+[ "$NODE" = 1 ] && ARTIFACTS+=(kube-scheduler kubelet kube-proxy training-operator coredns)
 missing=()
 for a in "${ARTIFACTS[@]}"; do is_done "$a" || missing+=("$a"); done
 
@@ -77,7 +92,11 @@ if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 if [ "$MODE" = check ]; then
-  log "missing in $CACHE: ${missing[*]} -- run 'make cluster-build' (tests/cluster/build.sh)"
+  if [ "$NODE" = 1 ]; then
+    log "missing in $CACHE: ${missing[*]} -- run 'make cluster-build NODE=1' (tests/cluster/build.sh --node)"
+  else
+    log "missing in $CACHE: ${missing[*]} -- run 'make cluster-build' (tests/cluster/build.sh)"
+  fi
   exit 1
 fi
 
@@ -267,11 +286,76 @@ fetch_crds() {
   mark_done crds
 }
 
+# --- Kubeflow training-operator (the PyTorchJob controller) --------------------------------------
+build_training_operator() {
+  local dir=$SRC/training-operator
+  if ! [ -f "$dir/.ready" ] || [ "$(cat "$dir/.ready")" != "$TRAINING_OPERATOR_VERSION" ]; then
+    local gomod; gomod=$(module_field "github.com/kubeflow/training-operator@$TRAINING_OPERATOR_VERSION" GoMod)
+    [ -f "$gomod" ] || die "could not download github.com/kubeflow/training-operator@$TRAINING_OPERATOR_VERSION"
+    rm -rf "$dir"; mkdir -p "$dir"
+    # Its own go.mod's replace directives (if any) must apply here too, since this is the main module.
+    {
+      printf 'module devops-model.local/training-operator-build\n\ngo %s\n\nrequire github.com/kubeflow/training-operator %s\n\n' \
+        "$(go_directive "$gomod")" "$TRAINING_OPERATOR_VERSION"
+      printf 'tool github.com/kubeflow/training-operator/cmd/training-operator.v1\n\n'
+      awk '/^replace \(/{r=1; print; next} r&&/^\)/{r=0; print; next} r||/^replace /{print}' "$gomod"
+    } > "$dir/go.mod"
+    (cd "$dir" && go mod tidy)
+    echo "$TRAINING_OPERATOR_VERSION" > "$dir/.ready"
+  fi
+  go_build "$dir" github.com/kubeflow/training-operator/cmd/training-operator.v1 training-operator ""
+  mark_done training-operator
+}
+
+# --- CoreDNS with only the plugins the node's cluster DNS uses -------------------------------------
+# CoreDNS compiles its plugins in; the stock binary links every cloud DNS provider. This main package
+# registers only the six plugins the node's Corefile uses, in CoreDNS' own directive order (plugin.cfg).
+# No `forward`: a name outside cluster.local gets no answer, so nothing is ever asked off the machine.
+build_coredns() {
+  local dir=$SRC/coredns
+  if ! [ -f "$dir/.ready" ] || [ "$(cat "$dir/.ready")" != "$COREDNS_VERSION" ]; then
+    local gomod; gomod=$(module_field "github.com/coredns/coredns@$COREDNS_VERSION" GoMod)
+    [ -f "$gomod" ] || die "could not download github.com/coredns/coredns@$COREDNS_VERSION"
+    rm -rf "$dir"; mkdir -p "$dir"
+    printf 'module devops-model.local/coredns-build\n\ngo %s\n\nrequire github.com/coredns/coredns %s\n' \
+      "$(go_directive "$gomod")" "$COREDNS_VERSION" > "$dir/go.mod"
+    cat > "$dir/main.go" <<'GO'
+// Generated by tests/cluster/build.sh: CoreDNS with the plugins of the node's Corefile only.
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+func init() {
+	dnsserver.Directives = []string{"bind", "ready", "health", "errors", "cache", "kubernetes"}
+}
+
+func main() { coremain.Run() }
+GO
+    (cd "$dir" && go mod tidy)
+    echo "$COREDNS_VERSION" > "$dir/.ready"
+  fi
+  go_build "$dir" . coredns ""
+  mark_done coredns
+}
+
 log "building into $CACHE: ${missing[*]}"
 for a in "${missing[@]}"; do
   case "$a" in
     etcd) timed "etcd $ETCD_VERSION (go.etcd.io/etcd/server/v3)" build_etcd ;;
-    kube-apiserver|kube-controller-manager) timed "$a (k8s.io/kubernetes $K8S_VERSION)" build_k8s_binary "$a" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy)
+      timed "$a (k8s.io/kubernetes $K8S_VERSION)" build_k8s_binary "$a" ;;
+    training-operator) timed "training-operator $TRAINING_OPERATOR_VERSION" build_training_operator ;;
+    coredns) timed "coredns $COREDNS_VERSION (plugins: bind ready health errors cache kubernetes)" build_coredns ;;
     kubectl) provide_kubectl ;;
     helm) timed "helm $HELM_VERSION (helm.sh/helm/v3/cmd/helm)" build_helm ;;
     crds) fetch_crds ;;

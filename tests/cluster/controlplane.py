@@ -35,12 +35,17 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+# node.py, images.py and training_operator.py `import controlplane`: let them get this very module, whether
+# it runs as a script or was loaded by the pytest plugin under another name (one ControlPlaneError class).
+sys.modules.setdefault("controlplane", sys.modules[__name__])
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 BUILD_SH = HERE / "build.sh"
 MARKER = "state.json"
 LOOPBACK = "127.0.0.1"
-SERVICE_CIDR = "10.0.0.0/24"  # only a range the API server allocates ClusterIPs from; never contacted
+SERVICE_CIDR = "10.0.0.0/24"  # ClusterIPs; without a node never contacted, with one kube-proxy's
+NODE_GATEWAY = "10.244.0.1"   # the node's bridge address (node.py), where pods reach the API server
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")  # start order; stop is reversed
 
 
@@ -182,7 +187,7 @@ def make_pki(pki: Path) -> None:
              "-addext", "basicConstraints=critical,CA:TRUE",
              "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature")
     sans = ",".join([
-        "IP:127.0.0.1", "DNS:localhost", "IP:10.0.0.1", "DNS:kubernetes", "DNS:kubernetes.default",
+        "IP:127.0.0.1", "DNS:localhost", "IP:10.0.0.1", f"IP:{NODE_GATEWAY}", "DNS:kubernetes", "DNS:kubernetes.default",
         "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local",
     ])
     server = f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
@@ -282,8 +287,10 @@ class ControlPlane:
     """One control plane instance with its state in `state_dir`."""
 
     def __init__(self, state_dir: Path | str, ports: Ports | None = None, bins: Path | None = None,
-                 die_with_parent: bool = False):
+                 die_with_parent: bool = False, node: bool = False):
         self.state_dir = Path(state_dir).resolve()
+        # With a node (node.py): the API server is also reachable from pods, at the bridge address.
+        self.with_node = node or (self.state_dir / "node").is_dir()
         # For the pytest fixture: a killed test run must not leave a control plane behind.
         self.die_with_parent = die_with_parent
         self.ports = ports or Ports.from_env()
@@ -440,9 +447,19 @@ class ControlPlane:
                 "--quota-backend-bytes=2147483648", "--log-level=warn",
             ])
             self._wait("etcd", lambda: self._etcd_healthy(etcd_url), 60, f"etcd /health on {etcd_url}")
+            if self.with_node:
+                # Pods reach the API server through the `kubernetes` Service, whose endpoint is the
+                # bridge address; node.py's INPUT guard admits this port from loopback and the bridge only.
+                where = ["--bind-address=0.0.0.0", f"--advertise-address={NODE_GATEWAY}",
+                         "--kubelet-preferred-address-types=InternalIP"]
+            else:
+                where = [f"--bind-address={LOOPBACK}", f"--advertise-address={LOOPBACK}",
+                         # The `kubernetes` Service's endpoints would be 127.0.0.1, which Endpoints reject:
+                         # there is no node network here, so do not reconcile them.
+                         "--endpoint-reconciler-type=none"]
             self._spawn("kube-apiserver", [
                 f"--etcd-servers={etcd_url}",
-                f"--bind-address={LOOPBACK}", f"--advertise-address={LOOPBACK}",
+                *where,
                 f"--secure-port={self.ports.apiserver}",
                 f"--cert-dir={pki}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -462,9 +479,6 @@ class ControlPlane:
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
-                # The `kubernetes` Service's endpoints would be 127.0.0.1, which Endpoints reject: there is
-                # no node network here, so do not reconcile them.
-                "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--v=1",
@@ -502,9 +516,21 @@ class ControlPlane:
         except (OSError, ValueError):
             return False
 
+    def start_node(self, timeout: float = 300) -> float:
+        """Joins a node to this (running) control plane: node.py. Returns seconds until it was Ready."""
+        return self.node().start(timeout=timeout)
+
+    def node(self):
+        import importlib
+        sys.path.insert(0, str(HERE))
+        return importlib.import_module("node").Node(self)
+
     def stop(self, remove_state: bool = True, timeout: float = 10) -> list[str]:
-        """Stops every process of this instance (SIGTERM, then SIGKILL), removes the state; returns what it stopped."""
+        """Stops every process of this instance (SIGTERM, then SIGKILL), removes the state; returns what it stopped.
+        A node goes first, while the API server can still tell its kubelet to stop the pods."""
         stopped = []
+        if (self.state_dir / "node").is_dir():
+            stopped += self.node().stop()
         for name in reversed(COMPONENTS):
             pid = self.pid(name)
             popen = self._popen.get(name)
@@ -555,8 +581,20 @@ class ControlPlane:
             args += ["-f", str(f)]
         out = self.kubectl(*args, "-o", "name").stdout.split()
         crds = [n for n in out if n.startswith("customresourcedefinition")]
-        if crds:
-            self.kubectl("wait", "--for=condition=Established", f"--timeout={int(wait_established)}s", *crds)
+        if not crds:
+            return
+        # kubectl v1.37's `wait` fails at once ("accessor error: <nil>") on a CRD whose status has no
+        # conditions yet, instead of waiting: ask again until the server has written them.
+        deadline = time.monotonic() + wait_established
+        while True:
+            r = self.kubectl("wait", "--for=condition=Established", f"--timeout={int(wait_established)}s", *crds,
+                             check=False)
+            if r.returncode == 0:
+                return
+            if "accessor error" not in r.stderr or time.monotonic() > deadline:
+                raise ControlPlaneError(f"`kubectl wait --for=condition=Established {' '.join(crds)}` failed "
+                                        f"(exit {r.returncode}):\n{r.stderr}{r.stdout}")
+            time.sleep(0.5)
 
 
 def _print_usage_hint(cp: ControlPlane) -> None:
@@ -573,8 +611,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="state directory (default: .cluster in the repository)")
     ap.add_argument("--timeout", type=float, default=180, help="seconds to wait for /readyz")
     ap.add_argument("--no-crds", action="store_true", help="do not apply the Kubeflow and project CRDs")
+    ap.add_argument("--node", action="store_true",
+                    help="up: also start a node (node.py: containerd, kubelet, kube-proxy, kube-scheduler, CoreDNS, "
+                         "Kubeflow training-operator); needs root and `build.sh --node`")
     a = ap.parse_args(argv)
-    cp = ControlPlane(a.dir)
+    cp = ControlPlane(a.dir, node=a.command == "up" and a.node)
     tag = "[cluster]"
     if a.command == "status":
         state = cp.running()
@@ -591,8 +632,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # up
     state = cp.running()
-    if all(state.values()) and cp.readyz():
-        print(f"{tag} already up (pids in {cp.state_dir / 'pids'})")
+    has_node = (cp.state_dir / "node").is_dir()
+    if all(state.values()) and cp.readyz() and has_node == a.node:
+        print(f"{tag} already up{' with its node' if has_node else ''} (pids in {cp.state_dir / 'pids'})")
         _print_usage_hint(cp)
         return 0
     if any(state.values()) or cp.state_dir.exists():
@@ -600,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{tag} found a stale or partial instance in {cp.state_dir}"
               + (f" ({', '.join(alive)} running)" if alive else "") + "; restarting it from scratch")
         cp.stop()
-        cp = ControlPlane(a.dir)
+        cp = ControlPlane(a.dir, node=a.node)
     try:
         secs = cp.start(timeout=a.timeout)
         print(f"{tag} control plane up in {secs:.1f}s (etcd :{cp.ports.etcd}, kube-apiserver :{cp.ports.apiserver}, "
@@ -610,7 +652,8 @@ def main(argv: list[str] | None = None) -> int:
             cp.apply_files(kubeflow_crd_files())
             print(f"{tag} Kubeflow CRDs established ({', '.join(p.stem for p in kubeflow_crd_files())}) "
                   f"in {time.monotonic() - t:.1f}s")
-            project = project_crd_files()
+            # With a node the chart is what installs them (helm refuses to adopt CRDs it did not create).
+            project = project_crd_files() if not a.node else []
             if project:
                 try:
                     # Client-side, as a developer's later `kubectl apply -f crds/` will be: no field-manager warnings.
@@ -618,6 +661,14 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{tag} project CRDs from crds/ established ({len(project)} files)")
                 except ControlPlaneError as e:
                     print(f"{tag} WARNING: applying crds/ failed; the cluster is up anyway:\n{e}", file=sys.stderr)
+        if a.node:
+            print(f"{tag} starting the node (containerd, kube-scheduler, CoreDNS, kubelet, kube-proxy, training-operator)")
+            try:
+                secs = cp.start_node()
+            except ControlPlaneError:
+                cp.stop()  # the node cleaned up after itself; a cluster without its node is not what was asked
+                raise
+            print(f"{tag} node Ready in {secs:.1f}s; load the images with `make images`")
     except ControlPlaneError as e:
         print(f"{tag} ERROR: {e}", file=sys.stderr)
         return 1

@@ -3,11 +3,14 @@
 # .cluster/ of the repository), then applies the Kubeflow CRDs and crds/. Idempotent: when it is already
 # up, it says so. Ports: CLUSTER_ETCD_PORT, CLUSTER_ETCD_PEER_PORT, CLUSTER_APISERVER_PORT,
 # CLUSTER_CONTROLLER_MANAGER_PORT; state directory: CLUSTER_DIR. See docs/control-plane.md.
+# With --node (make cluster-up NODE=1) a node joins it: tests/cluster/node.py.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-if ! bash "$HERE/build.sh" --check 2>/dev/null; then
-  bash "$HERE/build.sh" --check || true
-  echo "[cluster] ERROR: the control-plane binaries are not built yet: run 'make cluster-build' first" >&2
+NODE_ARG=""
+for a in "$@"; do [ "$a" = --node ] && NODE_ARG=--node; done
+if ! bash "$HERE/build.sh" --check $NODE_ARG 2>/dev/null; then
+  bash "$HERE/build.sh" --check $NODE_ARG || true
+  echo "[cluster] ERROR: the binaries are not built yet: run 'make cluster-build${NODE_ARG:+ NODE=1}' first" >&2
   exit 1
 fi
 exec python3 "$HERE/controlplane.py" up "$@"

@@ -1,0 +1,367 @@
+#!/usr/bin/env python3
+"""The project's container images, built here without a Docker engine, cached, loaded into the node.
+
+    python3 tests/cluster/images.py build [NAME ...]   # build what is not cached (default: all)
+    python3 tests/cluster/images.py load  [NAME ...]   # build if needed, load into the node (make images)
+    python3 tests/cluster/images.py list               # names, input hashes, cached or not
+
+Images (NAME):
+    debian     the base: `debootstrap --variant=minbase trixie` from Debian's archive, plus python3,
+               python3-venv and python-is-python3 (Debian 13's Python is 3.13, which the lock files
+               resolve to exactly the same pins as 3.12: checked with `uv pip compile --python-version 3.13`)
+    busybox    Debian's busybox-static on an empty root: the node's sandbox ("pause") image and the
+               image of plain test pods; its command sleeps forever
+    operator, workload, serve
+               images/<NAME>.Dockerfile, built with `buildah bud --isolation chroot` on the debian base
+               (the Dockerfiles' base-image and Python build arguments; every other line is the one a
+               GPU cluster builds with docker and the CUDA default bases)
+
+Every image is tagged localhost/devops-model/<NAME>:local (what charts/devops-model/ci/local-node-values.yaml
+names) and localhost/devops-model/<NAME>:in-<hash>, where <hash> covers everything the image is made from:
+the Dockerfile and its .dockerignore, the files it copies, the build arguments and the base's own hash.
+The buildah store is the cache (~/.cache/devops-model/images/, outside the checkout); an image whose hash is
+there is not rebuilt, and one that the node's containerd already has under that hash is not loaded again.
+Python wheels come through uv's cache (~/.cache/uv, mounted into the build), so a rebuild downloads nothing
+twice. Set DEVOPS_MODEL_IMAGES_STORAGE_DRIVER=vfs where overlay is not available.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+IMAGES_DIR = REPO / "images"
+REGISTRY = "localhost/devops-model"
+LOCAL_TAG = "local"
+DEBIAN_SUITE = "trixie"
+DEBIAN_MIRROR = os.environ.get("DEVOPS_MODEL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+DEBIAN_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
+# The Dockerfiles' build arguments for the CPU variant on the Debian base (their defaults are the CUDA images).
+PYTHON = "python3.13"
+# Recipe versions: bump to rebuild an image whose inputs did not change but whose recipe here did.
+RECIPE = {"debian": "1", "busybox": "2", "operator": "1", "workload": "1", "serve": "1"}
+ORDER = ("debian", "busybox", "operator", "workload", "serve")
+DOCKERFILE_IMAGES = ("operator", "workload", "serve")
+
+
+class ImageError(RuntimeError):
+    pass
+
+
+def cache_root() -> Path:
+    root = os.environ.get("DEVOPS_MODEL_IMAGES_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "devops-model" / "images"
+
+
+def uv_cache() -> Path:
+    return Path(os.environ.get("UV_CACHE_DIR") or Path.home() / ".cache" / "uv")
+
+
+def log(msg: str) -> None:
+    print(f"[images] {msg}", flush=True)
+
+
+def buildah(*args: str, check: bool = True, capture: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
+    driver = os.environ.get("DEVOPS_MODEL_IMAGES_STORAGE_DRIVER", "overlay")
+    cmd = ["buildah", "--root", str(cache_root() / "storage"), "--runroot", "/run/devops-model-buildah",
+           "--storage-driver", driver, *args]
+    r = subprocess.run(cmd, capture_output=capture, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        err = (r.stderr or "").strip()[-4000:] if capture else "(see the output above)"
+        raise ImageError(f"`buildah {' '.join(args[:3])} ...` failed (exit {r.returncode}):\n{err}")
+    return r
+
+
+def ref(name: str, tag: str = LOCAL_TAG) -> str:
+    return f"{REGISTRY}/{name}:{tag}"
+
+
+# --- input hashes ---------------------------------------------------------------------------------
+
+def _dockerignore_patterns(name: str) -> list[str]:
+    lines = (IMAGES_DIR / f"{name}.Dockerfile.dockerignore").read_text().splitlines()
+    return [l.strip() for l in lines if l.strip() and not l.strip().startswith("#")]
+
+
+def _ignored(rel: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last matching pattern wins; `!p` re-includes; a directory pattern covers its files."""
+    ignored = False
+    for p in patterns:
+        neg = p.startswith("!")
+        pat = p[1:] if neg else p
+        pat = pat.rstrip("/")
+        hit = fnmatch.fnmatch(rel, pat) or rel.startswith(pat + "/") \
+            or (pat.startswith("**/") and (fnmatch.fnmatch(rel, pat[3:]) or fnmatch.fnmatch(rel.rsplit("/", 1)[-1], pat[3:])
+                                           or any(fnmatch.fnmatch(part, pat[3:]) for part in rel.split("/"))))
+        if hit:
+            ignored = not neg
+    return ignored
+
+
+def context_files(name: str) -> list[Path]:
+    """The files of the build context that the image's .dockerignore lets through (git-tracked or not,
+    but never caches or virtualenvs)."""
+    patterns = _dockerignore_patterns(name)
+    out = []
+    for root, dirs, files in os.walk(REPO):
+        rel_root = os.path.relpath(root, REPO)
+        dirs[:] = sorted(d for d in dirs if d not in (".git", ".venv", ".cluster", "node_modules", "__pycache__")
+                         and not d.endswith(".egg-info"))
+        for f in sorted(files):
+            rel = f if rel_root == "." else f"{rel_root}/{f}"
+            if not _ignored(rel, patterns):
+                out.append(REPO / rel)
+    return out
+
+
+def build_args(name: str, hashes: dict[str, str]) -> dict[str, str]:
+    base = ref("debian", "in-" + hashes["debian"])
+    if name == "operator":
+        return {"PYTHON_IMAGE": base}
+    return {"BASE_DEVEL_IMAGE": base, "BASE_RUNTIME_IMAGE": base, "PYTHON": PYTHON,
+            # Wheels through the machine's uv cache (mounted at /uv-cache); the default is --no-cache.
+            "UV_NO_CACHE": "0", "UV_CACHE_DIR": "/uv-cache", "UV_LINK_MODE": "copy"}
+
+
+def input_hashes() -> dict[str, str]:
+    hashes: dict[str, str] = {}
+    h = hashlib.sha256(f"{RECIPE['debian']} {DEBIAN_SUITE} {DEBIAN_MIRROR} {' '.join(DEBIAN_PACKAGES)}".encode())
+    hashes["debian"] = h.hexdigest()[:16]
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    h = hashlib.sha256(RECIPE["busybox"].encode())
+    if os.path.exists(busybox):
+        h.update(Path(busybox).read_bytes())
+    hashes["busybox"] = h.hexdigest()[:16]
+    for name in DOCKERFILE_IMAGES:
+        h = hashlib.sha256(RECIPE[name].encode())
+        for f in (IMAGES_DIR / f"{name}.Dockerfile", IMAGES_DIR / f"{name}.Dockerfile.dockerignore"):
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+        for f in context_files(name):
+            h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
+        h.update(json.dumps(build_args(name, hashes), sort_keys=True).encode())
+        hashes[name] = h.hexdigest()[:16]
+    return hashes
+
+
+def cached(name: str, digest: str) -> bool:
+    return buildah("inspect", "--type", "image", ref(name, "in-" + digest), check=False).returncode == 0
+
+
+def _loaded_marker(name: str, digest: str) -> Path:
+    """Written when the node's containerd (its store outlives the node) got this image: `build` then has
+    nothing to do for it even though its buildah copy was removed. load() still asks containerd."""
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    root = Path(os.environ.get("DEVOPS_MODEL_NODE_CACHE") or Path(xdg) / "devops-model" / "node")
+    return root / "loaded" / f"{name}-{digest}"
+
+
+# --- builders -------------------------------------------------------------------------------------
+
+def _commit(container: str, name: str, digest: str) -> None:
+    buildah("commit", "--rm", "--omit-history", container, ref(name, "in-" + digest))
+    buildah("tag", ref(name, "in-" + digest), ref(name))
+
+
+def build_debian(digest: str) -> None:
+    if not shutil.which("debootstrap"):
+        raise ImageError("debootstrap is missing: apt-get install debootstrap (or `make node-deps`)")
+    work = Path(tempfile.mkdtemp(prefix="debian-", dir=cache_root()))
+    rootfs = work / "rootfs"
+    try:
+        log(f"debootstrap --variant=minbase {DEBIAN_SUITE} from {DEBIAN_MIRROR} (+ {', '.join(DEBIAN_PACKAGES)})")
+        r = subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(DEBIAN_PACKAGES)}",
+                            DEBIAN_SUITE, str(rootfs), DEBIAN_MIRROR], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise ImageError(f"debootstrap failed (exit {r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
+        # apt inside a chroot-isolated build cannot switch to its _apt sandbox user.
+        (rootfs / "etc/apt/apt.conf.d/99devops-model").write_text('APT::Sandbox::User "root";\n')
+        for d in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for p in (rootfs / d).glob("*"):
+                if p.is_file():
+                    p.unlink()
+        for p in ("dev", "proc", "sys", "run"):
+            (rootfs / p).mkdir(exist_ok=True)
+        tarball = work / "rootfs.tar"
+        subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
+        c = buildah("from", "scratch").stdout.strip()
+        buildah("add", c, str(tarball), "/")
+        buildah("config", "--cmd", "/bin/bash", "--env",
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "--label", f"org.opencontainers.image.description=Debian {DEBIAN_SUITE} minbase (debootstrap)", c)
+        _commit(c, "debian", digest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def build_busybox(digest: str) -> None:
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    if not os.path.exists(busybox):
+        raise ImageError("busybox is missing: apt-get install busybox-static (or `make node-deps`)")
+    r = subprocess.run(["file", "-L", busybox], capture_output=True, text=True)
+    if r.returncode == 0 and "statically linked" not in r.stdout:
+        raise ImageError(f"{busybox} is not statically linked: apt-get install busybox-static")
+    work = Path(tempfile.mkdtemp(prefix="busybox-", dir=cache_root()))
+    try:
+        root = work / "root"
+        (root / "bin").mkdir(parents=True)
+        shutil.copy2(busybox, root / "bin" / "busybox")
+        for applet in ("sh", "sleep", "seq", "cat", "echo", "ls", "wget", "nslookup", "nc", "env", "id", "hostname",
+                       "true", "sed", "grep", "head", "tail", "test"):
+            (root / "bin" / applet).symlink_to("busybox")
+        (root / "tmp").mkdir()
+        c = buildah("from", "scratch").stdout.strip()
+        buildah("copy", c, str(root), "/")
+        buildah("config", "--cmd", '["/bin/busybox", "sleep", "2147483647"]', "--user", "65534:65534",
+                "--label", "org.opencontainers.image.description=busybox-static: sandbox (pause) and test image", c)
+        _commit(c, "busybox", digest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def build_dockerfile(name: str, digest: str, hashes: dict[str, str]) -> None:
+    args = build_args(name, hashes)
+    cmd = ["bud", "--isolation", "chroot", "--layers=false", "--omit-history",
+           "-f", str(IMAGES_DIR / f"{name}.Dockerfile"), "--ignorefile", str(IMAGES_DIR / f"{name}.Dockerfile.dockerignore"),
+           "-t", ref(name, "in-" + digest), "-t", ref(name)]
+    for k, v in args.items():
+        cmd += ["--build-arg", f"{k}={v}"]
+    if "UV_CACHE_DIR" in args:
+        uv_cache().mkdir(parents=True, exist_ok=True)
+        cmd += ["-v", f"{uv_cache()}:{args['UV_CACHE_DIR']}"]
+    # The machine's CA bundle (a TLS-inspecting proxy's CA, if any) for pip and uv during the build:
+    # mounted read-only, so it is in no layer; not part of the input hash (the image does not change).
+    ca = next((os.environ[v] for v in ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE")
+               if os.environ.get(v) and os.path.isfile(os.environ[v])), None)
+    if ca:
+        cmd += ["-v", f"{os.path.realpath(ca)}:/run/build-ca.crt:ro",
+                "--build-arg", "SSL_CERT_FILE=/run/build-ca.crt", "--build-arg", "PIP_CERT=/run/build-ca.crt"]
+    cmd.append(str(REPO))
+    log(f"buildah {' '.join(cmd)}")
+    buildah(*cmd, capture=False)
+
+
+def build(names: list[str]) -> dict[str, float]:
+    cache_root().mkdir(parents=True, exist_ok=True)
+    hashes = input_hashes()
+    # A Dockerfile image needs the base first.
+    wanted = [n for n in ORDER if n in names or (n == "debian" and set(names) & set(DOCKERFILE_IMAGES))]
+    times = {}
+    for name in wanted:
+        digest = hashes[name]
+        if cached(name, digest):
+            buildah("tag", ref(name, "in-" + digest), ref(name))
+            log(f"{name}: cached ({ref(name, 'in-' + digest)})")
+            continue
+        if _loaded_marker(name, digest).exists() and name in DOCKERFILE_IMAGES:
+            log(f"{name}: cached in the node's containerd store ({ref(name, 'in-' + digest)})")
+            continue
+        t = time.monotonic()
+        log(f"{name}: building (inputs {digest})")
+        if name == "debian":
+            build_debian(digest)
+        elif name == "busybox":
+            build_busybox(digest)
+        else:
+            build_dockerfile(name, digest, hashes)
+        times[name] = time.monotonic() - t
+        size = buildah("images", "--format", "{{.Size}}", ref(name), check=False).stdout.strip().splitlines()
+        log(f"{name}: built in {times[name]:.0f}s" + (f" ({size[0]})" if size else ""))
+    return times
+
+
+# --- loading into the node's containerd -----------------------------------------------------------
+
+def _ctr(socket: Path, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
+    r = subprocess.run(["ctr", "--address", str(socket), "-n", "k8s.io", *args], capture_output=True, text=True,
+                       timeout=timeout)
+    if check and r.returncode != 0:
+        raise ImageError(f"`ctr {' '.join(args[:3])}` failed (exit {r.returncode}): {r.stderr.strip()}")
+    return r
+
+
+def loaded(socket: Path, name: str, digest: str) -> bool:
+    out = _ctr(socket, "images", "ls", "-q", check=False).stdout.split()
+    return ref(name, "in-" + digest) in out and ref(name) in out
+
+
+def load(names: list[str], socket: Path | None = None) -> dict[str, float]:
+    """Imports each image into the node's containerd under both its tags, building what neither the
+    node nor the buildah store has. The node's store (~/.cache/devops-model/node/containerd) is the
+    cache of the large images: once one is imported, its buildah copy is removed (a torch image is ~7 GB
+    twice otherwise)."""
+    if socket is None:
+        sys.path.insert(0, str(HERE))
+        import node
+        socket = node.containerd_socket()
+    if not socket.exists():
+        raise ImageError(f"the node's containerd is not running ({socket} is missing): `make cluster-up NODE=1` first")
+    t0 = time.monotonic()
+    hashes = input_hashes()
+    todo = [n for n in ORDER if n in names and not loaded(socket, n, hashes[n])]
+    for n in [n for n in ORDER if n in names and n not in todo]:
+        log(f"{n}: already in the node's containerd ({ref(n, 'in-' + hashes[n])})")
+    times: dict[str, float] = {}
+    for name in todo:
+        _loaded_marker(name, hashes[name]).unlink(missing_ok=True)  # containerd lacks it after all
+        times.update(build([name]))
+        digest = hashes[name]
+        t = time.monotonic()
+        with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
+            archive = Path(tmp) / f"{name}.tar"
+            # zstd: fast, and about half the size of the raw layers in containerd's content store.
+            buildah("push", "--compression-format", "zstd", "--compression-level", "1", ref(name, "in-" + digest),
+                    f"oci-archive:{archive}:{ref(name, 'in-' + digest)}")
+            _ctr(socket, "images", "import", "--base-name", f"{REGISTRY}/{name}", str(archive))
+        _ctr(socket, "images", "tag", "--force", ref(name, "in-" + digest), ref(name))
+        marker = _loaded_marker(name, digest)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{ref(name, 'in-' + digest)}\n")
+        if name in DOCKERFILE_IMAGES:
+            buildah("rmi", ref(name, "in-" + digest), ref(name), check=False)
+        times[f"{name} (load)"] = time.monotonic() - t
+        log(f"{name}: loaded into the node in {times[f'{name} (load)']:.0f}s")
+    log(f"images ready in the node in {time.monotonic() - t0:.0f}s: " + ", ".join(ref(n) for n in names))
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["build", "load", "list"])
+    ap.add_argument("names", nargs="*", help=f"images (default: busybox operator workload serve); any of {', '.join(ORDER)}")
+    a = ap.parse_args(argv)
+    names = a.names or ["busybox", *DOCKERFILE_IMAGES]
+    unknown = [n for n in names if n not in ORDER]
+    if unknown:
+        print(f"[images] ERROR: unknown image {', '.join(unknown)}; the images are {', '.join(ORDER)}", file=sys.stderr)
+        return 2
+    try:
+        if a.command == "list":
+            for n, d in input_hashes().items():
+                print(f"{ref(n, 'in-' + d):70s} {'cached' if cached(n, d) else 'not built'}")
+        elif a.command == "build":
+            t = time.monotonic()
+            build(names)
+            log(f"done in {time.monotonic() - t:.0f}s")
+        else:
+            load(names)
+    except ImageError as e:
+        print(f"[images] ERROR: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
