@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Installs go through uv with its cache outside the checkout (~/.cache/uv), so a repeat set-up is fast.
 EXTRAS ?= operator,train,eval,quantize,serve,dev
 
-.PHONY: help venv test test-unit quickstart crds lint cluster-build cluster-up cluster-down node-deps images bench clean
+.PHONY: help venv test test-node test-unit quickstart crds lint cluster-build cluster-up cluster-down node-deps images bench clean
 
 help:
 	@echo "make quickstart   the whole life cycle on this machine with a tiny model (sets up .venv)"
@@ -34,6 +34,11 @@ lint: venv
 
 test: venv
 	bash tests/run_all.sh
+
+# The real-pods tests: a one-node cluster here (containerd, kubelet, Kubeflow), images built from
+# images/ (cached by input hash), examples/kind in pods (docs/control-plane.md). Not part of make test yet.
+test-node: venv
+	DEVOPS_MODEL_TEST_NODE=1 bash tests/run_all.sh
 
 # The pure tests (typed API, builders, conditions, reconcile logic): no cluster, no model, < 1 minute.
 test-unit: venv

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.node]
 
 REPO = Path(__file__).resolve().parents[2]
 KIND = REPO / "examples" / "kind"
