@@ -32,6 +32,7 @@ from pathlib import Path
 
 from devops_model.api.evaluation import PRESETS
 from devops_model.contract import ExitCode, Reason
+from devops_model.digests import file_sha1
 
 from ..runner import WorkloadError
 
@@ -75,13 +76,6 @@ class Exam:
     def files(self) -> list[Path]:
         return [self.path] + ([self.dev_path] if self.dev_path else [])
 
-
-def file_sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def data_sha1s(exams: list[Exam], root: Path) -> dict[str, str]:

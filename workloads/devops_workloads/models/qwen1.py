@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from devops_model.contract import ExitCode, Reason
+from devops_model.digests import file_sha256
 
 from ..runner import WorkloadError
 
@@ -143,13 +144,6 @@ def fingerprint(src: Path) -> str:
             h.update(f"{p.relative_to(src)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------- weights
@@ -420,10 +414,10 @@ def convert_qwen1(src: str | Path, dst: str | Path, *, progress: Callable[[str],
     record = {
         "converter": CONVERTER_VERSION,
         "from": {"path": str(src), "modelType": "qwen", "fingerprint": fingerprint(src),
-                 "files": {p.name: sha256_file(p) for p in sorted(src.iterdir())
+                 "files": {p.name: file_sha256(p) for p in sorted(src.iterdir())
                            if p.is_file() and not p.name.startswith(".") and p.suffix != ".py"}},
         "to": {"architecture": "Qwen2ForCausalLM", "chatFormat": chat_format,
-               "files": {p.name: sha256_file(p) for p in sorted(dst.iterdir()) if p.is_file()}},
+               "files": {p.name: file_sha256(p) for p in sorted(dst.iterdir()) if p.is_file()}},
         "seqLength": seq_length,
         "notCarriedOver": [n for n in NOT_CARRIED_OVER if cfg.get(n.split(":")[0])],
         "seconds": round(time.time() - t0, 1),

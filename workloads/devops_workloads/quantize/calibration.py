@@ -20,13 +20,13 @@ order) calibrate; a disjoint held-out part measures perplexity before and after.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from devops_model.contract import ExitCode, Reason
+from devops_model.digests import file_sha1
 from devops_model.uris import UriError, local_path, parse_uri, resolve_within
 
 from ..runner import WorkloadError
@@ -241,21 +241,14 @@ def resolve_datasets(datasets: Sequence[Any], registry: str | None, field: str) 
     return out
 
 
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def collect_texts(sources: Iterable[DatasetSource], tokenizer: Any, apply_chat_template: bool,
                   field: str) -> list[str]:
     """Rendered texts of every usable row, datasets in order."""
     texts: list[str] = []
     for src in sources:
-        if src.sha1 and src.path.is_file() and _sha1(src.path) != src.sha1:
-            raise bad(field, f"{src.label}: SHA-1 of {src.path} is {_sha1(src.path)}, expected {src.sha1}")
+        if src.sha1 and src.path.is_file() and file_sha1(src.path) != src.sha1:
+            raise bad(field, f"{src.label}: SHA-1 of {src.path} is {file_sha1(src.path)}, expected {src.sha1}")
         rows = read_rows(src.path, field)
         if src.max_samples:
             rows = rows[: src.max_samples]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 import json
 import random
 from collections import Counter
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from devops_model.contract import ExitCode, Reason
+from devops_model.digests import file_sha1
 from devops_model.uris import UriError, local_path, parse_uri, resolve_within
 
 from ..runner import WorkloadError
@@ -80,18 +80,6 @@ class LoadedData:
 def bad_data(message: str) -> WorkloadError:
     return WorkloadError(message, reason=Reason.BAD_DATA, exit_code=ExitCode.BAD_INPUT)
 
-
-def file_sha1(path: Path) -> str:
-    """SHA-1 of a file, or of a folder's files in sorted order (names and contents)."""
-    h = hashlib.sha1()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for p in files:
-        if path.is_dir():
-            h.update(str(p.relative_to(path)).encode())
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _within(base: Path, name: str, what: str) -> Path:
