@@ -154,7 +154,7 @@ def main() -> int:
                      "output": {"uri": out.as_uri()}},
         })
         t0 = time.time()
-        status = run(RunContext(resource=res, resolved_model=res.spec.model.uri, workdir=work))
+        status = run(RunContext(resource=res, resolved_model=res.spec.model.uri, workdir=work)).to_dict()
         total = time.time() - t0
         report = json.loads((out / "quantize.json").read_text())
         cal = build_calibration(texts, tok, 128, 16, 2048, 32, "bench")

@@ -74,6 +74,6 @@ def tiny_gptq(tiny_qwen, devops_calibration, tmp_path_factory) -> Path:
             "output": {"uri": out.resolve().as_uri()},
         },
     })
-    status = run(RunContext(resource=resource, resolved_model=resource.spec.model.uri, workdir=out.parent))
+    status = run(RunContext(resource=resource, resolved_model=resource.spec.model.uri, workdir=out.parent)).to_dict()
     (out / "status.json").write_text(json.dumps(status, indent=2, ensure_ascii=False))
     return out
