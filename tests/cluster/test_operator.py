@@ -350,7 +350,9 @@ def test_chat_deployment_ready_endpoint_and_rollout(control_plane, k8s_namespace
             d["spec"]["template"]["metadata"]["annotations"]["devops-model.io/config-hash"] != hash_before and d
 
     d = cp.wait_for(rolled, timeout=45, message=lambda: op.tail())
-    assert "/mnt/storage/models/v2" in d["spec"]["template"]["spec"]["containers"][0]["args"]
+    # The builtin pod runs the worker entry point: the new model is in the spec it reads (its ConfigMap).
+    assert d["spec"]["template"]["spec"]["containers"][0]["command"][:2] == ["devops-model", "run"]
+    assert "pvc://models/v2" in cp.get("configmap", "bot-spec", ns)["data"]["resource.yaml"]
     cp.wait_for(lambda: make_pods_ready() and cp.get("chatdeployment", "bot", ns)["status"]["readyReplicas"] == 2,
                 timeout=60, message=lambda: f"{cp.get('chatdeployment', 'bot', ns).get('status')}")
     assert cp.get("chatdeployment", "bot", ns)["status"]["observedGeneration"] == 2
@@ -415,7 +417,7 @@ def test_two_replicas_with_peering_one_works_and_the_other_takes_over(control_pl
     cp.apply([sft(f"p{i}", launcher="Job") for i in range(3)], namespace=ns)
     for i in range(3):
         cp.wait_for(lambda: state_of(cp, "sftrun", f"p{i}", ns) == "Pending", timeout=45, message=lambda: leader.tail())
-    assert "reconcile_sftrun" in leader.tail(400) and "reconcile_sftrun" not in follower.tail(400)
+    assert "Handler 'reconcile' succeeded" in leader.tail(400) and "Handler 'reconcile'" not in follower.tail(400)
     leader.stop(kill=True)
     cp.apply(sft("after", launcher="Job"), namespace=ns)
     cp.wait_for(lambda: cp.get("job", "after-train", ns), timeout=60,

@@ -178,7 +178,9 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
         ds_cfg = _deepspeed(spec.distributed.deepspeed, on_cpu, out)
     bf16 = not on_cpu and tr.precision == "bf16"
     fp16 = not on_cpu and tr.precision == "fp16"
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "runs"))
+    # This run's TensorBoard folder (set, not setdefault: a second run in one process must not log
+    # into the first one's folder).
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "runs")
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=tr.per_device_batch_size,
