@@ -166,8 +166,6 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
         model.config.use_cache = False  # no KV cache in training; packed position_ids need cache=None
 
     # 4. trainer
-    from transformers import TrainingArguments
-
     from .callbacks import CheckpointConfigCallback, PreemptionCallback, ProgressCallback
     from .selective_loss import SelectiveHeadTrainer
 
@@ -176,44 +174,8 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
     ds_cfg = None
     if spec.distributed.backend == "deepspeed":
         ds_cfg = _deepspeed(spec.distributed.deepspeed, on_cpu, out)
-    bf16 = not on_cpu and tr.precision == "bf16"
-    fp16 = not on_cpu and tr.precision == "fp16"
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "runs"))
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=tr.per_device_batch_size,
-        per_device_eval_batch_size=tr.per_device_batch_size,
-        gradient_accumulation_steps=tr.gradient_accumulation_steps,
-        learning_rate=float(tr.learning_rate),
-        lr_scheduler_type=tr.lr_scheduler,
-        warmup_steps=float(tr.warmup_ratio),
-        weight_decay=float(tr.weight_decay),
-        max_grad_norm=float(tr.max_grad_norm),
-        num_train_epochs=tr.epochs or 1,
-        max_steps=tr.max_steps or -1,
-        logging_steps=tr.logging_steps,
-        save_strategy="steps",
-        save_steps=tr.save_steps,
-        save_total_limit=tr.save_total_limit,
-        eval_strategy="steps" if (tr.eval_steps and eval_items is not None) else "no",
-        eval_steps=tr.eval_steps,
-        seed=tr.seed,
-        data_seed=tr.seed,
-        bf16=bf16,
-        fp16=fp16,
-        use_cpu=on_cpu,
-        ddp_backend="gloo" if (on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1) else None,
-        deepspeed=ds_cfg,
-        activation_checkpointing=tr.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if tr.gradient_checkpointing else None,
-        report_to=["tensorboard"],
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        disable_tqdm=True,  # our ProgressReporter draws the one bar
-        include_num_input_tokens_seen=tokens_mode,
-        ddp_find_unused_parameters=False if ft.type != "full" else None,
-        save_only_model=False,  # optimizer and scheduler state are needed to resume exactly
-    )
+    args = _training_arguments(spec, out, on_cpu=on_cpu, ds_cfg=ds_cfg, has_eval=eval_items is not None,
+                               tokens_mode=tokens_mode)
     config = resolved_config(ctx, stage, {
         "modelPath": str(model_path), "templateName": tr.template, "onCpu": on_cpu,
         "worldSize": int(os.environ.get("WORLD_SIZE", "1")), "deepspeed": ds_cfg, "data": report,
@@ -248,9 +210,64 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
             f"preempted (SIGTERM) at step {trainer.state.global_step}; checkpoint saved in {progress.last_checkpoint}, "
             "the next start resumes from it", reason=Reason.PREEMPTED, exit_code=ExitCode.PREEMPTED)
 
-    final_eval = None
-    if eval_items is not None:
-        final_eval = trainer.evaluate()
+    final_eval = trainer.evaluate() if eval_items is not None else None
+    return _finish(ctx, stage, trainer, progress, out, model_path, tokenizer, report, data, final_eval)
+
+
+def _training_arguments(spec: Any, out: Path, *, on_cpu: bool, ds_cfg: dict[str, Any] | None, has_eval: bool,
+                        tokens_mode: str) -> Any:
+    """transformers' TrainingArguments from the run's spec (the trainer's only configuration)."""
+    from transformers import TrainingArguments
+
+    tr, ft = spec.training, spec.finetuning
+    bf16 = not on_cpu and tr.precision == "bf16"
+    fp16 = not on_cpu and tr.precision == "fp16"
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "runs"))
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=tr.per_device_batch_size,
+        per_device_eval_batch_size=tr.per_device_batch_size,
+        gradient_accumulation_steps=tr.gradient_accumulation_steps,
+        learning_rate=float(tr.learning_rate),
+        lr_scheduler_type=tr.lr_scheduler,
+        warmup_steps=float(tr.warmup_ratio),
+        weight_decay=float(tr.weight_decay),
+        max_grad_norm=float(tr.max_grad_norm),
+        num_train_epochs=tr.epochs or 1,
+        max_steps=tr.max_steps or -1,
+        logging_steps=tr.logging_steps,
+        save_strategy="steps",
+        save_steps=tr.save_steps,
+        save_total_limit=tr.save_total_limit,
+        eval_strategy="steps" if (tr.eval_steps and has_eval) else "no",
+        eval_steps=tr.eval_steps,
+        seed=tr.seed,
+        data_seed=tr.seed,
+        bf16=bf16,
+        fp16=fp16,
+        use_cpu=on_cpu,
+        ddp_backend="gloo" if (on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1) else None,
+        deepspeed=ds_cfg,
+        activation_checkpointing=tr.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if tr.gradient_checkpointing else None,
+        report_to=["tensorboard"],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,  # our ProgressReporter draws the one bar
+        include_num_input_tokens_seen=tokens_mode,
+        ddp_find_unused_parameters=False if ft.type != "full" else None,
+        save_only_model=False,  # optimizer and scheduler state are needed to resume exactly
+    )
+
+
+def _finish(ctx: RunContext, stage: str, trainer: Any, progress: Any, out: Path, model_path: Path, tokenizer: Any,
+            report: dict[str, Any], data: Any, final_eval: dict[str, Any] | None) -> RunStatus:
+    """Save the model (every rank: ZeRO-3 gathers the weights), the conventions, the merged LoRA, the
+    loss curve and artifact.json (rank 0), and return the run's status."""
+    res, spec = ctx.resource, ctx.resource.spec
+    tr, ft = spec.training, spec.finetuning
+    trust = spec.model.trust_remote_code
+    ckpt_dir = out / "checkpoints"
     # 5. outputs: every rank takes part in saving (ZeRO-3 gathers the weights), rank 0 writes the rest
     trainer.save_model(str(out))
     trainer.save_state()
