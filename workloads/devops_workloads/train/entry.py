@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from devops_model.api.training import RunStatus
 from devops_model.contract import ExitCode, Reason, State
 from devops_model.uris import UriError, local_path
 
+from ..ranks import log0, rank
 from ..runner import RunContext, WorkloadError
 from .data import open_datasets
 
@@ -45,15 +45,6 @@ LORA_TARGETS = {
     **{t: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
        for t in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "llama", "mistral")},
 }
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def _log(msg: str) -> None:
-    if _rank() == 0:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def output_dir(resource: Any) -> Path:
@@ -124,7 +115,7 @@ def run(ctx: RunContext) -> RunStatus:
         data = open_datasets(spec.data, stage, seed=tr.seed)
         scan_data(data, out)  # every row read once (rank 0), nothing kept; restarts reuse the scan
         if data.problems.total():
-            _log(f"warning: {data.problems.total()} rows not used ({data.problems.summary()}); see data_report.json")
+            log0(f"warning: {data.problems.total()} rows not used ({data.problems.summary()}); see data_report.json")
         model_path = _load_model_dir(ctx.resolved_model)
         return _train(ctx, stage, out, data, model_path, preempt, t_start)
     finally:
@@ -180,8 +171,8 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
         "modelPath": str(model_path), "templateName": tr.template, "onCpu": on_cpu,
         "worldSize": int(os.environ.get("WORLD_SIZE", "1")), "deepspeed": ds_cfg, "data": report,
     })
-    if _rank() == 0:
-        _log("resolved config: " + json.dumps({k: v for k, v in config.items() if k != "resource"}, ensure_ascii=False, default=str)[:2000])
+    if rank() == 0:
+        log0("resolved config: " + json.dumps({k: v for k, v in config.items() if k != "resource"}, ensure_ascii=False, default=str)[:2000])
         (out / "run_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False, default=str))
         (out / "data_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str))
 
@@ -202,7 +193,7 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
     if spec.failure_policy.resume == "Latest":
         resume = find_resume_checkpoint(ckpt_dir)
         if resume is not None:
-            _log(f"resuming from {resume}")
+            log0(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     progress.close()
     if preempt.requested:
@@ -389,7 +380,7 @@ def _deepspeed(ds_spec, on_cpu: bool, out: Path) -> dict[str, Any]:
     # DeepSpeed initialises torch.distributed itself; a lone local process needs the rendezvous env
     if "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    if _rank() == 0:
+    if rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "deepspeed_config.json").write_text(json.dumps(cfg, indent=2))
     return cfg
