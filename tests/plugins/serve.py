@@ -246,8 +246,6 @@ def chromium(tmp_path):
         finally:
             tools.close()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        from devops_workloads.processes import stop_group
+
+        stop_group(proc, timeout=10)

@@ -24,11 +24,9 @@ from typing import Any, Optional
 
 from devops_model.contract import PROGRESS_FIELDS
 
+from .ranks import is_rank0
+
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-
-
-def _rank0() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 class StatusPatcher:
@@ -88,7 +86,7 @@ class ProgressReporter:
 
     def __init__(self, out_dir: Path | None, desc: str, total: int | None = None, unit: str = "step",
                  interval: float | None = None, enable_bar: bool | None = None):
-        self.active = _rank0()
+        self.active = is_rank0()
         self.out_dir = Path(out_dir) if out_dir else None
         self.total = total
         self.interval = float(os.environ.get("DEVOPS_MODEL_REPORT_INTERVAL", "10")) if interval is None else interval

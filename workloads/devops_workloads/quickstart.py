@@ -19,7 +19,6 @@ import html
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -213,11 +212,9 @@ def _serve_and_ask(workdir: Path, env: dict[str, str]) -> tuple[str, dict[str, A
             response, _history = client.chat(QUESTION, [], max_tokens=48)
             return response, info
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            from .processes import stop_group
+
+            stop_group(proc, timeout=30)
 
 
 # ----------------------------------------------------------------------------- report

@@ -41,6 +41,8 @@ from devops_model.lineage import ParentState
 from devops_model.lineage import resolve_parent as resolve_lineage_parent
 from devops_model.registry import LocalRegistry, home, registry_path, write_entry
 
+from .ranks import is_rank0
+
 #: kind -> "module:function" implementing it.
 RUNNERS: dict[str, str] = {
     "PretrainRun": "devops_workloads.train.entry:run",
@@ -151,20 +153,20 @@ def run_resource(resource: Any, spec_path: Path | None = None, workdir: Path | N
             spec_dir=spec_path.parent if spec_path else None,
         )
         ctx.workdir.mkdir(parents=True, exist_ok=True)
-        if _is_rank0():
+        if is_rank0():
             write_entry(doc, status)
         started = time.time()
         result = getattr(module, func_name)(ctx) or {}
     except WorkloadError as exc:
         status.update(state=State.FAILED.value, reason=exc.reason.value, message=str(exc), completionTime=_now())
-        if _is_rank0():
+        if is_rank0():
             write_entry(doc, status)
         raise
     except BaseException as exc:
         # Interrupted or crashed: the record must not keep saying Running (or an older Succeeded).
         status.update(state=State.FAILED.value, reason=Reason.FAILED.value,
                       message=f"{type(exc).__name__}: {exc}"[:1000], completionTime=_now())
-        if _is_rank0():
+        if is_rank0():
             write_entry(doc, status)
         raise
     status.update(_plain(result))
@@ -172,7 +174,7 @@ def run_resource(resource: Any, spec_path: Path | None = None, workdir: Path | N
         status["state"] = State.SUCCEEDED.value
     status["completionTime"] = _now()
     status["durationSeconds"] = round(time.time() - started, 1)
-    if _is_rank0():
+    if is_rank0():
         write_entry(doc, status)
     return status
 
@@ -185,10 +187,6 @@ def _plain(result: Any) -> dict[str, Any]:
     for key, value in dict(result).items():
         out[key] = value.to_dict() if hasattr(value, "to_dict") else value
     return out
-
-
-def _is_rank0() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _now() -> str:
@@ -226,7 +224,7 @@ def run_file(path: Path, workdir: Path | None = None, only: str | None = None) -
         except KeyboardInterrupt:
             print(f"✗ {label} interrupted", file=sys.stderr)
             return 130
-        if _is_rank0():
+        if is_rank0():
             print(f"✓ {label} {status.get('state')}: {status.get('summary') or status.get('message') or ''}".rstrip(": "))
         report_final(status)
     return ExitCode.OK
@@ -267,7 +265,7 @@ def report_final(status: dict[str, Any]) -> None:
     there. The worker never patches an outcome into the run's status itself; its status patches carry
     progress only. Locally the variable is not set and this does nothing.
     """
-    if not _is_rank0():
+    if not is_rank0():
         return
     path = os.environ.get(Env.TERMINATION_LOG)
     if not path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 from devops_model.contract import ExitCode, Reason
 from devops_model.uris import UriError, local_path, parse_uri
@@ -90,14 +91,19 @@ def _download_hf(repo: str, revision: str | None, target: Path) -> None:
         raise WorkloadError(f"could not download hf://{repo}: {exc}", reason=Reason.MODEL_DOWNLOAD_FAILED) from exc
 
 
-def _download_modelscope(repo: str, revision: str | None, target: Path) -> None:
+def _require(module: str, scheme: str) -> Any:
+    """Import the client a URI scheme needs, or say which package to install (exit 3)."""
+    import importlib
+
     try:
-        from modelscope import snapshot_download
+        return importlib.import_module(module)
     except ImportError:
-        raise WorkloadError(
-            "modelscope:// needs the modelscope package (pip install modelscope); the workload image has it",
-            reason=Reason.MISSING_DEPENDENCY, exit_code=ExitCode.BAD_INPUT,
-        ) from None
+        raise WorkloadError(f"{scheme}:// needs the {module} package (pip install {module}); the workload image has it",
+                            reason=Reason.MISSING_DEPENDENCY, exit_code=ExitCode.BAD_INPUT) from None
+
+
+def _download_modelscope(repo: str, revision: str | None, target: Path) -> None:
+    snapshot_download = _require("modelscope", "modelscope").snapshot_download
     try:
         snapshot_download(repo, revision=revision or "master", local_dir=str(target))
     except Exception as exc:
@@ -105,14 +111,7 @@ def _download_modelscope(repo: str, revision: str | None, target: Path) -> None:
 
 
 def _download_s3(bucket: str, prefix: str, target: Path) -> None:
-    try:
-        import boto3
-    except ImportError:
-        raise WorkloadError(
-            "s3:// needs the boto3 package (pip install boto3); the workload image has it",
-            reason=Reason.MISSING_DEPENDENCY, exit_code=ExitCode.BAD_INPUT,
-        ) from None
-    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    client = _require("boto3", "s3").client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
     paginator = client.get_paginator("list_objects_v2")
     prefix = prefix.rstrip("/") + "/" if prefix else ""
     found = 0

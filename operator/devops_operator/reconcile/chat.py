@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import cast
 
 from devops_model.api.chat import ChatDeployment
-from devops_model.api.resource import InvalidResource, parse_resource
 from devops_model.contract import ConditionType as T
 from devops_model.contract import Reason, State
 from devops_model.lineage import ParentState, check_gate, lineage_record, resolve_parent
@@ -18,19 +17,17 @@ from ..config import OperatorConfig
 from ..kubeapi import ChildRejected, KubeApi, Obj
 from ..naming import selector_labels
 from ..status import deployment_state
-from .common import KubeRunStore, Outcome, Pass, clean
+from .common import KubeRunStore, Outcome, Pass, parse_or_fail
 
 
 def reconcile_chat(body: Obj, kube: KubeApi, config: OperatorConfig, now: str) -> Outcome:
     p = Pass(body, now)
     meta = body["metadata"]
     ns, name = meta.get("namespace") or "default", meta["name"]
-    try:
-        res = cast(ChatDeployment, parse_resource(clean(body)))
-    except InvalidResource as exc:
-        p.cond(T.READY, False, Reason.INVALID_SPEC, str(exc))
-        p.state(State.FAILED, str(exc))
-        return p.outcome(None)
+    parsed, invalid = parse_or_fail(p, body, T.READY)
+    if invalid is not None:
+        return invalid
+    res = cast(ChatDeployment, parsed)
     p.status["observedGeneration"] = p.generation
     store = KubeRunStore(kube, ns)
     parent = resolve_parent("ChatDeployment", name, res.spec.model.to_dict(), store)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from devops_model.api import API_VERSION, KINDS
+from devops_model.api.resource import InvalidResource, parse_resource
 from devops_model.contract import ConditionType, Reason, State
 
 from .. import conditions as C
@@ -58,6 +59,17 @@ def clean(body: Obj) -> Obj:
         "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "labels", "generation") if k in meta},
         "spec": body.get("spec") or {},
     }
+
+
+def parse_or_fail(p: "Pass", body: Obj, condition: ConditionType) -> tuple[Any, Optional[Outcome]]:
+    """(the typed resource, None), or (None, a Failed outcome with reason InvalidSpec on ``condition``)
+    when the body does not validate (a CRD older than the operator, a rule the server could not check)."""
+    try:
+        return parse_resource(clean(body)), None
+    except InvalidResource as exc:
+        p.cond(condition, False, Reason.INVALID_SPEC, str(exc))
+        p.state(State.FAILED, str(exc))
+        return None, p.outcome(None)
 
 
 class KubeRunStore:

@@ -12,7 +12,6 @@ from typing import Any, Union, cast
 
 from devops_model.api import API_VERSION, EvalRun, PretrainRun, QuantizeRun, SFTRun
 from devops_model.api.common import FailurePolicy, duration_seconds
-from devops_model.api.resource import InvalidResource, parse_resource
 from devops_model.contract import KINDS_WITH_ARTIFACT, TERMINAL_STATES, Reason, State, outcome_fields
 from devops_model.contract import ConditionType as T
 from devops_model.lineage import ParentState, resolve_parent
@@ -24,7 +23,7 @@ from ..config import OperatorConfig
 from ..kubeapi import ChildRejected, KubeApi, Obj
 from ..naming import ATTEMPT_LABEL, KIND_LABEL, RUN_LABEL, namespace_of
 from ..status import ChildState, workload_state
-from .common import KubeRunStore, Outcome, Pass, clean, epoch, status_fields
+from .common import KubeRunStore, Outcome, Pass, epoch, parse_or_fail, status_fields
 
 #: The kinds this module reconciles.
 RunResource = Union[PretrainRun, SFTRun, EvalRun, QuantizeRun]
@@ -66,12 +65,10 @@ def reconcile_run(body: Obj, kube: KubeApi, config: OperatorConfig, now: str) ->
     old = p.old
     kind, meta = body["kind"], body["metadata"]
     ns, name = meta.get("namespace") or "default", meta["name"]
-    try:
-        res = cast(RunResource, parse_resource(clean(body)))
-    except InvalidResource as exc:
-        p.cond(T.SUCCEEDED, False, Reason.INVALID_SPEC, str(exc))
-        p.state(State.FAILED, str(exc))
-        return p.outcome(None)
+    parsed, invalid = parse_or_fail(p, body, T.SUCCEEDED)
+    if invalid is not None:
+        return invalid
+    res = cast(RunResource, parsed)
 
     started = bool(old.get("startTime"))
     spec_changed = started and old.get("observedGeneration") is not None and p.generation != old.get("observedGeneration")

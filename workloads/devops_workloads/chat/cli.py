@@ -10,10 +10,11 @@ HTTP clients are imported when the command runs.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
+
+from devops_model.commandline import add_command
 
 EXAMPLES = """\
 examples:
@@ -30,14 +31,10 @@ WELCOME = "Welcome to the DevOps-Model chat. Type `clear` to clear the history, 
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "chat",
-        help="terminal chat with a served model (OpenAI-compatible or TGI), streaming, with history",
-        description="Chat with a model served by the built-in server, vLLM or TGI. Answers stream as "
-        "they are generated; the conversation history is sent with every question.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(
+        sub, "chat", "terminal chat with a served model (OpenAI-compatible or TGI), streaming, with history",
+        "Chat with a model served by the built-in server, vLLM or TGI. Answers stream as "
+        "they are generated; the conversation history is sent with every question.", EXAMPLES)
     p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000 (a trailing /v1 is fine)")
     key = p.add_mutually_exclusive_group()
     key.add_argument("--api-key", default=None, help="API key (or set DEVOPS_MODEL_API_KEY)")

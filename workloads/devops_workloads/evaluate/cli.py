@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from devops_model.commandline import add_command
+
 DESCRIPTION = """\
 Score a causal LM on multiple-choice exams exactly as CodeFuse DevOps-Model's harness
 (codefuse-devops-eval) did: its prompt (header, 问题：, A. …, 答案：), k-shot from the first k
@@ -54,8 +56,9 @@ def _styles(text: str) -> list[str]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="score a model on CMMLU/C-Eval/DevOps-Eval exams (the seed's method, fast)",
-                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(
+        sub, "eval", "score a model on CMMLU/C-Eval/DevOps-Eval exams (the seed's method, fast)",
+        DESCRIPTION, EPILOG)
     p.add_argument("--model", required=True, help="model directory (or pvc://, file://, hf:// URI)")
     p.add_argument("--exams", required=True, metavar="ROOT", help="exam root folder (or pvc:// / file:// URI)")
     p.add_argument("--layout", choices=("cmmlu", "devopseval"), default=None, help="folder layout (default: cmmlu)")

@@ -57,34 +57,15 @@ class EvalConfig:
     model_label: str | None = None
 
 
-def torch_dtype(precision: str, device: str):
-    import torch
+def load_model(path: Path, precision: str = "auto", trust_remote_code: bool = False):
+    """(model in eval mode on the best device, tokenizer, dtype name), with the loader serving uses
+    (models/loading.py: adapters merged, GPTQ, Qwen-1 converted; bf16 on GPU, fp32 on CPU)."""
+    from ..models.loading import load_causal_lm
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
-    if precision == "auto":
-        # bf16 on GPU as the seed's Qwen did; fp32 on CPU, where bf16 matmuls are slow and inexact.
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-
-
-def load_model(path: Path, precision: str = "auto", trust_remote_code: bool = False):
-    """(model in eval mode on the best device, tokenizer, dtype name)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch_dtype(precision, device)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if (path / "adapter_config.json").exists() and not (path / "config.json").exists():
-        # An unmerged LoRA adapter: merge it into its base for scoring.
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    model.to(device).eval()
-    return model, tokenizer, str(dtype).removeprefix("torch.")
+    model, tokenizer = load_causal_lm(path, dtype=precision, trust_remote_code=trust_remote_code)
+    return model, tokenizer, str(model.dtype).removeprefix("torch.")
 
 
 def package_versions() -> dict[str, str]:

@@ -10,22 +10,19 @@ Registered in ``devops_cli.COMMANDS``; no torch at import.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from devops_model.commandline import add_command
+
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "convert",
-        help="convert a first-generation Qwen model (the seed's checkpoints) to the Qwen2 layout",
-        description="Convert a Qwen-1 folder (model_type qwen: remote code + qwen.tiktoken) exactly to "
+    p = add_command(
+        sub, "convert", "convert a first-generation Qwen model (the seed's checkpoints) to the Qwen2 layout",
+        "Convert a Qwen-1 folder (model_type qwen: remote code + qwen.tiktoken) exactly to "
         "Qwen2ForCausalLM weights and a Hugging Face tokenizer (same token ids), with a chatml chat template "
         "and Qwen-1's stop words. Not carried over: dynamic NTK and logn attention, which act only past "
-        "seq_length (the converted model is limited to seq_length tokens).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n")[1],
-    )
+        "seq_length (the converted model is limited to seq_length tokens).", __doc__.split("\n\n")[1])
     p.add_argument("--model", required=True, help="the Qwen-1 folder (or a file:// / pvc:// / hf:// / modelscope:// URI)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: the cache next to the model, <folder>.qwen2-<fingerprint>)")

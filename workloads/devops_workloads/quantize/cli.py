@@ -7,10 +7,11 @@ Cheap to import: nothing heavy loads until the command runs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+from devops_model.commandline import add_command
 
 EXAMPLES = """\
 examples:
@@ -28,15 +29,11 @@ AutoModelForCausalLM.from_pretrained(OUT) (optimum + gptqmodel), vLLM and TGI.
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "quantize",
-        help="GPTQ-quantize a model (int4 by default) and check it still works",
-        description="Quantize the Hugging Face model in --model with GPTQ (GPTQModel, CPU or GPU) into "
+    p = add_command(
+        sub, "quantize", "GPTQ-quantize a model (int4 by default) and check it still works",
+        "Quantize the Hugging Face model in --model with GPTQ (GPTQModel, CPU or GPU) into "
         "--out in the gptq checkpoint format, then compare perplexity on held-out text before and after "
-        "and report the sizes. Exit status 4 when the quantized model fails the perplexity check.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        "and report the sizes. Exit status 4 when the quantized model fails the perplexity check.", EXAMPLES)
     p.add_argument("--model", required=True, type=Path, help="folder of the model to quantize (safetensors + tokenizer)")
     p.add_argument("--out", required=True, type=Path, help="output folder for the quantized checkpoint")
     p.add_argument("--bits", type=int, default=4, choices=(3, 4, 8), help="weight bits (default 4)")

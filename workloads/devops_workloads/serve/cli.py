@@ -5,11 +5,12 @@ Light at import time (no torch, no FastAPI): the server is imported when the com
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
+
+from devops_model.commandline import add_command
 
 EXAMPLES = """\
 examples:
@@ -31,17 +32,13 @@ Routes, parameters and the lineage file format: docs/serving.md.
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="run the built-in chat server (OpenAI + TGI APIs, web chat, metrics)",
-        description="Serve a local model (plain, LoRA-merged, LoRA adapter or GPTQ int4) over HTTP: "
+    p = add_command(
+        sub, "serve", "run the built-in chat server (OpenAI + TGI APIs, web chat, metrics)",
+        "Serve a local model (plain, LoRA-merged, LoRA adapter or GPTQ int4) over HTTP: "
         "OpenAI-compatible /v1/chat/completions, /v1/completions and /v1/models (streaming with SSE), "
         "TGI-compatible /generate and /generate_stream, /health, Prometheus /metrics and a web chat at /. "
         "Concurrent requests are decoded together in one batch; beyond --max-concurrency the server "
-        "answers 429.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        "answers 429.", EXAMPLES)
     p.add_argument("--model", default=None, help="model folder (or a file:// / pvc:// URI)")
     p.add_argument("--upstream", default=None, metavar="URL",
                    help="instead of a model: serve the web chat and /v1/info in front of another engine "

@@ -120,54 +120,11 @@ class EngineStats:
 
 
 def load_model(model_dir: str | Path, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
-    """(model, tokenizer) from a local folder: plain, LoRA adapter (merged on load) or GPTQ."""
-    import json
+    """(model, tokenizer) from a local folder: plain, LoRA adapter (merged on load), GPTQ or Qwen-1
+    (the one loader of evaluation and serving, models/loading.py)."""
+    from ..models.loading import load_causal_lm
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..models import prepare_model_dir
-
-    model_dir = prepare_model_dir(Path(model_dir))  # first-generation Qwen: its converted copy
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        torch_dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    else:
-        torch_dtype = getattr(torch, dtype)
-    adapter_cfg = model_dir / "adapter_config.json"
-    if adapter_cfg.exists() and not (model_dir / "config.json").exists():
-        # A LoRA adapter folder: load its base and merge, as the seed's export_model.py does.
-        from peft import PeftModel
-
-        base_path = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
-        tok = AutoTokenizer.from_pretrained(model_dir if (model_dir / "tokenizer_config.json").exists() else base_path,
-                                            trust_remote_code=trust_remote_code)
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-        model = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
-        if (model_dir / "generation_config.json").exists():  # the run's stop ids (conventions.py), not the base's
-            from transformers import GenerationConfig
-
-            model.generation_config = GenerationConfig.from_pretrained(str(model_dir))
-    else:
-        tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        config = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").exists() else {}
-        quant = (config.get("quantization_config") or {}).get("quant_method")
-        kwargs: dict[str, Any] = dict(trust_remote_code=trust_remote_code)
-        if quant == "gptq":
-            # GPTQ int4: transformers dispatches to GPTQModel's kernels; compute in fp16 on GPU,
-            # fp32 on CPU (the CPU kernels dequantize).
-            kwargs["dtype"] = torch.float16 if device == "cuda" else torch.float32
-            kwargs["device_map"] = device
-        else:
-            kwargs["dtype"] = torch_dtype
-        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    if getattr(model, "hf_device_map", None) is None:
-        model.to(device)
-    model.eval()
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return model, tok
+    return load_causal_lm(model_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 class BatchingEngine:

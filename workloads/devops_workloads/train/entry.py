@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from devops_model.api.training import RunStatus
 from devops_model.contract import ExitCode, Reason, State
 from devops_model.uris import UriError, local_path
 
+from ..ranks import log0, rank
 from ..runner import RunContext, WorkloadError
 from .data import open_datasets
 
@@ -45,15 +45,6 @@ LORA_TARGETS = {
     **{t: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
        for t in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "llama", "mistral")},
 }
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def _log(msg: str) -> None:
-    if _rank() == 0:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def output_dir(resource: Any) -> Path:
@@ -124,7 +115,7 @@ def run(ctx: RunContext) -> RunStatus:
         data = open_datasets(spec.data, stage, seed=tr.seed)
         scan_data(data, out)  # every row read once (rank 0), nothing kept; restarts reuse the scan
         if data.problems.total():
-            _log(f"warning: {data.problems.total()} rows not used ({data.problems.summary()}); see data_report.json")
+            log0(f"warning: {data.problems.total()} rows not used ({data.problems.summary()}); see data_report.json")
         model_path = _load_model_dir(ctx.resolved_model)
         return _train(ctx, stage, out, data, model_path, preempt, t_start)
     finally:
@@ -166,8 +157,6 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
         model.config.use_cache = False  # no KV cache in training; packed position_ids need cache=None
 
     # 4. trainer
-    from transformers import TrainingArguments
-
     from .callbacks import CheckpointConfigCallback, PreemptionCallback, ProgressCallback
     from .selective_loss import SelectiveHeadTrainer
 
@@ -176,52 +165,14 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
     ds_cfg = None
     if spec.distributed.backend == "deepspeed":
         ds_cfg = _deepspeed(spec.distributed.deepspeed, on_cpu, out)
-    bf16 = not on_cpu and tr.precision == "bf16"
-    fp16 = not on_cpu and tr.precision == "fp16"
-    # This run's TensorBoard folder (set, not setdefault: a second run in one process must not log
-    # into the first one's folder).
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "runs")
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=tr.per_device_batch_size,
-        per_device_eval_batch_size=tr.per_device_batch_size,
-        gradient_accumulation_steps=tr.gradient_accumulation_steps,
-        learning_rate=float(tr.learning_rate),
-        lr_scheduler_type=tr.lr_scheduler,
-        warmup_steps=float(tr.warmup_ratio),
-        weight_decay=float(tr.weight_decay),
-        max_grad_norm=float(tr.max_grad_norm),
-        num_train_epochs=tr.epochs or 1,
-        max_steps=tr.max_steps or -1,
-        logging_steps=tr.logging_steps,
-        save_strategy="steps",
-        save_steps=tr.save_steps,
-        save_total_limit=tr.save_total_limit,
-        eval_strategy="steps" if (tr.eval_steps and eval_items is not None) else "no",
-        eval_steps=tr.eval_steps,
-        seed=tr.seed,
-        data_seed=tr.seed,
-        bf16=bf16,
-        fp16=fp16,
-        use_cpu=on_cpu,
-        ddp_backend="gloo" if (on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1) else None,
-        deepspeed=ds_cfg,
-        activation_checkpointing=tr.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if tr.gradient_checkpointing else None,
-        report_to=["tensorboard"],
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        disable_tqdm=True,  # our ProgressReporter draws the one bar
-        include_num_input_tokens_seen=tokens_mode,
-        ddp_find_unused_parameters=False if ft.type != "full" else None,
-        save_only_model=False,  # optimizer and scheduler state are needed to resume exactly
-    )
+    args = _training_arguments(spec, out, on_cpu=on_cpu, ds_cfg=ds_cfg, has_eval=eval_items is not None,
+                               tokens_mode=tokens_mode)
     config = resolved_config(ctx, stage, {
         "modelPath": str(model_path), "templateName": tr.template, "onCpu": on_cpu,
         "worldSize": int(os.environ.get("WORLD_SIZE", "1")), "deepspeed": ds_cfg, "data": report,
     })
-    if _rank() == 0:
-        _log("resolved config: " + json.dumps({k: v for k, v in config.items() if k != "resource"}, ensure_ascii=False, default=str)[:2000])
+    if rank() == 0:
+        log0("resolved config: " + json.dumps({k: v for k, v in config.items() if k != "resource"}, ensure_ascii=False, default=str)[:2000])
         (out / "run_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False, default=str))
         (out / "data_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str))
 
@@ -242,7 +193,7 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
     if spec.failure_policy.resume == "Latest":
         resume = find_resume_checkpoint(ckpt_dir)
         if resume is not None:
-            _log(f"resuming from {resume}")
+            log0(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     progress.close()
     if preempt.requested:
@@ -250,9 +201,66 @@ def _train(ctx: RunContext, stage: str, out: Path, data, model_path: Path, preem
             f"preempted (SIGTERM) at step {trainer.state.global_step}; checkpoint saved in {progress.last_checkpoint}, "
             "the next start resumes from it", reason=Reason.PREEMPTED, exit_code=ExitCode.PREEMPTED)
 
-    final_eval = None
-    if eval_items is not None:
-        final_eval = trainer.evaluate()
+    final_eval = trainer.evaluate() if eval_items is not None else None
+    return _finish(ctx, stage, trainer, progress, out, model_path, tokenizer, report, data, final_eval)
+
+
+def _training_arguments(spec: Any, out: Path, *, on_cpu: bool, ds_cfg: dict[str, Any] | None, has_eval: bool,
+                        tokens_mode: str) -> Any:
+    """transformers' TrainingArguments from the run's spec (the trainer's only configuration)."""
+    from transformers import TrainingArguments
+
+    tr, ft = spec.training, spec.finetuning
+    bf16 = not on_cpu and tr.precision == "bf16"
+    fp16 = not on_cpu and tr.precision == "fp16"
+    # This run's TensorBoard folder (set, not setdefault: a second run in one process must not log
+    # into the first one's folder).
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "runs")
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=tr.per_device_batch_size,
+        per_device_eval_batch_size=tr.per_device_batch_size,
+        gradient_accumulation_steps=tr.gradient_accumulation_steps,
+        learning_rate=float(tr.learning_rate),
+        lr_scheduler_type=tr.lr_scheduler,
+        warmup_steps=float(tr.warmup_ratio),
+        weight_decay=float(tr.weight_decay),
+        max_grad_norm=float(tr.max_grad_norm),
+        num_train_epochs=tr.epochs or 1,
+        max_steps=tr.max_steps or -1,
+        logging_steps=tr.logging_steps,
+        save_strategy="steps",
+        save_steps=tr.save_steps,
+        save_total_limit=tr.save_total_limit,
+        eval_strategy="steps" if (tr.eval_steps and has_eval) else "no",
+        eval_steps=tr.eval_steps,
+        seed=tr.seed,
+        data_seed=tr.seed,
+        bf16=bf16,
+        fp16=fp16,
+        use_cpu=on_cpu,
+        ddp_backend="gloo" if (on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1) else None,
+        deepspeed=ds_cfg,
+        activation_checkpointing=tr.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if tr.gradient_checkpointing else None,
+        report_to=["tensorboard"],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,  # our ProgressReporter draws the one bar
+        include_num_input_tokens_seen=tokens_mode,
+        ddp_find_unused_parameters=False if ft.type != "full" else None,
+        save_only_model=False,  # optimizer and scheduler state are needed to resume exactly
+    )
+
+
+def _finish(ctx: RunContext, stage: str, trainer: Any, progress: Any, out: Path, model_path: Path, tokenizer: Any,
+            report: dict[str, Any], data: Any, final_eval: dict[str, Any] | None) -> RunStatus:
+    """Save the model (every rank: ZeRO-3 gathers the weights), the conventions, the merged LoRA, the
+    loss curve and artifact.json (rank 0), and return the run's status."""
+    res, spec = ctx.resource, ctx.resource.spec
+    tr, ft = spec.training, spec.finetuning
+    trust = spec.model.trust_remote_code
+    ckpt_dir = out / "checkpoints"
     # 5. outputs: every rank takes part in saving (ZeRO-3 gathers the weights), rank 0 writes the rest
     trainer.save_model(str(out))
     trainer.save_state()
@@ -374,7 +382,7 @@ def _deepspeed(ds_spec, on_cpu: bool, out: Path) -> dict[str, Any]:
     # DeepSpeed initialises torch.distributed itself; a lone local process needs the rendezvous env
     if "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    if _rank() == 0:
+    if rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "deepspeed_config.json").write_text(json.dumps(cfg, indent=2))
     return cfg

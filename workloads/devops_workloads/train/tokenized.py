@@ -48,6 +48,7 @@ import torch
 from devops_model.contract import ExitCode, Reason
 
 from ..progress import ProgressReporter
+from ..ranks import log0, rank, world_size
 from ..runner import WorkloadError
 from . import preprocess as pp
 from .data import DataProblems, DataStream, ReadCounter
@@ -61,19 +62,6 @@ PROGRESS_EVERY = 2.0
 #: Files that define a tokenizer (what its digest covers).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
                    "added_tokens.json", "tokenizer.model", "chat_template.jinja", "chat_template.json")
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def _world() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _log(msg: str) -> None:
-    if _rank() == 0:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def _digest(obj: Any) -> str:
@@ -164,7 +152,7 @@ def scan_data(stream: DataStream, out: Path) -> None:
 
     A completed scan of the same data (``tokenized/scan-<data key>.json``, written once the model is
     there) is reused by restarts. Other ranks skip it: they wait for rank 0's tokenized files."""
-    if _rank() != 0:
+    if rank() != 0:
         return
     marker = out / "tokenized" / f"scan-{_digest(stream.read_params())[:16]}.json"
     if marker.is_file():
@@ -271,9 +259,9 @@ def build_or_wait(stream: DataStream, tokenizer: Any, tokenizer_dir: Path, templ
     folder = root / key
     error = root / f"{key}.error"
     if (folder / "meta.json").is_file():
-        _log(f"tokenized data: reusing {folder}")
+        log0(f"tokenized data: reusing {folder}")
         return folder, json.loads((folder / "meta.json").read_text())
-    if _rank() != 0:
+    if rank() != 0:
         return folder, _wait(folder, error)
     root.mkdir(parents=True, exist_ok=True)
     error.unlink(missing_ok=True)
@@ -301,12 +289,12 @@ def build_or_wait(stream: DataStream, tokenizer: Any, tokenizer_dir: Path, templ
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _world() > 1 and isinstance(exc, Exception):
+        if world_size() > 1 and isinstance(exc, Exception):
             error.write_text(str(exc))
         raise
     finally:
         progress.close()
-    _log(f"tokenized data: {meta['tokens']} tokens from {meta['documents']} documents in {meta['build']['seconds']} s "
+    log0(f"tokenized data: {meta['tokens']} tokens from {meta['documents']} documents in {meta['build']['seconds']} s "
          f"({meta['build']['tokensPerSecond']:.0f} tokens/s) → {folder}")
     return folder, meta
 

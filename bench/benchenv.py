@@ -1,0 +1,18 @@
+"""What every benchmark sets before importing the project: offline hubs (nothing is downloaded at
+run time), quiet progress, and the repository on sys.path. Imported first by bench/*.py (run as
+scripts, so this folder is on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+for _name, _value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"),
+                      ("TOKENIZERS_PARALLELISM", "false"), ("DEVOPS_MODEL_NO_PROGRESS", "1")):
+    os.environ.setdefault(_name, _value)
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
