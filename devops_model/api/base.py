@@ -93,14 +93,6 @@ class Checked:
         return out
 
 
-class RuleViolation(ValueError):
-    """Raised by a model validator when a :class:`Rule` fails; carries the relative field."""
-
-    def __init__(self, rule: Rule):
-        super().__init__(rule.message)
-        self.rule = rule
-
-
 class ApiModel(BaseModel):
     """Base of all typed API objects: camelCase aliases, no unknown fields, rules attached."""
 

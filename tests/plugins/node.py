@@ -94,8 +94,4 @@ def node_cluster(tmp_path_factory: pytest.TempPathFactory):
     _stop(cp, base)
 
 
-def _stop(cp, base: Path) -> None:
-    import shutil
-    if cp.logs.exists():
-        shutil.copytree(cp.logs, base / "logs", dirs_exist_ok=True)
-    cp.stop()
+from tests.plugins.cluster import _stop  # noqa: E402  (logs kept next to the removed state, then stop)
