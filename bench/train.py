@@ -223,6 +223,12 @@ def _lf_worker(job_path: str) -> None:
                                     "loss": _tail_loss(history)}), flush=True)
 
 
+def _row(figure: str, ours: float, anchor_name: str, anchor: float, notes: str) -> dict:
+    """One results row: tokens/s of ours and the anchor, and their ratio."""
+    return {"figure": figure, "ours": round(ours, 1), "anchor_name": anchor_name, "anchor": round(anchor, 1),
+            "ratio": round(ours / anchor, 3), "unit": "tokens/s", "notes": notes}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=40, help="optimizer steps per timed run (longer runs are steadier)")
@@ -294,28 +300,23 @@ def main() -> None:
     common = (f"tiny Qwen2 (bpe tokenizer), fp32 CPU, full FT, {args.steps} steps × {BATCH} sequences ≤ {MAX_LEN} tokens, "
               "same token ids and masks")
     rows = [
-        {"figure": "SFT tokens/s, packing on: ours vs the faster TRL SFTTrainer mode", "ours": round(ours["tps"], 1),
-         "anchor_name": f"TRL 1.16.0 SFTTrainer ({best_trl.split(' ', 1)[1]})", "anchor": round(trl_rows[best_trl]["tps"], 1),
-         "ratio": round(ours["tps"] / trl_rows[best_trl]["tps"], 3), "unit": "tokens/s",
-         "notes": f"{common}; final loss ours {ours['loss']} vs TRL {trl_rows[best_trl]['loss']}"},
-        {"figure": "SFT tokens/s, packing on: ours vs TRL packing (BFD, padding-free)", "ours": round(ours["tps"], 1),
-         "anchor_name": "TRL 1.16.0 SFTTrainer packing=True", "anchor": round(results["TRL packing"]["tps"], 1),
-         "ratio": round(ours["tps"] / results["TRL packing"]["tps"], 3), "unit": "tokens/s",
-         "notes": f"{common}; final loss ours {ours['loss']} vs TRL {results['TRL packing']['loss']}"},
-        {"figure": "SFT tokens/s, packing off: ours (padded) vs TRL (padded)", "ours": round(results["ours padded"]["tps"], 1),
-         "anchor_name": "TRL 1.16.0 SFTTrainer (padding)", "anchor": round(results["TRL padded"]["tps"], 1),
-         "ratio": round(results["ours padded"]["tps"] / results["TRL padded"]["tps"], 3), "unit": "tokens/s",
-         "notes": f"{common}; final loss ours {results['ours padded']['loss']} vs TRL {results['TRL padded']['loss']}"},
-        {"figure": "SFT tokens/s: ours packed vs TRL padding_free without packing", "ours": round(ours["tps"], 1),
-         "anchor_name": "TRL 1.16.0 SFTTrainer padding_free=True", "anchor": round(results["TRL padding_free"]["tps"], 1),
-         "ratio": round(ours["tps"] / results["TRL padding_free"]["tps"], 3), "unit": "tokens/s",
-         "notes": f"{common}; final loss ours {ours['loss']} vs TRL {results['TRL padding_free']['loss']}"},
-        {"figure": "SFT tokens/s with the real Qwen tokenizer (151k vocabulary), packing on", "ours": round(qwen["ours packed"]["tps"], 1),
-         "anchor_name": "TRL 1.16.0 SFTTrainer packing=True", "anchor": round(qwen["TRL packing"]["tps"], 1),
-         "ratio": round(qwen["ours packed"]["tps"] / qwen["TRL packing"]["tps"], 3), "unit": "tokens/s",
-         "notes": f"tiny Qwen2 with the real Qwen tokenizer, {args.qwen_steps} steps, best of two interleaved rounds; final loss ours "
-                  f"{qwen['ours packed']['loss']} vs TRL {qwen['TRL packing']['loss']}; the LM head dominates a tiny model, "
-                  "so this exaggerates what the selective head saves on a 7B model"},
+        _row("SFT tokens/s, packing on: ours vs the faster TRL SFTTrainer mode", ours["tps"],
+             f"TRL 1.16.0 SFTTrainer ({best_trl.split(' ', 1)[1]})", trl_rows[best_trl]["tps"],
+             f"{common}; final loss ours {ours['loss']} vs TRL {trl_rows[best_trl]['loss']}"),
+        _row("SFT tokens/s, packing on: ours vs TRL packing (BFD, padding-free)", ours["tps"],
+             "TRL 1.16.0 SFTTrainer packing=True", results["TRL packing"]["tps"],
+             f"{common}; final loss ours {ours['loss']} vs TRL {results['TRL packing']['loss']}"),
+        _row("SFT tokens/s, packing off: ours (padded) vs TRL (padded)", results["ours padded"]["tps"],
+             "TRL 1.16.0 SFTTrainer (padding)", results["TRL padded"]["tps"],
+             f"{common}; final loss ours {results['ours padded']['loss']} vs TRL {results['TRL padded']['loss']}"),
+        _row("SFT tokens/s: ours packed vs TRL padding_free without packing", ours["tps"],
+             "TRL 1.16.0 SFTTrainer padding_free=True", results["TRL padding_free"]["tps"],
+             f"{common}; final loss ours {ours['loss']} vs TRL {results['TRL padding_free']['loss']}"),
+        _row("SFT tokens/s with the real Qwen tokenizer (151k vocabulary), packing on", qwen["ours packed"]["tps"],
+             "TRL 1.16.0 SFTTrainer packing=True", qwen["TRL packing"]["tps"],
+             f"tiny Qwen2 with the real Qwen tokenizer, {args.qwen_steps} steps, best of two interleaved rounds; final loss ours "
+             f"{qwen['ours packed']['loss']} vs TRL {qwen['TRL packing']['loss']}; the LM head dominates a tiny model, "
+             "so this exaggerates what the selective head saves on a 7B model"),
     ]
     if "LLaMA-Factory neat_packing" in results:
         lf = results["LLaMA-Factory neat_packing"]

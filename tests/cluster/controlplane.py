@@ -103,6 +103,15 @@ def build(quiet: bool = False) -> None:
         raise ControlPlaneError(f"tests/cluster/build.sh failed (exit {r.returncode}):\n{r.stderr if quiet else ''}")
 
 
+def http_ok(url: str, timeout: float = 2) -> bool:
+    """Whether a plain-HTTP health route answers 200 (readiness of the node's helpers)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((LOOPBACK, 0))

@@ -492,14 +492,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         self._wait("kubelet", self._node_ready, timeout, f"node {NODE_NAME} Ready")
         ready_port = self._state()["coredns_ready_port"]
 
-        def dns_ready() -> bool:
-            try:
-                import urllib.request
-                with urllib.request.urlopen(f"http://{cpm.LOOPBACK}:{ready_port}/ready", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-        self._wait("coredns", dns_ready, 60, "its /ready")
+        self._wait("coredns", lambda: cpm.http_ok(f"http://{cpm.LOOPBACK}:{ready_port}/ready"), 60, "its /ready")
 
     def _storage(self, count: int = 8, size: str = "20Gi") -> None:
         """Static hostPath PersistentVolumes under the node's state directory, of the default StorageClass

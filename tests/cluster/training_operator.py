@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import controlplane as cpm
@@ -152,13 +151,7 @@ def start(node) -> None:
         f.write_bytes(base64.b64decode(value))
         f.chmod(0o600)
 
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{cpm.LOOPBACK}:{probe}/readyz", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-    node._wait("training-operator", ready, 120, "its /readyz (webhook certificate made and served)")
+    node._wait("training-operator", lambda: cpm.http_ok(f"http://{cpm.LOOPBACK}:{probe}/readyz"), 120, "its /readyz (webhook certificate made and served)")
 
 
 def cleanup() -> None:
