@@ -142,8 +142,8 @@ class TrainingSpec(ApiModel):
         default=2048, ge=16, le=1_048_576,
         description="Tokens per sequence: the block size for pretraining, the packed sequence length for SFT.",
     )
-    max_source_length: Optional[int] = Field(default=None, ge=1, le=1_048_576, description="SFT: cap on the prompt tokens of one turn (seed default 2048).")
-    max_target_length: Optional[int] = Field(default=None, ge=1, le=1_048_576, description="SFT: cap on the response tokens of one turn (seed default 512).")
+    max_source_length: Optional[int] = Field(default=None, ge=1, le=1_048_576, description="SFT: cap on the prompt tokens of one turn; unset: no cap beyond maxLength (the seed's scripts set 2048).")
+    max_target_length: Optional[int] = Field(default=None, ge=1, le=1_048_576, description="SFT: cap on the response tokens of one turn; unset: no cap beyond maxLength (the seed's default is 512).")
     packing: bool = Field(default=True, description="SFT: pack several samples into one sequence without attention across them (no padding).")
     template: Literal["chatml", "default", "auto"] = Field(
         default="chatml",
