@@ -503,6 +503,10 @@ class Condition(ApiModel):
     observed_generation: Optional[int] = Field(default=None, ge=0)
 
 
+#: ``sha256:`` and 64 hex digits (devops_model.artifacts).
+ARTIFACT_DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+
+
 class Artifact(ApiModel):
     """The output of a run, as written to ``artifact.json`` by the workload."""
 
@@ -512,6 +516,13 @@ class Artifact(ApiModel):
     parent: Optional[str] = Field(default=None, description="kind/name of the run that produced the input model.")
     template: Optional[str] = Field(default=None, description="Chat template the model was tuned with.")
     merged_uri: Optional[str] = Field(default=None, description="LoRA merged into the base weights, when asked for.")
+    digest: Optional[str] = Field(
+        default=None, pattern=ARTIFACT_DIGEST_PATTERN,
+        description="sha256 of the artifact folder's manifest.sha256, written when the run succeeded; every "
+                    "consumer verifies the folder against it before use (reason ArtifactMismatch otherwise).")
+    merged_digest: Optional[str] = Field(
+        default=None, pattern=ARTIFACT_DIGEST_PATTERN,
+        description="The same for mergedUri (its own manifest.sha256).")
 
 
 class TrainingProgress(ApiModel):

@@ -119,6 +119,15 @@ def test_pretrain_then_lora_sft_from_run_reduces_loss_and_merges(train_storage):
     art = st["artifact"]
     assert art["baseModel"] == "pvc://runs/t-pt" and art["parent"] == "PretrainRun/t-pt"
     assert art["format"] == "hf-lora" and art["mergedUri"] == "pvc://runs/t-lora/merged"
+    # sealed: the digests are those of the manifests as the folders are now (merged/ on its own)
+    from devops_model.artifacts import digest_of, manifest_text
+
+    assert status["artifact"]["digest"] == digest_of(manifest_text(out_pt))
+    assert art["digest"] == digest_of(manifest_text(out, skip=("merged",)))
+    assert art["mergedDigest"] == digest_of(manifest_text(out / "merged"))
+    assert "adapter_model.safetensors" in (out / "manifest.sha256").read_text()
+    assert "merged/" not in (out / "manifest.sha256").read_text()
+    assert json.loads((out / "artifact.json").read_text())["mergedDigest"] == art["mergedDigest"]
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     # the merged weights compute what base + adapter compute

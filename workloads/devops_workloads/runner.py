@@ -29,7 +29,9 @@ from typing import Any
 import yaml
 
 from devops_model.api.resource import load_documents, parse_resource
+from devops_model.artifacts import ArtifactMismatchError, seal, verify
 from devops_model.contract import (
+    KINDS_WITH_ARTIFACT,
     PARENT_FILE_NAME,
     TERMINATION_MESSAGE_LIMIT,
     Env,
@@ -40,6 +42,7 @@ from devops_model.contract import (
 from devops_model.lineage import ParentState
 from devops_model.lineage import resolve_parent as resolve_lineage_parent
 from devops_model.registry import LocalRegistry, home, registry_path, write_entry
+from devops_model.uris import UriError, local_path, parse_uri
 
 from .ranks import is_rank0
 
@@ -143,6 +146,7 @@ def run_resource(resource: Any, spec_path: Path | None = None, workdir: Path | N
     uri, parent = None, None
     try:
         uri, parent = resolve_parent(resource, spec_path.parent if spec_path else None)
+        verify_parent_artifact(uri, parent)
         status["resolvedModel"] = uri
         ctx = RunContext(
             resource=resource,
@@ -175,8 +179,82 @@ def run_resource(resource: Any, spec_path: Path | None = None, workdir: Path | N
     status["completionTime"] = _now()
     status["durationSeconds"] = round(time.time() - started, 1)
     if is_rank0():
+        if kind in KINDS_WITH_ARTIFACT and status.get("state") == State.SUCCEEDED:
+            seal_artifact(status)
         write_entry(doc, status)
     return status
+
+
+# ----------------------------------------------------------------------------- content-addressed artifacts
+def _local_dir(uri: str | None) -> Path | None:
+    """The local folder of a pvc:// or file:// URI, or None (remote, or not a folder)."""
+    if not uri:
+        return None
+    try:
+        path = local_path(uri) if parse_uri(uri).is_local else None
+    except UriError:
+        return None
+    return path if path is not None and path.is_dir() else None
+
+
+def _nested(inner: Path | None, outer: Path) -> tuple[str, ...]:
+    """The name of ``inner`` when it is a direct subfolder of ``outer`` (sealed on its own)."""
+    return (inner.name,) if inner is not None and inner.parent == outer else ()
+
+
+def seal_artifact(status: dict[str, Any]) -> None:
+    """Seal a succeeded run's artifact folder(s) (devops_model.artifacts): write manifest.sha256,
+    record ``artifact.digest`` / ``mergedDigest`` in the status and in the folder's artifact.json."""
+    art = status.get("artifact")
+    if not isinstance(art, dict):
+        return
+    root = _local_dir(art.get("uri"))
+    if root is None:
+        return
+    merged = _local_dir(art.get("mergedUri"))
+    if merged is not None:
+        art["mergedDigest"] = seal(merged)
+    art["digest"] = seal(root, _nested(merged, root))
+    record = root / "artifact.json"
+    if record.is_file():
+        try:
+            data = json.loads(record.read_text(encoding="utf-8"))
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            data.update({k: art[k] for k in ("digest", "mergedDigest") if k in art})
+            record.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def verify_parent_artifact(uri: str | None, parent: dict[str, Any] | None) -> None:
+    """Before a byte of the parent's model is used: the folder must be what the parent sealed.
+
+    Checks the folder the run uses (the artifact, or its merged model) and, when the artifact holds
+    its merged model as a subfolder, that one too (training on a LoRA parent loads ``merged/``).
+    A parent recorded before digests existed is used with a warning; remote URIs are not checked."""
+    if not uri or not parent:
+        return
+    art = (parent.get("status") or {}).get("artifact") or {}
+    label = f"{parent.get('kind', 'run')}/{(parent.get('metadata') or {}).get('name', '?')}"
+    if uri not in (art.get("uri"), art.get("mergedUri")):
+        return
+    root, merged = _local_dir(art.get("uri")), _local_dir(art.get("mergedUri"))
+    checks: list[tuple[Path, str | None, tuple[str, ...], str]] = []
+    if uri == art.get("mergedUri") and merged is not None:
+        checks.append((merged, art.get("mergedDigest"), (), art["mergedUri"]))
+    elif root is not None:
+        checks.append((root, art.get("digest"), _nested(merged, root), art["uri"]))
+        if merged is not None and _nested(merged, root):
+            checks.append((merged, art.get("mergedDigest"), (), art["mergedUri"]))
+    for folder, digest, skip, where in checks:
+        if not digest:
+            print(f"warning: {label}'s artifact {where} has no digest (recorded before artifacts were sealed); "
+                  "it is used without verification", file=sys.stderr)
+            continue
+        try:
+            verify(folder, digest, skip, label=f"{label}'s artifact {where}")
+        except ArtifactMismatchError as exc:
+            raise WorkloadError(str(exc), reason=Reason.ARTIFACT_MISMATCH, exit_code=ExitCode.BAD_INPUT) from None
 
 
 def _plain(result: Any) -> dict[str, Any]:
