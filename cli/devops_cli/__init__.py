@@ -132,7 +132,7 @@ def _cmd_render(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     try:
-        from devops_operator.builders import render_children
+        from devops_operator.builders import SpecRefused, render_children
         from devops_operator.config import OperatorConfig
     except ImportError as exc:  # the operator extra is not installed
         print(f"error: rendering needs the operator package: {exc}", file=sys.stderr)
@@ -142,7 +142,11 @@ def _cmd_render(args) -> int:
     for res in resources:
         if args.namespace:
             res.metadata["namespace"] = args.namespace
-        docs.extend(render_children(res, config))
+        try:
+            docs.extend(render_children(res, config))
+        except SpecRefused as exc:
+            print(f"error: {res.kind}/{res.metadata['name']}: {exc}", file=sys.stderr)
+            return 3
     sys.stdout.write(dump_all(docs))
     return 0
 

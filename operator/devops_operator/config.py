@@ -7,6 +7,7 @@ ConfigMap mounted at ``/etc/devops-model/operator.yaml``) and is never a constan
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -28,6 +29,17 @@ class Images(_Model):
     tgi: str = Field(default="ghcr.io/huggingface/text-generation-inference:3.3.6", description="Text Generation Inference.")
     pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
     pull_secrets: list[str] = Field(default_factory=list, description="imagePullSecrets for every pod the operator creates.")
+    allowed: list[str] = Field(default_factory=list, description="Images a resource may name in spec.image / spec.engine.image: shell-style patterns such as 'registry.example.com/ml/*' (the images above are always allowed). Empty: any image — whoever may create a run may then run any image in its namespace (docs/install.md, threat model).")
+
+    def refusal(self, image: str) -> Optional[str]:
+        """Why ``image`` may not be used (None when it may)."""
+        if not self.allowed or image in (self.workload, self.serve, self.vllm, self.tgi):
+            return None
+        if any(fnmatch.fnmatchcase(image, pattern) for pattern in self.allowed):
+            return None
+        return (f"image {image!r} is not allowed by the operator's configuration (images.allowed: "
+                f"{', '.join(self.allowed)}); leave the field out to use the configured image, or ask "
+                "the platform team to allow it")
 
 
 class Storage(_Model):

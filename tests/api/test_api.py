@@ -286,3 +286,17 @@ def test_api_reference_is_up_to_date():
     from devops_model.api.reference import render_reference
 
     assert (ROOT / "docs" / "api.md").read_text() == render_reference(), "run make crds (regenerates docs/api.md)"
+
+
+def test_cli_render_refuses_an_image_outside_the_allow_list(tmp_path):
+    values = tmp_path / "values.yaml"
+    values.write_text("operator:\n  config:\n    images:\n      allowed: ['registry.example.com/*']\n")
+    res = tmp_path / "eval.yaml"
+    res.write_text(yaml.safe_dump({"apiVersion": "devops-model.io/v1alpha1", "kind": "EvalRun", "metadata": {"name": "e"},
+                                   "spec": {"model": {"uri": "pvc://m/x"}, "exams": {"uri": "pvc://e/x"},
+                                            "image": "evil.io/x:1", "output": "pvc://r/e"}}))
+    out = _cli("render", "-f", str(res), "--values", str(values))
+    assert out.returncode == 3 and out.stdout == ""
+    assert out.stderr.startswith("error: EvalRun/e: spec.image: image 'evil.io/x:1' is not allowed"), out.stderr
+    res.write_text(res.read_text().replace("evil.io/x:1", "registry.example.com/x:1"))
+    assert _cli("render", "-f", str(res), "--values", str(values)).returncode == 0

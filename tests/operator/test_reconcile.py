@@ -201,3 +201,39 @@ def test_eval_baseline_delta_when_the_baseline_finished_last():
     _finish_eval(kube, "base", 0.30)  # the baseline's success fills in the run that compares with it
     st = kube.objects[("EvalRun", "ns", "tuned")]["status"]
     assert st["scores"]["overall"][0]["delta"] == 5.0 and st["summary"] == "0-shot 35.0% (+5.0)"
+
+
+def test_an_image_outside_the_allow_list_fails_the_run_and_creates_nothing():
+    config = OperatorConfig.model_validate({"images": {"allowed": ["registry.example.com/ml/*"]}})
+    run = sft()
+    run["spec"]["image"] = "docker.io/attacker/miner:latest"
+    kube = FakeKube()
+    out = reconcile(run, kube, config, now=NOW)
+    assert kube.objects == {}
+    assert out.status["state"] == "Failed"
+    cond = next(c for c in out.status["conditions"] if c["type"] == "Succeeded")
+    assert cond["status"] == "False" and cond["reason"] == "InvalidSpec"
+    assert cond["message"].startswith("spec.image: image 'docker.io/attacker/miner:latest' is not allowed by the "
+                                      "operator's configuration (images.allowed: registry.example.com/ml/*)")
+    # a matching image and the configured default are allowed
+    run["spec"]["image"] = "registry.example.com/ml/workload:1.2"
+    kube = FakeKube()
+    assert reconcile(run, kube, config, now=NOW).status["state"] == "Pending"
+    assert kube.objects[("Job", "ns", "s-train")]["spec"]["template"]["spec"]["containers"][0]["image"] == run["spec"]["image"]
+    del run["spec"]["image"]
+    assert reconcile(run, FakeKube(), config, now=NOW).status["state"] == "Pending"
+    # no allow-list: any image (the documented default)
+    run["spec"]["image"] = "docker.io/attacker/miner:latest"
+    assert reconcile(run, FakeKube(), OperatorConfig(), now=NOW).status["state"] == "Pending"
+
+
+def test_a_chat_engine_image_outside_the_allow_list_is_invalid_spec():
+    config = OperatorConfig.model_validate({"images": {"allowed": ["registry.example.com/*"]}})
+    chat = {"apiVersion": "devops-model.io/v1alpha1", "kind": "ChatDeployment",
+            "metadata": {"name": "c", "namespace": "ns", "uid": "u2", "generation": 1},
+            "spec": {"model": {"uri": "pvc://m/base"}, "engine": {"name": "builtin", "image": "evil.io/srv:1"}}}
+    kube = FakeKube()
+    out = reconcile(chat, kube, config, now=NOW)
+    assert kube.objects == {} and out.status["state"] == "Failed"
+    cond = next(c for c in out.status["conditions"] if c["type"] == "Ready")
+    assert cond["reason"] == "InvalidSpec" and cond["message"].startswith("spec.engine.image: image 'evil.io/srv:1' is not allowed")

@@ -33,9 +33,25 @@ from .pods import pvc_claims
 from .training import build_job, build_pytorchjob, build_trainjob, build_workload, workload_child_name
 
 __all__ = [
-    "render_children", "render_spec_configmap", "build_workload", "build_pytorchjob", "build_trainjob",
+    "render_children", "render_spec_configmap", "SpecRefused", "check_allowed", "build_workload", "build_pytorchjob", "build_trainjob",
     "build_job", "workload_child_name", "unresolved_placeholder", "build_identity", "identity_name",
 ]
+
+
+class SpecRefused(ValueError):
+    """The spec asks for something the operator's configuration does not allow (an image outside
+    ``images.allowed``); the run fails with reason InvalidSpec and no child is created."""
+
+
+def check_allowed(resource: Any, config: OperatorConfig) -> None:
+    """Raise :class:`SpecRefused` naming the field when the resource names an image the operator's
+    configuration does not allow."""
+    spec = resource.spec
+    engine = getattr(spec, "engine", None)
+    field, image = ("spec.engine.image", engine.image) if engine is not None else ("spec.image", getattr(spec, "image", None))
+    refusal = config.images.refusal(image) if image else None
+    if refusal:
+        raise SpecRefused(f"{field}: {refusal}")
 
 
 def unresolved_placeholder(resource: Any) -> str:
@@ -70,8 +86,10 @@ def render_children(resource: Any, config: OperatorConfig | None = None, *, reso
     ``artifact_format``: the parent's artifact format (GPTQ models need engine flags);
     ``lineage``: the chat's lineage file; ``attempt``: restart number (child name suffix -rN).
     Without a cluster (``devops-model render``) an unresolved fromRun renders a placeholder URI.
+    Raises :class:`SpecRefused` when the spec names an image the configuration does not allow.
     """
     config = config or OperatorConfig()
+    check_allowed(resource, config)
     model_uri = _model_uri(resource, resolved_model)
     if model_uri is None and getattr(resource.spec, "model", None) is not None:
         model_uri = unresolved_placeholder(resource)

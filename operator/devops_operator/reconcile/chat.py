@@ -11,7 +11,7 @@ from devops_model.contract import Reason, State
 from devops_model.lineage import ParentState, check_gate, lineage_record, resolve_parent
 
 from .. import conditions as C
-from ..builders import render_children
+from ..builders import SpecRefused, render_children
 from ..builders.chat import endpoint
 from ..config import OperatorConfig
 from ..kubeapi import ChildRejected, KubeApi, Obj
@@ -54,17 +54,17 @@ def reconcile_chat(body: Obj, kube: KubeApi, config: OperatorConfig, now: str) -
     p.status["resolvedModel"] = model_uri
     record = lineage_record(body, parent, gate, store)
     p.status["lineage"] = record.lineage
-    children = render_children(res, config, resolved_model=parent.uri, parent=dict(parent.run) if parent.run else None,
-                               artifact_format=parent.artifact_format, lineage=record.to_dict())
+    try:
+        children = render_children(res, config, resolved_model=parent.uri, parent=dict(parent.run) if parent.run else None,
+                                   artifact_format=parent.artifact_format, lineage=record.to_dict())
+    except SpecRefused as exc:
+        return _invalid(p, exc)
     names = []
     for child in children:
         try:
             kube.apply(child)
         except ChildRejected as exc:
-            message = f"{exc} — fix the ChatDeployment's spec"
-            p.cond(T.READY, False, Reason.INVALID_SPEC, message)
-            p.state(State.FAILED, message)
-            return p.outcome(None)
+            return _invalid(p, exc)
         names.append(f"{child['kind']}/{child['metadata']['name']}")
     p.status["children"] = names
     deploy_manifest = children[1]
@@ -85,3 +85,12 @@ def reconcile_chat(body: Obj, kube: KubeApi, config: OperatorConfig, now: str) -
     p.cond(T.READY, False, ds.reason, ds.message)
     p.state(State.PENDING, ds.message)
     return p.outcome(config.reconcile.requeue_seconds)
+
+
+def _invalid(p: Pass, exc: Exception) -> Outcome:
+    """The spec cannot be served (an image the configuration refuses, a child the API server
+    rejects): Failed with InvalidSpec and the reason; nothing is retried until the spec changes."""
+    message = f"{exc} — fix the ChatDeployment's spec"
+    p.cond(T.READY, False, Reason.INVALID_SPEC, message)
+    p.state(State.FAILED, message)
+    return p.outcome(None)

@@ -18,7 +18,7 @@ from devops_model.lineage import ParentState, resolve_parent
 from devops_model.scores import summary_line, with_deltas
 
 from .. import conditions as C
-from ..builders import render_children
+from ..builders import SpecRefused, render_children
 from ..config import OperatorConfig
 from ..kubeapi import ChildRejected, KubeApi, Obj
 from ..naming import ATTEMPT_LABEL, KIND_LABEL, RUN_LABEL, namespace_of
@@ -107,8 +107,11 @@ def reconcile_run(body: Obj, kube: KubeApi, config: OperatorConfig, now: str) ->
         if wait > 0:
             return p.outcome(min(wait, config.reconcile.requeue_seconds))
 
-    children = render_children(res, config, resolved_model=resolved, parent=dict(parent.run) if parent.run else None,
-                               artifact_format=parent.artifact_format, attempt=restarts)
+    try:
+        children = render_children(res, config, resolved_model=resolved, parent=dict(parent.run) if parent.run else None,
+                                   artifact_format=parent.artifact_format, attempt=restarts)
+    except SpecRefused as exc:
+        return _terminal(p, Reason.INVALID_SPEC, f"{exc} — fix the run's spec and create it again")
     names: list[str] = []
     workload: Obj = {}
     for child in children:
