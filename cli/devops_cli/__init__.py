@@ -104,7 +104,7 @@ def _cmd_validate(args) -> int:
             label = f"{doc.get('kind')}/{meta.get('name') if isinstance(meta, dict) else '?'}" if isinstance(doc, dict) else "?"
             try:
                 res = parse_resource(doc, f"{f}: {label}", cluster=not args.local)
-                print(f"{f}: {res.kind}/{res.metadata['name']} is valid")
+                print(f"{f}: {res.kind}/{res.metadata.name} is valid")
             except InvalidResource as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 bad += 1
@@ -141,11 +141,11 @@ def _cmd_render(args) -> int:
     docs = []
     for res in resources:
         if args.namespace:
-            res.metadata["namespace"] = args.namespace
+            res.metadata.namespace = args.namespace
         try:
             docs.extend(render_children(res, config))
         except SpecRefused as exc:
-            print(f"error: {res.kind}/{res.metadata['name']}: {exc}", file=sys.stderr)
+            print(f"error: {res.kind}/{res.metadata.name}: {exc}", file=sys.stderr)
             return 3
     sys.stdout.write(dump_all(docs))
     return 0

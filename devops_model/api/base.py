@@ -15,7 +15,7 @@ tests check the server side.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Optional
 
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
@@ -153,3 +153,20 @@ class FieldError:
         if self.has_value:
             return f"{self.path}: {self.message} (got {self.value!r})"
         return f"{self.path}: {self.message}"
+
+
+class ObjectMeta(BaseModel):
+    """The parts of Kubernetes' ObjectMeta the platform reads, typed. Every other field the API server
+    sets (resourceVersion, managedFields, ownerReferences ...) is kept as it came (``extra="allow"``),
+    so reading a resource and writing it back loses nothing. The name's rules are the CRDs' own
+    (``root_rules``), checked by ``parse_resource``."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    name: str = ""
+    namespace: Optional[str] = None
+    uid: Optional[str] = None
+    generation: Optional[int] = None
+    labels: Optional[dict[str, str]] = None
+    annotations: Optional[dict[str, str]] = None
+    creation_timestamp: Optional[str] = None

@@ -8,7 +8,7 @@ from typing import Any, Annotated, Literal, Optional
 from pydantic import Field
 
 from ..engines import ENGINES
-from .base import ApiModel, Checked, Rule
+from .base import ApiModel, Checked, ObjectMeta, Rule
 from .common import CommonStatus, Image, ModelSource, Resources, RunName, SecretKeyRef, cel_quote, root_rules
 
 #: Engines that run without a GPU (devops_model.engines).
@@ -167,7 +167,7 @@ class ChatDeployment(ApiModel):
 
     api_version: Literal["devops-model.io/v1alpha1"] = "devops-model.io/v1alpha1"
     kind: Literal["ChatDeployment"] = "ChatDeployment"
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: ChatSpec
     status: Optional[ChatStatus] = None
 

@@ -187,7 +187,7 @@ IMMUTABLE_ONCE_STARTED = Rule(
 
 
 def _name(m: Any) -> str:
-    return str((m.metadata or {}).get("name") or "")
+    return str(m.metadata.name or "")
 
 
 def root_rules(kind: str, *, immutable: bool = True) -> tuple[Rule, ...]:

@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from .base import ApiModel, Rule
+from .base import ApiModel, ObjectMeta, Rule
 from .common import Artifact, CommonStatus, ExamName, Image, ModelSource, Resources, RunName, TrainingProgress, Uri, root_rules
 
 #: The six exams of the seed's table (574 questions): CMMLU test + C-Eval val.
@@ -132,7 +132,7 @@ class EvalRun(ApiModel):
 
     api_version: Literal["devops-model.io/v1alpha1"] = "devops-model.io/v1alpha1"
     kind: Literal["EvalRun"] = "EvalRun"
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: EvalSpec
     status: Optional[EvalStatus] = None
 

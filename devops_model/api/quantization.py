@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, TypeAlias, Any, Literal, Optional
 
 from pydantic import Field
 
-from .base import ApiModel, Rule
+from .base import ApiModel, ObjectMeta, Rule
 from .common import (
     Artifact,
     CommonStatus,
@@ -122,7 +122,7 @@ class QuantizeRun(ApiModel):
 
     api_version: Literal["devops-model.io/v1alpha1"] = "devops-model.io/v1alpha1"
     kind: Literal["QuantizeRun"] = "QuantizeRun"
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: QuantizeSpec
     status: Optional[QuantizeStatus] = None
 

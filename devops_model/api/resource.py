@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..yamlio import NotJson, load_all
 from . import API_VERSION, KINDS
-from .base import ApiModel, FieldError, decode_rule_message
+from .base import ApiModel, FieldError, ObjectMeta, decode_rule_message
 from .common import MAX_NAME_LENGTH  # noqa: F401  (re-exported: the longest name per kind)
 
 
@@ -99,7 +99,7 @@ def parse_resource(obj: dict[str, Any], source: str = "", *, cluster: bool = Fal
 
 class _NameOnly:
     def __init__(self, name: str):
-        self.metadata = {"name": name}
+        self.metadata = ObjectMeta(name=name)
 
 
 def load_resources(path: str | Path, *, cluster: bool = False) -> list[ApiModel]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeAlias, Any, Literal, Optional
 
 from pydantic import Field
 
-from .base import ApiModel, Rule
+from .base import ApiModel, ObjectMeta, Rule
 from .common import (
     Artifact,
     CommonStatus,
@@ -218,7 +218,7 @@ class PretrainRun(ApiModel):
 
     api_version: Literal["devops-model.io/v1alpha1"] = "devops-model.io/v1alpha1"
     kind: Literal["PretrainRun"] = "PretrainRun"
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: PretrainSpec
     status: Optional[RunStatus] = None
 
@@ -230,7 +230,7 @@ class SFTRun(ApiModel):
 
     api_version: Literal["devops-model.io/v1alpha1"] = "devops-model.io/v1alpha1"
     kind: Literal["SFTRun"] = "SFTRun"
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: SFTSpec
     status: Optional[RunStatus] = None
 

@@ -67,7 +67,7 @@ def service_name(base: str) -> str:
 def run_labels(resource: Any, component: str) -> dict[str, str]:
     """The labels every child of ``resource`` carries: the standard app.kubernetes.io/* set and
     the project's own (which run, which kind, which stage)."""
-    name = resource.metadata["name"]
+    name = resource.metadata.name
     return {
         "app.kubernetes.io/name": "devops-model",
         "app.kubernetes.io/instance": name,
@@ -82,7 +82,7 @@ def run_labels(resource: Any, component: str) -> dict[str, str]:
 
 def selector_labels(resource: Any) -> dict[str, str]:
     """The subset of labels that selects a run's pods (stable across spec changes)."""
-    return {RUN_LABEL: resource.metadata["name"], KIND_LABEL: resource.kind}
+    return {RUN_LABEL: resource.metadata.name, KIND_LABEL: resource.kind}
 
 
 def child_metadata(resource: Any, name: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -97,13 +97,13 @@ def child_metadata(resource: Any, name: str, labels: dict[str, str]) -> dict[str
 def owner_references(resource: Any) -> list[dict[str, Any]]:
     """Owner reference to the resource (garbage collection deletes the children with it).
     Empty when the resource has no uid yet (``devops-model render`` without a cluster)."""
-    uid = resource.metadata.get("uid")
+    uid = resource.metadata.uid
     if not uid:
         return []
     return [{
         "apiVersion": API_VERSION,
         "kind": resource.kind,
-        "name": resource.metadata["name"],
+        "name": resource.metadata.name,
         "uid": uid,
         "controller": True,
         "blockOwnerDeletion": True,
@@ -112,8 +112,8 @@ def owner_references(resource: Any) -> list[dict[str, Any]]:
 
 def owner_path(resource: Any) -> str:
     """``plural/namespace/name``: the DEVOPS_MODEL_OWNER a worker patches its progress into."""
-    return f"{PLURALS[resource.kind]}/{namespace_of(resource)}/{resource.metadata['name']}"
+    return f"{PLURALS[resource.kind]}/{namespace_of(resource)}/{resource.metadata.name}"
 
 
 def namespace_of(resource: Any) -> str:
-    return resource.metadata.get("namespace") or "default"
+    return resource.metadata.namespace or "default"

@@ -300,3 +300,20 @@ def test_cli_render_refuses_an_image_outside_the_allow_list(tmp_path):
     assert out.stderr.startswith("error: EvalRun/e: spec.image: image 'evil.io/x:1' is not allowed"), out.stderr
     res.write_text(res.read_text().replace("evil.io/x:1", "registry.example.com/x:1"))
     assert _cli("render", "-f", str(res), "--values", str(values)).returncode == 0
+
+
+def test_metadata_is_typed_and_a_server_round_trip_keeps_every_field():
+    from devops_model.api import ObjectMeta
+
+    obj = {**base("SFTRun")}
+    obj["metadata"] = {"name": "s", "namespace": "team-a", "uid": "1234", "generation": 3, "labels": {"team": "a"},
+                       "resourceVersion": "42", "creationTimestamp": "2026-01-01T00:00:00Z",
+                       "managedFields": [{"manager": "kubectl", "operation": "Update"}],
+                       "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "9"}]}
+    res = parse_resource(obj)
+    assert isinstance(res.metadata, ObjectMeta)
+    assert (res.metadata.name, res.metadata.namespace, res.metadata.uid, res.metadata.generation) == ("s", "team-a", "1234", 3)
+    assert res.metadata.labels == {"team": "a"} and res.metadata.creation_timestamp == "2026-01-01T00:00:00Z"
+    assert res.to_dict()["metadata"] == obj["metadata"]  # fields the platform does not read are kept as they came
+    with pytest.raises(InvalidResource, match="metadata.labels"):
+        parse_resource({**obj, "metadata": {"name": "s", "labels": {"team": 7}}})

@@ -285,5 +285,32 @@ def test_whole_chain_applied_at_once(control_plane, k8s_namespace, run_operator,
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/info", timeout=10) as r:
             info = json.loads(r.read())
         assert "QuantizeRun/e2e-int4" in json.dumps(info)
+
+        # Content-addressed artifacts: the digests the operator took from each run's own pod are those
+        # of the folders as the runs left them; a file changed afterwards fails its next consumer.
+        from devops_model.artifacts import digest_of, manifest_text
+
+        assert st["e2e-pt"]["artifact"]["digest"] == digest_of(manifest_text(storage / "runs" / "e2e-pt"))
+        assert sft["digest"] == digest_of(manifest_text(storage / "runs" / "e2e-sft", skip=("merged",)))
+        assert sft["mergedDigest"] == digest_of(manifest_text(storage / "runs" / "e2e-sft" / "merged"))
+        assert st["e2e-int4"]["artifact"]["digest"] == digest_of(manifest_text(storage / "models" / "e2e-int4"))
+        weights = next((storage / "runs" / "e2e-sft" / "merged").glob("*.safetensors"))
+        weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x00\x01")
+        tampered = {**chain()[2], "metadata": {"name": "e2e-eval-tampered"}}
+        tampered["spec"] = {**tampered["spec"], "output": "pvc://results/e2e-eval-tampered"}
+        cp.apply([tampered], namespace=ns)
+
+        def ended():
+            kubelet.step()
+            return (cp.get("evalrun", "e2e-eval-tampered", ns).get("status") or {}).get("state") in ("Succeeded", "Failed")
+
+        cp.wait_for(ended, timeout=300, interval=1, message=lambda: "the EvalRun of the tampered model; status: "
+                    + json.dumps(cp.get("evalrun", "e2e-eval-tampered", ns).get("status")) + f"\noperator:\n{op.tail(20)}")
+        bad = cp.get("evalrun", "e2e-eval-tampered", ns)["status"]
+        cond = next(c for c in bad["conditions"] if c["type"] == "Succeeded")
+        assert bad["state"] == "Failed" and cond["reason"] == "ArtifactMismatch", bad
+        assert f"{weights.name} was changed after the run that produced it finished" in cond["message"], cond
+        assert "restarts" not in bad or not bad["restarts"]  # bad input: not retried
+        assert not (storage / "results" / "e2e-eval-tampered").exists()
     finally:
         kubelet.stop()

@@ -217,7 +217,7 @@ def test_example_resource_is_valid_and_quantizes_the_sft_model():
     assert res.spec.model.from_run.kind == "SFTRun"
     sft = repo / "examples" / "local" / "sft-lora.yaml"
     if sft.exists():  # written by the training area; the names must match
-        names = [r.metadata["name"] for r in load_resources(str(sft)) if r.kind == "SFTRun"]
+        names = [r.metadata.name for r in load_resources(str(sft)) if r.kind == "SFTRun"]
         assert res.spec.model.from_run.name in names
 
 

@@ -83,11 +83,11 @@ class RunContext:
 
     @property
     def name(self) -> str:
-        return self.resource.metadata.get("name", "run")
+        return self.resource.metadata.name or "run"
 
     @property
     def namespace(self) -> str:
-        return self.resource.metadata.get("namespace", "default")
+        return self.resource.metadata.namespace or "default"
 
     @property
     def kind(self) -> str:
@@ -111,7 +111,7 @@ def resolve_parent(resource: Any, spec_dir: Path | None = None) -> tuple[str | N
         if spec_dir is not None and (spec_dir / PARENT_FILE_NAME).exists():
             parent = yaml.safe_load((spec_dir / PARENT_FILE_NAME).read_text(encoding="utf-8"))
         return status["resolvedModel"], parent
-    found = resolve_lineage_parent(resource.kind, resource.metadata["name"], model.to_dict(), LocalRegistry())
+    found = resolve_lineage_parent(resource.kind, resource.metadata.name, model.to_dict(), LocalRegistry())
     ref = model.from_run
     if found.state == ParentState.RESOLVED:
         return found.uri, dict(found.run or {})
@@ -152,7 +152,7 @@ def run_resource(resource: Any, spec_path: Path | None = None, workdir: Path | N
             resource=resource,
             parent=parent,
             resolved_model=uri,
-            workdir=workdir or home() / "work" / kind.lower() / resource.metadata["name"],
+            workdir=workdir or home() / "work" / kind.lower() / resource.metadata.name,
             in_cluster=bool(os.environ.get("KUBERNETES_SERVICE_HOST")),
             spec_dir=spec_path.parent if spec_path else None,
         )
@@ -290,9 +290,9 @@ def run_file(path: Path, workdir: Path | None = None, only: str | None = None) -
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.BAD_INPUT
     if only:
-        resources = [r for r in resources if r.metadata.get("name") == only]
+        resources = [r for r in resources if r.metadata.name == only]
     for res in resources:
-        label = f"{res.kind}/{res.metadata['name']}"
+        label = f"{res.kind}/{res.metadata.name}"
         try:
             status = run_resource(res, path, workdir)
         except WorkloadError as exc:

@@ -32,7 +32,7 @@ from .pods import (
 
 
 def served_model_name(chat: ChatDeployment) -> str:
-    return chat.spec.served_model_name or chat.metadata["name"]
+    return chat.spec.served_model_name or chat.metadata.name
 
 
 def engine_image(chat: ChatDeployment, config: OperatorConfig) -> str:
@@ -42,7 +42,7 @@ def engine_image(chat: ChatDeployment, config: OperatorConfig) -> str:
 
 
 def deployment_name(chat: ChatDeployment) -> str:
-    return child_name(chat.metadata["name"])
+    return child_name(chat.metadata.name)
 
 
 def probes(port_name: str, config: OperatorConfig, path: str = "/health") -> dict[str, Any]:
@@ -125,7 +125,7 @@ def build_deployment(chat: ChatDeployment, config: OperatorConfig, *, model_uri:
 
 
 def build_service(chat: ChatDeployment, config: OperatorConfig) -> dict[str, Any]:
-    meta = child_metadata(chat, service_name(chat.metadata["name"]), run_labels(chat, "server"))
+    meta = child_metadata(chat, service_name(chat.metadata.name), run_labels(chat, "server"))
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -140,7 +140,7 @@ def build_service(chat: ChatDeployment, config: OperatorConfig) -> dict[str, Any
 
 def build_network_policy(chat: ChatDeployment) -> dict[str, Any]:
     """Only pods of the same namespace may reach the chat pods."""
-    meta = child_metadata(chat, child_name(chat.metadata["name"], "ingress"), run_labels(chat, "server"))
+    meta = child_metadata(chat, child_name(chat.metadata.name, "ingress"), run_labels(chat, "server"))
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -155,7 +155,7 @@ def build_network_policy(chat: ChatDeployment) -> dict[str, Any]:
 
 
 def endpoint(chat: ChatDeployment) -> dict[str, Any]:
-    url = f"http://{service_name(chat.metadata['name'])}.{namespace_of(chat)}.svc:{chat.spec.port}"
+    url = f"http://{service_name(chat.metadata.name)}.{namespace_of(chat)}.svc:{chat.spec.port}"
     out = {"url": url, "model": served_model_name(chat)}
     if chat.spec.ui == "enabled" and ENGINES[chat.spec.engine.name].serves_ui:
         out["ui"] = url + "/"

@@ -19,7 +19,7 @@ def resource_document(resource: Any, resolved_model: str | None) -> dict[str, An
     doc: dict[str, Any] = {
         "apiVersion": resource.api_version,
         "kind": resource.kind,
-        "metadata": {"name": resource.metadata["name"], "namespace": namespace_of(resource)},
+        "metadata": {"name": resource.metadata.name, "namespace": namespace_of(resource)},
         "spec": resource.spec.to_dict(),
     }
     if resolved_model:

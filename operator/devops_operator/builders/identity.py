@@ -37,7 +37,7 @@ VERBS = ["get", "patch"]
 
 def identity_name(resource: Any) -> str:
     """``<run>-<stage>-worker``: unique per kind and run, at most 63 characters."""
-    return child_name(resource.metadata["name"], f"{STAGES[resource.kind]}-worker")
+    return child_name(resource.metadata.name, f"{STAGES[resource.kind]}-worker")
 
 
 def identity_rules(resource: Any) -> list[dict[str, Any]]:
@@ -45,7 +45,7 @@ def identity_rules(resource: Any) -> list[dict[str, Any]]:
     return [{
         "apiGroups": [GROUP],
         "resources": [f"{PLURALS[resource.kind]}/status"],
-        "resourceNames": [resource.metadata["name"]],
+        "resourceNames": [resource.metadata.name],
         "verbs": list(VERBS),
     }]
 

@@ -21,7 +21,7 @@ WORK_HOME = "/tmp/devops-model"
 
 
 def spec_configmap_name(resource: Any) -> str:
-    return child_name(resource.metadata["name"], "spec")
+    return child_name(resource.metadata.name, "spec")
 
 
 def pvc_claims(*values: Any) -> list[str]:

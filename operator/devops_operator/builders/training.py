@@ -35,7 +35,7 @@ def child_suffix(kind: str, attempt: int) -> str:
 
 def workload_child_name(resource: Any, attempt: int = 0) -> str:
     """``<run>-train`` (``-eval``, ``-quantize``); restart n is ``<run>-train-rN``."""
-    return child_name(resource.metadata["name"], child_suffix(resource.kind, attempt))
+    return child_name(resource.metadata.name, child_suffix(resource.kind, attempt))
 
 
 def worker_command(nodes: int, procs: int, launcher: str) -> list[str]:

@@ -220,7 +220,7 @@ def _baseline_deltas(p: Pass, kube: KubeApi, res: Any) -> None:
     operator adds ``delta`` to ``scores.overall`` when this run succeeds and its baseline already
     has scores; and when a baseline succeeds, to the finished runs that compare with it (the two
     may finish in either order)."""
-    ns, name = namespace_of(res), res.metadata["name"]
+    ns, name = namespace_of(res), res.metadata.name
     scores = p.status.get("scores") or {}
     ref = res.spec.baseline
     if ref is not None and ref.eval_run and scores.get("overall") and \
