@@ -299,19 +299,20 @@ def main() -> None:
     ours = results["ours packed"]
     common = (f"tiny Qwen2 (bpe tokenizer), fp32 CPU, full FT, {args.steps} steps × {BATCH} sequences ≤ {MAX_LEN} tokens, "
               "same token ids and masks")
+
+    def vs_trl(figure: str, ours_key: str, trl_key: str, trl_label: str) -> dict:
+        a, b = results[ours_key], results[trl_key]
+        return _row(figure, a["tps"], trl_label, b["tps"], f"{common}; final loss ours {a['loss']} vs TRL {b['loss']}")
+
     rows = [
-        _row("SFT tokens/s, packing on: ours vs the faster TRL SFTTrainer mode", ours["tps"],
-             f"TRL 1.16.0 SFTTrainer ({best_trl.split(' ', 1)[1]})", trl_rows[best_trl]["tps"],
-             f"{common}; final loss ours {ours['loss']} vs TRL {trl_rows[best_trl]['loss']}"),
-        _row("SFT tokens/s, packing on: ours vs TRL packing (BFD, padding-free)", ours["tps"],
-             "TRL 1.16.0 SFTTrainer packing=True", results["TRL packing"]["tps"],
-             f"{common}; final loss ours {ours['loss']} vs TRL {results['TRL packing']['loss']}"),
-        _row("SFT tokens/s, packing off: ours (padded) vs TRL (padded)", results["ours padded"]["tps"],
-             "TRL 1.16.0 SFTTrainer (padding)", results["TRL padded"]["tps"],
-             f"{common}; final loss ours {results['ours padded']['loss']} vs TRL {results['TRL padded']['loss']}"),
-        _row("SFT tokens/s: ours packed vs TRL padding_free without packing", ours["tps"],
-             "TRL 1.16.0 SFTTrainer padding_free=True", results["TRL padding_free"]["tps"],
-             f"{common}; final loss ours {ours['loss']} vs TRL {results['TRL padding_free']['loss']}"),
+        vs_trl("SFT tokens/s, packing on: ours vs the faster TRL SFTTrainer mode", "ours packed", best_trl,
+               f"TRL 1.16.0 SFTTrainer ({best_trl.split(' ', 1)[1]})"),
+        vs_trl("SFT tokens/s, packing on: ours vs TRL packing (BFD, padding-free)", "ours packed", "TRL packing",
+               "TRL 1.16.0 SFTTrainer packing=True"),
+        vs_trl("SFT tokens/s, packing off: ours (padded) vs TRL (padded)", "ours padded", "TRL padded",
+               "TRL 1.16.0 SFTTrainer (padding)"),
+        vs_trl("SFT tokens/s: ours packed vs TRL padding_free without packing", "ours packed", "TRL padding_free",
+               "TRL 1.16.0 SFTTrainer padding_free=True"),
         _row("SFT tokens/s with the real Qwen tokenizer (151k vocabulary), packing on", qwen["ours packed"]["tps"],
              "TRL 1.16.0 SFTTrainer packing=True", qwen["TRL packing"]["tps"],
              f"tiny Qwen2 with the real Qwen tokenizer, {args.qwen_steps} steps, best of two interleaved rounds; final loss ours "

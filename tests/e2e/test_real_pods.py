@@ -56,6 +56,19 @@ def pod_phase(fx, ns: str, name: str) -> str | None:
 
 # --- 1. a plain pod ---------------------------------------------------------------------------------
 
+def run_busybox(fx, ns: str, name: str, script: str, timeout: float) -> tuple[str | None, str]:
+    """Run ``script`` in a restricted busybox pod (UID 65534) to its end: (phase, logs)."""
+    fx.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+              "spec": {"restartPolicy": "Never",
+                       "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "seccompProfile": {"type": "RuntimeDefault"}},
+                       "containers": [{"name": "c", "image": fx.image("busybox"), "imagePullPolicy": "Never",
+                                       "command": ["sh", "-c", script],
+                                       "securityContext": {k: v for k, v in RESTRICTED.items() if k != "seccompProfile"}}]}})
+    fx.wait_for(lambda: pod_phase(fx, ns, name) in ("Succeeded", "Failed"), timeout,
+                lambda: f"pod {name} to finish:\n{fx.describe('pods', ns)}")
+    return pod_phase(fx, ns, name), fx.logs(ns, name)
+
+
 def test_a_plain_pod_runs_restricted_resolves_services_and_reaches_nothing_outside(node_cluster):
     fx = node_cluster
     ns = restricted_namespace(fx, "plain")
@@ -66,16 +79,8 @@ def test_a_plain_pod_runs_restricted_resolves_services_and_reaches_nothing_outsi
         wget -T 3 -q -O /dev/null http://192.0.2.1/ 2>/dev/null && echo OFF-MACHINE-REACHED || echo OFF-MACHINE-UNREACHABLE
         touch /should-fail 2>/dev/null && echo ROOT-FS-WRITABLE || echo ROOT-FS-READ-ONLY
         """)
-    fx.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain", "namespace": ns},
-              "spec": {"restartPolicy": "Never",
-                       "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "seccompProfile": {"type": "RuntimeDefault"}},
-                       "containers": [{"name": "c", "image": fx.image("busybox"), "imagePullPolicy": "Never",
-                                       "command": ["sh", "-c", script],
-                                       "securityContext": {k: v for k, v in RESTRICTED.items() if k != "seccompProfile"}}]}})
-    fx.wait_for(lambda: pod_phase(fx, ns, "plain") in ("Succeeded", "Failed"), 120,
-                lambda: f"pod plain to finish:\n{fx.describe('pods', ns)}")
-    out = fx.logs(ns, "plain")
-    assert pod_phase(fx, ns, "plain") == "Succeeded", out
+    phase, out = run_busybox(fx, ns, "plain", script, 120)
+    assert phase == "Succeeded", out
     assert "uid=65534" in out
     assert "DNS-OK" in out and "10.0.0.1" in out, out  # the `kubernetes` Service's ClusterIP
     assert "EXTERNAL-NAME-NOT-RESOLVED" in out, out      # CoreDNS has no forwarder
@@ -238,15 +243,7 @@ def test_helm_install_and_examples_kind_run_every_stage_in_real_pods_through_fau
     script = (f"wget -q -O - --header 'Authorization: Bearer {key}' --header 'Content-Type: application/json' "
               f"--post-data '{body}' {url}/v1/chat/completions && echo; echo ===; "
               f"wget -S -O - {url}/v1/models 2>&1 | head -n 5; true")
-    fx.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "chat-client", "namespace": CHAIN_NS},
-              "spec": {"restartPolicy": "Never",
-                       "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "seccompProfile": {"type": "RuntimeDefault"}},
-                       "containers": [{"name": "c", "image": fx.image("busybox"), "imagePullPolicy": "Never",
-                                       "command": ["sh", "-c", script],
-                                       "securityContext": {k: v for k, v in RESTRICTED.items() if k != "seccompProfile"}}]}})
-    fx.wait_for(lambda: pod_phase(fx, CHAIN_NS, "chat-client") in ("Succeeded", "Failed"), 180,
-                lambda: f"the chat client pod:\n{fx.describe('pods', CHAIN_NS)}")
-    out = fx.logs(CHAIN_NS, "chat-client")
+    _, out = run_busybox(fx, CHAIN_NS, "chat-client", script, 180)
     answer, _, refused = out.partition("===")
     reply = json.loads(answer.strip().splitlines()[-1])
     assert reply["choices"][0]["message"]["content"] is not None, reply

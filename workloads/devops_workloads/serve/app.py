@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from .engine import BatchingEngine
-from .openai_routes import openai_error, openai_router
+from .openai_routes import key_refused, openai_error, openai_router
 from .protocol import RequestError
 from .state import Metrics, ServerConfig, ServerState
 from .tgi_routes import tgi_router
@@ -89,10 +89,8 @@ def create_app(config: ServerConfig, engine: BatchingEngine | None = None) -> Fa
 
     @app.get("/v1/info")
     async def info(request: Request):
-        try:
-            state.check_key(request)
-        except RequestError as exc:
-            return openai_error(exc)
+        if (refused := key_refused(state, request)) is not None:
+            return refused
         eng = state.engine
         return {"model": state.name, "engine": "builtin", "version": version(),
                 "maxModelLen": eng.max_model_len if eng else config.max_model_len,

@@ -31,6 +31,15 @@ def openai_error(exc: RequestError) -> JSONResponse:
                         status_code=exc.status, headers={"Retry-After": "1"} if exc.status in (429, 503) else None)
 
 
+def key_refused(state: Any, request: Request) -> JSONResponse | None:
+    """The 401 for a request without the right API key (None when it may pass)."""
+    try:
+        state.check_key(request)
+    except RequestError as exc:
+        return openai_error(exc)
+    return None
+
+
 def stream_error(exc: RequestError) -> dict:
     return {"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}}
 
@@ -88,10 +97,8 @@ def openai_router(state) -> APIRouter:
 
     @router.get("/v1/models")
     async def models(request: Request):
-        try:
-            state.check_key(request)
-        except RequestError as exc:
-            return openai_error(exc)
+        if (refused := key_refused(state, request)) is not None:
+            return refused
         return {"object": "list", "data": [card(state.engine)]}
 
     @router.get("/v1/models/{model_id:path}")
