@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import ApiModel, FieldError, ObjectMeta, Rule
+from .base import ApiModel, FieldError, ObjectMeta, Resource, Rule
 from .chat import ChatDeployment, ChatSpec, ChatStatus
 from .evaluation import PRESETS, EvalRun, EvalSpec, EvalStatus
 from .quantization import QuantizeRun, QuantizeSpec, QuantizeStatus
@@ -88,7 +88,7 @@ KINDS: dict[str, KindInfo] = {
 
 __all__ = [
     "API_VERSION", "CATEGORY", "GROUP", "KINDS", "PRESETS", "VERSION",
-    "ApiModel", "FieldError", "KindInfo", "ObjectMeta", "PrinterColumn", "Rule",
+    "ApiModel", "FieldError", "KindInfo", "ObjectMeta", "PrinterColumn", "Resource", "Rule",
     "ChatDeployment", "ChatSpec", "ChatStatus",
     "EvalRun", "EvalSpec", "EvalStatus",
     "PretrainRun", "PretrainSpec", "QuantizeRun", "QuantizeSpec", "QuantizeStatus",

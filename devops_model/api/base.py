@@ -15,7 +15,7 @@ tests check the server side.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional, Protocol
 
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
@@ -170,3 +170,25 @@ class ObjectMeta(BaseModel):
     labels: Optional[dict[str, str]] = None
     annotations: Optional[dict[str, str]] = None
     creation_timestamp: Optional[str] = None
+
+
+class Resource(Protocol):
+    """What each of the five typed kinds has; the operator's builders and naming take this, so a
+    misspelt metadata field is a type error (the spec stays per kind)."""
+
+    @property
+    def api_version(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def metadata(self) -> ObjectMeta: ...
+
+    @property
+    def spec(self) -> Any: ...
+
+    @property
+    def status(self) -> Any: ...
+
+    def to_dict(self) -> dict[str, Any]: ...

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from devops_model.api import API_VERSION
+from devops_model.api import API_VERSION, Resource
 
 MAX_NAME = 63
 GROUP_LABEL = "devops-model.io"
@@ -64,7 +64,7 @@ def service_name(base: str) -> str:
     return name if name[0].isalpha() else child_name(f"chat-{base}")
 
 
-def run_labels(resource: Any, component: str) -> dict[str, str]:
+def run_labels(resource: Resource, component: str) -> dict[str, str]:
     """The labels every child of ``resource`` carries: the standard app.kubernetes.io/* set and
     the project's own (which run, which kind, which stage)."""
     name = resource.metadata.name
@@ -80,12 +80,12 @@ def run_labels(resource: Any, component: str) -> dict[str, str]:
     }
 
 
-def selector_labels(resource: Any) -> dict[str, str]:
+def selector_labels(resource: Resource) -> dict[str, str]:
     """The subset of labels that selects a run's pods (stable across spec changes)."""
     return {RUN_LABEL: resource.metadata.name, KIND_LABEL: resource.kind}
 
 
-def child_metadata(resource: Any, name: str, labels: dict[str, str]) -> dict[str, Any]:
+def child_metadata(resource: Resource, name: str, labels: dict[str, str]) -> dict[str, Any]:
     """metadata of a child: its name, the owner's namespace, labels, and the owner reference."""
     meta: dict[str, Any] = {"name": name, "namespace": namespace_of(resource), "labels": labels}
     owners = owner_references(resource)
@@ -94,7 +94,7 @@ def child_metadata(resource: Any, name: str, labels: dict[str, str]) -> dict[str
     return meta
 
 
-def owner_references(resource: Any) -> list[dict[str, Any]]:
+def owner_references(resource: Resource) -> list[dict[str, Any]]:
     """Owner reference to the resource (garbage collection deletes the children with it).
     Empty when the resource has no uid yet (``devops-model render`` without a cluster)."""
     uid = resource.metadata.uid
@@ -110,10 +110,10 @@ def owner_references(resource: Any) -> list[dict[str, Any]]:
     }]
 
 
-def owner_path(resource: Any) -> str:
+def owner_path(resource: Resource) -> str:
     """``plural/namespace/name``: the DEVOPS_MODEL_OWNER a worker patches its progress into."""
     return f"{PLURALS[resource.kind]}/{namespace_of(resource)}/{resource.metadata.name}"
 
 
-def namespace_of(resource: Any) -> str:
+def namespace_of(resource: Resource) -> str:
     return resource.metadata.namespace or "default"

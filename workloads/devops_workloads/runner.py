@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from devops_model.api import Resource
 from devops_model.api.resource import load_documents, parse_resource
 from devops_model.artifacts import ArtifactMismatchError, seal, verify
 from devops_model.contract import (
@@ -70,7 +71,7 @@ class WorkloadError(RuntimeError):
 class RunContext:
     """What a workload gets: the typed resource, its parent (if any) and where to put things."""
 
-    resource: Any
+    resource: Resource
     #: The parent run (resource dict with ``status``) when ``spec.model.fromRun`` is used.
     parent: dict[str, Any] | None = None
     #: The model URI after resolving ``fromRun``.

@@ -25,6 +25,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from devops_model.api import Resource
+from devops_model.api.chat import ChatDeployment
+
 from ..config import OperatorConfig
 from .chat import build_deployment, build_network_policy, build_service, config_hash
 from .configmap import build_spec_configmap, parent_document
@@ -43,7 +46,7 @@ class SpecRefused(ValueError):
     ``images.allowed``); the run fails with reason InvalidSpec and no child is created."""
 
 
-def check_allowed(resource: Any, config: OperatorConfig) -> None:
+def check_allowed(resource: Resource, config: OperatorConfig) -> None:
     """Raise :class:`SpecRefused` naming the field when the resource names an image the operator's
     configuration does not allow."""
     spec = resource.spec
@@ -54,19 +57,19 @@ def check_allowed(resource: Any, config: OperatorConfig) -> None:
         raise SpecRefused(f"{field}: {refusal}")
 
 
-def unresolved_placeholder(resource: Any) -> str:
+def unresolved_placeholder(resource: Resource) -> str:
     ref = resource.spec.model.from_run
     return f"<fromRun {ref.kind}/{ref.name}: resolved by the operator once it has succeeded>"
 
 
-def _model_uri(resource: Any, resolved_model: str | None) -> str | None:
+def _model_uri(resource: Resource, resolved_model: str | None) -> str | None:
     model = getattr(resource.spec, "model", None)
     if model is None:
         return None
     return resolved_model or model.uri
 
 
-def render_spec_configmap(resource: Any, *, resolved_model: str | None = None, parent: dict[str, Any] | None = None,
+def render_spec_configmap(resource: Resource, *, resolved_model: str | None = None, parent: dict[str, Any] | None = None,
                           lineage: dict[str, Any] | None = None) -> dict[str, Any]:
     return build_spec_configmap(
         resource,
@@ -76,7 +79,7 @@ def render_spec_configmap(resource: Any, *, resolved_model: str | None = None, p
     )
 
 
-def render_children(resource: Any, config: OperatorConfig | None = None, *, resolved_model: str | None = None,
+def render_children(resource: Resource, config: OperatorConfig | None = None, *, resolved_model: str | None = None,
                     parent: dict[str, Any] | None = None, artifact_format: str | None = None,
                     lineage: dict[str, Any] | None = None, attempt: int = 0) -> list[dict[str, Any]]:
     """Every child of ``resource``, ConfigMap first.
@@ -97,7 +100,7 @@ def render_children(resource: Any, config: OperatorConfig | None = None, *, reso
                                lineage=lineage if resource.kind == "ChatDeployment" else None)
     parent_artifact = ((parent or {}).get("status") or {}).get("artifact")
     claims = pvc_claims(resource.spec.to_dict(), resolved_model, parent_artifact)
-    if resource.kind == "ChatDeployment":
+    if isinstance(resource, ChatDeployment):
         if lineage is None:
             # The built-in server reads the lineage file; keep the key present for a stable mount.
             cm["data"]["lineage.json"] = "{}\n"

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from devops_model.api import Resource
 from devops_model.yamlio import dump
 
 from ..naming import child_metadata, namespace_of, run_labels
 from .pods import spec_configmap_name
 
 
-def resource_document(resource: Any, resolved_model: str | None) -> dict[str, Any]:
+def resource_document(resource: Resource, resolved_model: str | None) -> dict[str, Any]:
     """The resource as the worker sees it: metadata reduced to what is stable (no uid,
     resourceVersion or managedFields, so the ConfigMap does not change when they do), the spec,
     and ``status.resolvedModel`` when ``fromRun`` was resolved by the operator."""
@@ -27,7 +28,7 @@ def resource_document(resource: Any, resolved_model: str | None) -> dict[str, An
     return doc
 
 
-def build_spec_configmap(resource: Any, *, resolved_model: str | None = None,
+def build_spec_configmap(resource: Resource, *, resolved_model: str | None = None,
                          parent: dict[str, Any] | None = None,
                          lineage: dict[str, Any] | None = None) -> dict[str, Any]:
     data = {"resource.yaml": dump(resource_document(resource, resolved_model))}

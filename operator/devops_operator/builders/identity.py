@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from devops_model.api import GROUP
+from devops_model.api import GROUP, Resource
 
 from ..config import OperatorConfig
 from ..naming import PLURALS, STAGES, child_metadata, child_name, run_labels
@@ -35,12 +35,12 @@ COMPONENT = "identity"
 VERBS = ["get", "patch"]
 
 
-def identity_name(resource: Any) -> str:
+def identity_name(resource: Resource) -> str:
     """``<run>-<stage>-worker``: unique per kind and run, at most 63 characters."""
     return child_name(resource.metadata.name, f"{STAGES[resource.kind]}-worker")
 
 
-def identity_rules(resource: Any) -> list[dict[str, Any]]:
+def identity_rules(resource: Resource) -> list[dict[str, Any]]:
     """get/patch on this run's status subresource and nothing else."""
     return [{
         "apiGroups": [GROUP],
@@ -50,7 +50,7 @@ def identity_rules(resource: Any) -> list[dict[str, Any]]:
     }]
 
 
-def build_service_account(resource: Any, config: OperatorConfig) -> dict[str, Any]:
+def build_service_account(resource: Resource, config: OperatorConfig) -> dict[str, Any]:
     meta = child_metadata(resource, identity_name(resource), run_labels(resource, COMPONENT))
     if config.workloads.service_account_annotations:
         # e.g. eks.amazonaws.com/role-arn (IRSA) or iam.gke.io/gcp-service-account: cloud storage access.
@@ -58,13 +58,13 @@ def build_service_account(resource: Any, config: OperatorConfig) -> dict[str, An
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}
 
 
-def build_role(resource: Any) -> dict[str, Any]:
+def build_role(resource: Resource) -> dict[str, Any]:
     return {"apiVersion": RBAC_API, "kind": "Role",
             "metadata": child_metadata(resource, identity_name(resource), run_labels(resource, COMPONENT)),
             "rules": identity_rules(resource)}
 
 
-def build_role_binding(resource: Any) -> dict[str, Any]:
+def build_role_binding(resource: Resource) -> dict[str, Any]:
     name = identity_name(resource)
     meta = child_metadata(resource, name, run_labels(resource, COMPONENT))
     return {"apiVersion": RBAC_API, "kind": "RoleBinding", "metadata": meta,
@@ -72,7 +72,7 @@ def build_role_binding(resource: Any) -> dict[str, Any]:
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": meta["namespace"]}]}
 
 
-def build_identity(resource: Any, config: OperatorConfig) -> list[dict[str, Any]]:
+def build_identity(resource: Resource, config: OperatorConfig) -> list[dict[str, Any]]:
     """ServiceAccount, Role, RoleBinding, in the order they must be created (a pod cannot start
     before its ServiceAccount exists)."""
     return [build_service_account(resource, config), build_role(resource), build_role_binding(resource)]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Iterable
 
+from devops_model.api import Resource
+from devops_model.api.common import Resources
 from devops_model.contract import SPEC_DIR, TERMINATION_LOG, Env
 from devops_model.uris import UriError, parse_uri
 
@@ -20,7 +22,7 @@ TMP_DIR = "/tmp"
 WORK_HOME = "/tmp/devops-model"
 
 
-def spec_configmap_name(resource: Any) -> str:
+def spec_configmap_name(resource: Resource) -> str:
     return child_name(resource.metadata.name, "spec")
 
 
@@ -65,7 +67,7 @@ def model_path(uri: str, config: OperatorConfig) -> str:
     return uri
 
 
-def volumes_and_mounts(resource: Any, config: OperatorConfig, claims: Iterable[str], *,
+def volumes_and_mounts(resource: Resource, config: OperatorConfig, claims: Iterable[str], *,
                        shared_memory: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Volumes (pod) and mounts (container): spec ConfigMap, /tmp, cache, /dev/shm, one per claim."""
     volumes: list[dict[str, Any]] = [
@@ -92,7 +94,7 @@ def volumes_and_mounts(resource: Any, config: OperatorConfig, claims: Iterable[s
     return volumes, mounts
 
 
-def workload_env(resource: Any, config: OperatorConfig, attempt: int) -> list[dict[str, Any]]:
+def workload_env(resource: Resource, config: OperatorConfig, attempt: int) -> list[dict[str, Any]]:
     cache = config.workloads.cache_dir
     return [
         {"name": Env.OWNER, "value": owner_path(resource)},
@@ -114,14 +116,14 @@ def workload_env(resource: Any, config: OperatorConfig, attempt: int) -> list[di
     ]
 
 
-def secret_env_from(resource: Any) -> list[dict[str, Any]]:
+def secret_env_from(resource: Resource) -> list[dict[str, Any]]:
     """Credentials for the model source, by reference only (the operator never reads the Secret)."""
     model = getattr(resource.spec, "model", None)
     secret = getattr(model, "credentials_secret", None) if model is not None else None
     return [{"secretRef": {"name": secret}}] if secret else []
 
 
-def compute_resources(res: Any) -> dict[str, Any]:
+def compute_resources(res: Resources) -> dict[str, Any]:
     """requests == limits (Guaranteed QoS for training; GPUs can only be given as limits anyway)."""
     limits: dict[str, str] = {}
     if res.cpu:
@@ -154,7 +156,7 @@ def pod_security_context(config: OperatorConfig) -> dict[str, Any]:
     }
 
 
-def scheduling(res: Any) -> dict[str, Any]:
+def scheduling(res: Resources) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if res.node_selector:
         out["nodeSelector"] = dict(sorted(res.node_selector.items()))
@@ -165,7 +167,7 @@ def scheduling(res: Any) -> dict[str, Any]:
     return out
 
 
-def pod_template(resource: Any, config: OperatorConfig, container: dict[str, Any], *, component: str,
+def pod_template(resource: Resource, config: OperatorConfig, container: dict[str, Any], *, component: str,
                  volumes: list[dict[str, Any]], restart_policy: str, service_account: str,
                  role: str | None = None, attempt: int | None = None,
                  annotations: dict[str, str] | None = None, automount_token: bool = True) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from devops_model.api import Resource
 from devops_model.contract import SPEC_FILE, TERMINATION_LOG, ExitCode
 
 from ..config import OperatorConfig
@@ -33,7 +34,7 @@ def child_suffix(kind: str, attempt: int) -> str:
     return base if attempt == 0 else f"{base}-r{attempt}"
 
 
-def workload_child_name(resource: Any, attempt: int = 0) -> str:
+def workload_child_name(resource: Resource, attempt: int = 0) -> str:
     """``<run>-train`` (``-eval``, ``-quantize``); restart n is ``<run>-train-rN``."""
     return child_name(resource.metadata.name, child_suffix(resource.kind, attempt))
 
@@ -50,7 +51,7 @@ def worker_command(nodes: int, procs: int, launcher: str) -> list[str]:
     return ["torchrun", f"--nproc-per-node={procs}", "-m", "devops_workloads.runner", "-f", SPEC_FILE]
 
 
-def workload_container(resource: Any, config: OperatorConfig, mounts: list[dict[str, Any]], *, name: str,
+def workload_container(resource: Resource, config: OperatorConfig, mounts: list[dict[str, Any]], *, name: str,
                        command: list[str], attempt: int) -> dict[str, Any]:
     c: dict[str, Any] = {
         "name": name,
@@ -73,7 +74,7 @@ def workload_container(resource: Any, config: OperatorConfig, mounts: list[dict[
     return c
 
 
-def _metadata(resource: Any, name: str, component: str, attempt: int) -> dict[str, Any]:
+def _metadata(resource: Resource, name: str, component: str, attempt: int) -> dict[str, Any]:
     labels = run_labels(resource, component)
     labels["devops-model.io/attempt"] = str(attempt)
     if resource.spec.resources.queue_name:
@@ -81,7 +82,7 @@ def _metadata(resource: Any, name: str, component: str, attempt: int) -> dict[st
     return child_metadata(resource, name, labels)
 
 
-def build_pytorchjob(resource: Any, config: OperatorConfig, claims: list[str], attempt: int = 0) -> dict[str, Any]:
+def build_pytorchjob(resource: Resource, config: OperatorConfig, claims: list[str], attempt: int = 0) -> dict[str, Any]:
     """Kubeflow training-operator v1 PyTorchJob: one Master and nodes-1 Workers, each running
     torchrun with gpusPerNode processes (nprocPerNode)."""
     res = resource.spec.resources
@@ -118,7 +119,7 @@ def build_pytorchjob(resource: Any, config: OperatorConfig, claims: list[str], a
     }
 
 
-def build_trainjob(resource: Any, config: OperatorConfig, claims: list[str], attempt: int = 0) -> dict[str, Any]:
+def build_trainjob(resource: Resource, config: OperatorConfig, claims: list[str], attempt: int = 0) -> dict[str, Any]:
     """Kubeflow Trainer v2 TrainJob on the configured runtime (torch-distributed). The runtime owns
     the pod template (its security context included); the TrainJob adds volumes, mounts, env and
     scheduling through podSpecOverrides, which v2.0 limits to those fields."""
@@ -161,7 +162,7 @@ def build_trainjob(resource: Any, config: OperatorConfig, claims: list[str], att
     }
 
 
-def build_job(resource: Any, config: OperatorConfig, claims: list[str], attempt: int = 0) -> dict[str, Any]:
+def build_job(resource: Resource, config: OperatorConfig, claims: list[str], attempt: int = 0) -> dict[str, Any]:
     """A plain batch/v1 Job with one pod: training on one node (launcher: Job), EvalRun, QuantizeRun."""
     res = resource.spec.resources
     component = COMPONENT[resource.kind]
@@ -193,7 +194,7 @@ def build_job(resource: Any, config: OperatorConfig, claims: list[str], attempt:
 LAUNCHERS = {"PyTorchJob": build_pytorchjob, "TrainJob": build_trainjob, "Job": build_job}
 
 
-def build_workload(resource: Any, config: OperatorConfig, claims: list[str], attempt: int = 0) -> dict[str, Any]:
+def build_workload(resource: Resource, config: OperatorConfig, claims: list[str], attempt: int = 0) -> dict[str, Any]:
     """The child that runs a run's work: per ``spec.launcher`` for training, a Job otherwise."""
     launcher = getattr(resource.spec, "launcher", "Job")
     return LAUNCHERS[launcher](resource, config, claims, attempt)
