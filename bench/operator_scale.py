@@ -23,7 +23,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from devops_model.yamlio import dump_all
+from devops_workloads.processes import free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -106,11 +106,6 @@ def rss_mib(pid: int, key: str = "VmHWM") -> float:
             return int(line.split()[1]) / 1024
     return float("nan")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from devops_workloads.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NEW_TOKENS = 32
@@ -56,11 +57,6 @@ PROMPTS = [
     "Write a CI/CD pipeline stage that runs unit tests.",
 ]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def anchor(model_dir: Path) -> dict:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from devops_workloads.processes import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -66,11 +67,6 @@ def chain() -> list[dict]:
                   "gate": {"evalRun": "e2e-eval", "minAccuracy": "0.0", "shots": 0}}},
     ]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Kubelet:
@@ -167,7 +163,7 @@ class Kubelet:
     def start_server(self, pod: dict) -> int:
         name = pod["metadata"]["name"]
         argv, env, _ = self._command(pod)
-        port = _free_port()
+        port = free_port()
         # The pod runs the worker entry point (`devops-model run -f .../resource.yaml`) like every
         # other pod; loopback only, on a free port: the pod's 0.0.0.0:8000 stands for the pod network.
         assert argv[1:3] == ["run", "-f"] and env["DEVOPS_MODEL_SERVE_HOST"] == "0.0.0.0", argv

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from devops_workloads.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_NS = "devops-model-system"
@@ -34,11 +35,6 @@ FAST_CONFIG = {
     "reconcile": {"requeueSeconds": 1, "watchdogIntervalSeconds": 2, "restartBackoffSeconds": 0},
 }
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def render_chart_with(cp, *args: str) -> list[dict]:
@@ -83,8 +79,8 @@ class OperatorProcess:
         self.config_file.write_text(yaml.safe_dump(config))
         self.log = work / "operator.log"
         self.proc: subprocess.Popen | None = None
-        self.health_port = _free_port()
-        self.metrics_port = _free_port()
+        self.health_port = free_port()
+        self.metrics_port = free_port()
 
     def start(self) -> "OperatorProcess":
         env = self.cp.env(self.kubeconfig)
@@ -125,7 +121,7 @@ class OperatorProcess:
 
     def restart(self) -> "OperatorProcess":
         self.stop()
-        self.health_port, self.metrics_port = _free_port(), _free_port()
+        self.health_port, self.metrics_port = free_port(), free_port()
         return self.start()
 
     def tail(self, n: int = 60) -> str:

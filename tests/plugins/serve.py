@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from devops_workloads.processes import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 
 LINEAGE = {
@@ -43,11 +45,6 @@ LINEAGE = {
 }
 API_KEY = "test-key-0123456789"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli() -> list[str]:

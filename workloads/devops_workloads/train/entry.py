@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from devops_model.api.training import RunStatus
 from devops_model.contract import ExitCode, Reason, State
 from devops_model.uris import UriError, local_path
 
+from ..processes import free_port
 from ..ranks import log0, rank
 from ..runner import RunContext, WorkloadError
 from .data import open_datasets
@@ -81,11 +81,6 @@ class Preemption:
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _load_model_dir(uri: str) -> Path:
@@ -381,7 +376,7 @@ def _deepspeed(ds_spec, on_cpu: bool, out: Path) -> dict[str, Any]:
     cfg = deepspeed_config(ds_spec.zero_stage, ds_spec.offload_optimizer, ds_spec.offload_params, on_cpu=on_cpu)
     # DeepSpeed initialises torch.distributed itself; a lone local process needs the rendezvous env
     if "WORLD_SIZE" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     if rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "deepspeed_config.json").write_text(json.dumps(cfg, indent=2))
