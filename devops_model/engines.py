@@ -31,18 +31,36 @@ def _gpus(spec: Any) -> int:
     return max(int(spec.resources.gpus_per_node or 0), 1)
 
 
+def web_chat_sidecar(spec: Any) -> bool:
+    """Whether the pod gets the web chat sidecar (``devops-model serve --upstream``): the UI is asked
+    for and the engine does not serve one itself (vLLM, TGI)."""
+    return bool(spec.ui == "enabled" and not ENGINES[spec.engine.name].serves_ui)
+
+
+def engine_port(spec: Any) -> int:
+    """The port the engine listens on. With the web chat sidecar the sidecar takes ``spec.port`` (the
+    Service's target) and the engine the next port (the one below for 65535), reachable only inside
+    the pod through the sidecar; otherwise the engine takes ``spec.port``."""
+    if not web_chat_sidecar(spec):
+        return int(spec.port)
+    return int(spec.port) + 1 if spec.port < 65535 else int(spec.port) - 1
+
+
 def _vllm_args(spec: Any, model: str, served_name: str, artifact_format: Optional[str]) -> list[str]:
     args = [
         "--model", model,
         "--served-model-name", served_name,
         "--host", "0.0.0.0",
-        "--port", str(spec.port),
+        "--port", str(engine_port(spec)),
         "--max-model-len", str(spec.engine.max_model_length),
         "--max-num-seqs", str(spec.engine.max_concurrency),
         "--tensor-parallel-size", str(_gpus(spec)),
     ]
     # No --quantization flag for GPTQ: vLLM reads quantize_config.json and picks its fastest kernel
     # (gptq_marlin on Ampere and newer); "--quantization gptq" would force the slow exllama path.
+    if spec.engine.tool_call_parser:
+        # OpenAI tool calls: vLLM parses the model's output with the named parser (Qwen2.5: hermes).
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", spec.engine.tool_call_parser]
     if spec.model.trust_remote_code:
         args.append("--trust-remote-code")
     return args
@@ -52,7 +70,7 @@ def _tgi_args(spec: Any, model: str, served_name: str, artifact_format: Optional
     args = [
         "--model-id", model,
         "--hostname", "0.0.0.0",
-        "--port", str(spec.port),
+        "--port", str(engine_port(spec)),
         "--max-total-tokens", str(spec.engine.max_model_length),
         "--max-input-tokens", str(spec.engine.max_model_length - 1),
         "--max-concurrent-requests", str(spec.engine.max_concurrency),
@@ -89,6 +107,8 @@ class Engine:
     health_path: str = "/health"
     #: Whether the engine downloads hub ids itself (vLLM, TGI) or gets them from the worker (builtin).
     loads_hub_ids: bool = True
+    #: The variable that makes the engine download hub ids from ModelScope; "" when it cannot (TGI).
+    modelscope_env: str = ""
 
     def args(self, spec: Any, model: str, served_name: str, artifact_format: Optional[str] = None) -> list[str]:
         return self.build_args(spec, model, served_name, artifact_format)
@@ -103,7 +123,7 @@ ENGINES: dict[str, Engine] = {
         # vLLM's image entrypoint changed between releases; the module is stable.
         command=("python3", "-m", "vllm.entrypoints.openai.api_server"),
         build_args=_vllm_args, needs_gpu=True, serves_ui=False,
-        api_key_env=("VLLM_API_KEY",),
+        api_key_env=("VLLM_API_KEY",), modelscope_env="VLLM_USE_MODELSCOPE",
     ),
     "tgi": Engine(
         name="tgi", image_key="tgi", command=("text-generation-launcher",),

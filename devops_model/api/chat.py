@@ -24,6 +24,7 @@ OPERATOR_FLAGS: tuple[str, ...] = (
     "--max-model-len", "--max-num-seqs", "--max-total-tokens", "--model", "--model-id", "--no-ui",
     "--num-shard", "--port", "--quantization", "--quantize", "--served-model-name", "--sharded",
     "--tensor-parallel-size", "--trust-remote-code", "--uds", "--upstream",
+    "--enable-auto-tool-choice", "--tool-call-parser",
 )
 OPERATOR_SHORT_FLAGS: tuple[str, ...] = ("-p", "-q", "-tp")
 
@@ -104,6 +105,7 @@ class EngineSpec(ApiModel):
     image: Optional[Image] = Field(default=None, description="Override the engine image from the operator's configuration.")
     max_model_length: int = Field(default=4096, ge=128, le=1_048_576, description="Maximum tokens of prompt plus answer.")
     max_concurrency: int = Field(default=16, ge=1, le=4096, description="Concurrent requests before the server answers 429.")
+    tool_call_parser: Optional[str] = Field(default=None, max_length=64, pattern=r"^[a-z0-9_]+$", description="OpenAI tool calls: the parser of the model's tool-call output (Qwen2.5 and DevOps-Model chat models: hermes). vLLM gets --enable-auto-tool-choice --tool-call-parser with it; the builtin server parses hermes whenever the chat template renders tools (only hermes is accepted for it); TGI parses tools itself and takes no parser.")
     extra_args: Optional[list[ExtraArg]] = Field(default=None, max_length=32, description="Extra engine command-line arguments, appended after the operator's; flags the operator sets from the spec (--model, --port, --host, --trust-remote-code, --api-key, --served-model-name, limits, quantization) are refused.")
 
 
@@ -137,6 +139,23 @@ class ChatSpec(ApiModel):
                     "everything from the spec",
             check=lambda m: not (m.engine.name == "builtin" and m.engine.extra_args),
             field=".engine.extraArgs",
+        ),
+        Rule(
+            cel="!has(self.engine) || !has(self.engine.toolCallParser) || self.engine.name == 'vllm' || "
+                "(self.engine.name == 'builtin' && self.engine.toolCallParser == 'hermes')",
+            message="toolCallParser is vLLM's setting: the builtin server parses hermes tool calls (set hermes or "
+                    "leave it unset) and TGI parses tools itself (leave it unset)",
+            check=lambda m: not m.engine.tool_call_parser or m.engine.name == "vllm"
+            or (m.engine.name == "builtin" and m.engine.tool_call_parser == "hermes"),
+            field=".engine.toolCallParser",
+        ),
+        Rule(
+            cel="!(has(self.engine) && self.engine.name == 'tgi' && has(self.model.uri) && "
+                "self.model.uri.startsWith('modelscope://'))",
+            message="TGI cannot download from ModelScope: use engine.name vllm or builtin, or copy the model "
+                    "to a PVC (pvc://claim/path)",
+            check=lambda m: not (m.engine.name == "tgi" and (m.model.uri or "").startswith("modelscope://")),
+            field=".model.uri",
         ),
         Rule(
             cel="!has(self.resources) || self.resources.nodes == 1",

@@ -319,6 +319,12 @@ BAD_CASES: list[tuple[str, str, Callable[[dict], None], str]] = [
     ("extra-args-tp", _C, _extra("-tp", "8"), "spec.engine.extraArgs[0]"),
     ("extra-args-tgi-model-id", _C, _extra("--model-id", "other"), "spec.engine.extraArgs[0]"),
     ("extra-args-builtin", _C, _both(_set("spec.engine.name", "builtin"), _extra("--dtype", "float32")), "spec.engine.extraArgs"),
+    ("extra-args-tool-parser", _C, _extra("--tool-call-parser", "hermes"), "spec.engine.extraArgs[0]"),
+    ("extra-args-auto-tool-choice", _C, _extra("--enable-auto-tool-choice"), "spec.engine.extraArgs[0]"),
+    ("tool-parser-tgi", _C, _both(_set("spec.engine.name", "tgi"), _set("spec.engine.toolCallParser", "hermes")), "spec.engine.toolCallParser"),
+    ("tool-parser-builtin-mistral", _C, _both(_set("spec.engine.name", "builtin"), _set("spec.engine.toolCallParser", "mistral")), "spec.engine.toolCallParser"),
+    ("tool-parser-bad-chars", _C, _set("spec.engine.toolCallParser", "Hermes Parser"), "spec.engine.toolCallParser"),
+    ("tgi-modelscope", _C, _both(_set("spec.engine.name", "tgi"), _set("spec.model", {"uri": "modelscope://codefuse-ai/CodeFuse-DevOps-Model-7B-Chat"})), "spec.model.uri"),
     # ===== more shapes and bounds
     ("chat-port-80", _C, _set("spec.port", 80), "spec.port"),
     ("chat-served-name-space", _C, _set("spec.servedModelName", "my model"), "spec.servedModelName"),
@@ -369,6 +375,9 @@ GOOD_CASES: list[tuple[str, str, Callable[[dict], None]]] = [
     ("max-grad-norm-off", _S, _set("spec.training.maxGradNorm", "0")),
     ("extra-args-legit", _C, _extra("--enable-prefix-caching", "--gpu-memory-utilization=0.9", "-pp", "1", "--model-impl", "auto")),
     ("fromRun-same-name-other-kind", _S, _both(_name("shared"), _set("spec.model.fromRun", {"kind": "PretrainRun", "name": "shared"}))),
+    ("tool-parser-vllm-hermes", _C, _set("spec.engine.toolCallParser", "hermes")),
+    ("tool-parser-builtin-hermes", _C, _both(_set("spec.engine.name", "builtin"), _set("spec.engine.toolCallParser", "hermes"))),
+    ("vllm-modelscope", _C, _set("spec.model", {"uri": "modelscope://codefuse-ai/CodeFuse-DevOps-Model-7B-Chat"})),
     ("calibration-min-equals-max", _Q, _set("spec.calibration", {"minLength": 256, "maxLength": 256})),
 ]
 

@@ -27,11 +27,16 @@ GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "builders"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.yaml").exists())
 
 
-def render_case(case: str) -> list[dict]:
+def render_case_resource(case: str):
     spec = yaml.safe_load((GOLDEN / case / "input.yaml").read_text())
     # The builders cope with any name (hash cut), also one longer than the API now allows
     # (long-name-restart): validate the spec, but not the name rules of parse_resource.
-    res = KINDS[spec["resource"]["kind"]].model.model_validate(spec["resource"])
+    return KINDS[spec["resource"]["kind"]].model.model_validate(spec["resource"])
+
+
+def render_case(case: str) -> list[dict]:
+    spec = yaml.safe_load((GOLDEN / case / "input.yaml").read_text())
+    res = render_case_resource(case)
     config = OperatorConfig.model_validate(spec.get("config") or {})
     return render_children(res, config, resolved_model=spec.get("resolvedModel"), parent=spec.get("parent"),
                            artifact_format=spec.get("artifactFormat"), lineage=spec.get("lineage"),
@@ -285,3 +290,90 @@ def test_vllm_and_tgi_carry_the_tuned_template_stop_ids_and_the_hub_revision():
                                        "resources": {"gpusPerNode": 1}}})
         a = render_children(hub)[1]["spec"]["template"]["spec"]["containers"][0]["args"]
         assert a[a.index(flag) + 1] == "v1.1", (engine, a)
+
+
+# ----------------------------------------------------------------------------- vLLM and TGI as their CLIs define them
+
+ENGINE_CLI = yaml.safe_load((Path(__file__).parent / "engine_cli.yaml").read_text())
+
+
+def _engine_chats() -> list:
+    """ChatDeployments that exercise every flag and variable the operator may give vLLM or TGI."""
+    out = []
+    for engine in ("vllm", "tgi"):
+        for model in ("hf://Qwen/Qwen2.5-7B-Instruct@v1.1", "modelscope://codefuse-ai/CodeFuse-DevOps-Model-7B-Chat",
+                      "pvc://models/int4"):
+            if engine == "tgi" and model.startswith("modelscope"):
+                continue  # refused by the API (test_api)
+            spec = {"model": {"uri": model, "trustRemoteCode": True}, "engine": {"name": engine},
+                    "resources": {"gpusPerNode": 2}, "auth": {"apiKeySecret": {"name": "s", "key": "k"}}}
+            if engine == "vllm":
+                spec["engine"]["toolCallParser"] = "hermes"
+            out.append((parse_resource({"apiVersion": "devops-model.io/v1alpha1", "kind": "ChatDeployment",
+                                        "metadata": {"name": "c", "namespace": "ns"}, "spec": spec}), model))
+    return out
+
+
+@pytest.mark.parametrize("case", ["chat-vllm-gptq", "chat-tgi", "engines"])
+def test_every_rendered_engine_flag_and_variable_exists_in_that_engines_cli(case):
+    """Each flag the operator passes to vLLM/TGI is one their own argument parsers define
+    (tests/operator/engine_cli.yaml, extracted from their sources), and so is each variable they read."""
+    deploys = ([render_case(case)[1]] if case != "engines" else
+               [render_children(chat, artifact_format="gptq" if uri.startswith("pvc") else None)[1]
+                for chat, uri in _engine_chats()])
+    checked = 0
+    for deploy in deploys:
+        server = deploy["spec"]["template"]["spec"]["containers"][0]
+        engine = "vllm" if "vllm" in " ".join(server["command"]) else "tgi"
+        cli = ENGINE_CLI[engine]
+        for arg in server["args"]:
+            if arg.startswith("--"):
+                assert arg.split("=", 1)[0] in cli["flags"], f"{engine} has no flag {arg}"
+                checked += 1
+        if "--quantize" in server["args"]:
+            assert server["args"][server["args"].index("--quantize") + 1] in cli["quantize"]
+        read = {e["name"] for e in server["env"]} - {e["name"] for e in server["env"] if e["name"].startswith(("DEVOPS_MODEL_", "HF_", "XDG_", "TORCH", "GPTQMODEL", "TRITON", "MODELSCOPE_", "PYTHON", "HOME"))}
+        assert read <= set(cli["env"]), f"{engine} reads none of {read - set(cli['env'])}"
+    assert checked >= 7
+
+
+def test_vllm_gets_its_tool_call_flags_only_when_the_spec_names_a_parser():
+    def args(engine: dict) -> list[str]:
+        chat = parse_resource({"apiVersion": "devops-model.io/v1alpha1", "kind": "ChatDeployment", "metadata": {"name": "c"},
+                               "spec": {"model": {"uri": "pvc://m/x"}, "engine": engine, "resources": {"gpusPerNode": 1}}})
+        return render_children(chat)[1]["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    with_tools = args({"name": "vllm", "toolCallParser": "hermes"})
+    assert "--enable-auto-tool-choice" in with_tools and with_tools[with_tools.index("--tool-call-parser") + 1] == "hermes"
+    assert "--enable-auto-tool-choice" not in args({"name": "vllm"})
+
+
+def test_vllm_and_tgi_get_the_web_chat_sidecar_in_front_of_them():
+    """ui: enabled (the default) with vLLM/TGI: the sidecar owns the Service's port and serves the page and
+    the lineage, the engine moves to the next port inside the pod; ui: disabled leaves the engine alone."""
+    for case in ("chat-vllm-gptq", "chat-tgi"):
+        cm, deploy, svc, *_ = render_case(case)
+        pod = deploy["spec"]["template"]["spec"]
+        server, web = pod["containers"]
+        port = svc["spec"]["ports"][0]["port"]
+        assert svc["spec"]["ports"][0]["targetPort"] == "http"
+        assert web["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+        assert server["ports"] == [{"name": "engine", "containerPort": port + 1, "protocol": "TCP"}]
+        assert server["args"][server["args"].index("--port") + 1] == str(port + 1)
+        cmd = web["command"]
+        assert cmd[:2] == ["devops-model", "serve"] and cmd[cmd.index("--upstream") + 1] == f"http://127.0.0.1:{port + 1}"
+        assert cmd[cmd.index("--lineage-file") + 1] == "/etc/devops-model/lineage.json" and "lineage.json" in cm["data"]
+        assert web["image"] == OperatorConfig().images.serve
+        # restricted like every container; no claims, no token, a small fixed budget
+        assert web["securityContext"]["readOnlyRootFilesystem"] and web["securityContext"]["runAsNonRoot"]
+        assert {m["name"] for m in web["volumeMounts"]} == {"spec", "tmp"}
+        assert web["resources"]["requests"]["memory"] == web["resources"]["limits"]["memory"]
+        assert web["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}  # ready when the engine is
+    chat = parse_resource({"apiVersion": "devops-model.io/v1alpha1", "kind": "ChatDeployment", "metadata": {"name": "c"},
+                           "spec": {"model": {"uri": "pvc://m/x"}, "engine": {"name": "vllm"}, "ui": "disabled",
+                                    "resources": {"gpusPerNode": 1}}})
+    (server,) = render_children(chat)[1]["spec"]["template"]["spec"]["containers"]
+    assert server["ports"][0] == {"name": "http", "containerPort": 8000, "protocol": "TCP"}
+    from devops_operator.builders.chat import endpoint
+    assert "ui" not in endpoint(chat)
+    assert endpoint(render_case_resource("chat-tgi"))["ui"].endswith(":8000/")

@@ -565,6 +565,24 @@ def test_proxy_serves_page_and_lineage_in_front_of_another_engine(bpe_server, st
     assert re.search(r'devops_model_proxy_requests_total\{status="200"\} [1-9]', httpx.get(proxy.url + "/metrics").text)
 
 
+def test_proxy_in_front_of_a_keyed_engine_shows_the_lineage_only_with_the_key(qwen_server, start_server, tmp_path):
+    """As the operator runs the sidecar (served name and engine given): /v1/info asks the engine with the
+    caller's key first, so the lineage is never shown to a caller the engine would refuse."""
+    lineage = tmp_path / "lineage.json"
+    lineage.write_text(json.dumps({"lineage": ["SFTRun/keyed-sft"]}))
+    proxy = start_server(None, "--upstream", qwen_server.url, "--lineage-file", str(lineage),
+                         "--engine-name", "vllm", name="devops-chat")
+    assert httpx.get(proxy.url + "/v1/info").status_code == 401
+    assert httpx.get(proxy.url + "/v1/info", headers={"Authorization": "Bearer nope"}).status_code == 401
+    info = httpx.get(proxy.url + "/v1/info", headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    assert info["lineage"] == ["SFTRun/keyed-sft"] and info["model"] == "devops-chat" and info["engine"] == "vllm"
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert httpx.post(proxy.url + CHAT, json=body, timeout=60).status_code == 401  # the engine checks the key
+    ok = httpx.post(proxy.url + CHAT, json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] is not None
+    assert httpx.get(proxy.url + "/").status_code == 200  # the page asks for the key itself
+
+
 def test_proxy_says_when_the_engine_is_unreachable():
     dead = f"http://127.0.0.1:{free_port()}"
     port = free_port()

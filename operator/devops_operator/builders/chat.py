@@ -15,8 +15,9 @@ import math
 from typing import Any
 
 from devops_model.api.chat import ChatDeployment
+from devops_model.contract import SPEC_DIR
 from devops_model.conventions import engine_settings
-from devops_model.engines import ENGINES
+from devops_model.engines import ENGINES, engine_port, web_chat_sidecar
 
 from ..config import OperatorConfig
 from ..naming import child_metadata, child_name, namespace_of, run_labels, selector_labels, service_name
@@ -76,22 +77,26 @@ def build_deployment(chat: ChatDeployment, config: OperatorConfig, *, model_uri:
     volumes, mounts = volumes_and_mounts(chat, config, claims, shared_memory=spec.resources.shared_memory)
     env = workload_env(chat, config, 0)
     env += [{"name": name, "value": value} for name, value in engine.env_from_spec(spec)]
-    if model_uri.startswith("modelscope://") and engine.loads_hub_ids:
-        env.append({"name": "VLLM_USE_MODELSCOPE", "value": "True"})
+    if model_uri.startswith("modelscope://") and engine.modelscope_env:
+        env.append({"name": engine.modelscope_env, "value": "True"})
     if spec.auth is not None:
         ref = {"secretKeyRef": {"name": spec.auth.api_key_secret.name, "key": spec.auth.api_key_secret.key}}
         env += [{"name": name, "valueFrom": ref} for name in engine.api_key_env]
+    sidecar = web_chat_sidecar(spec)
+    # With the web chat sidecar, the sidecar owns spec.port (the Service's "http") and the engine
+    # listens on engine_port inside the pod only.
+    port_name = "engine" if sidecar else "http"
     container: dict[str, Any] = {
         "name": "server",
         "image": engine_image(chat, config),
         "imagePullPolicy": config.images.pull_policy,
         "command": list(engine.command),
         **({"args": args} if args else {}),
-        "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
+        "ports": [{"name": port_name, "containerPort": engine_port(spec), "protocol": "TCP"}],
         "env": env,
         "volumeMounts": mounts,
         "securityContext": container_security_context(),
-        **probes("http", config, engine.health_path),
+        **probes(port_name, config, engine.health_path),
     }
     env_from = secret_env_from(chat)
     if env_from:
@@ -105,6 +110,8 @@ def build_deployment(chat: ChatDeployment, config: OperatorConfig, *, model_uri:
                             automount_token=False,
                             annotations={"devops-model.io/config-hash": config_hash})
     template["metadata"]["labels"].update(selector_labels(chat))
+    if sidecar:
+        template["spec"]["containers"].append(web_chat_container(chat, config, mounts))
     gpus = spec.resources.gpus_per_node > 0
     meta = child_metadata(chat, deployment_name(chat), run_labels(chat, "server"))
     return {
@@ -121,6 +128,38 @@ def build_deployment(chat: ChatDeployment, config: OperatorConfig, *, model_uri:
             "revisionHistoryLimit": 3,
             "template": template,
         },
+    }
+
+
+def web_chat_container(chat: ChatDeployment, config: OperatorConfig,
+                       mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The web chat sidecar next to vLLM or TGI (``devops-model serve --upstream``, docs/serving.md):
+    the page at /, /v1/info with the lineage file of the spec ConfigMap, every other route passed to
+    the engine unchanged (the API key too, so the engine still checks it; /v1/info asks the engine's
+    /v1/models with the caller's key first). Readiness is the engine's /health through the sidecar,
+    so the pod is ready when both are; liveness is the sidecar's own /metrics."""
+    spec = chat.spec
+    period = config.serving.probe_period_seconds
+    local = {"httpGet": {"path": "/metrics", "port": "http"}}
+    return {
+        "name": "web",
+        "image": config.images.serve,
+        "imagePullPolicy": config.images.pull_policy,
+        "command": ["devops-model", "serve", "--upstream", f"http://127.0.0.1:{engine_port(spec)}",
+                    "--host", "0.0.0.0", "--port", str(spec.port),
+                    "--lineage-file", f"{SPEC_DIR}/lineage.json",
+                    "--served-model-name", served_model_name(chat), "--engine-name", spec.engine.name],
+        "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
+        # The lineage file and a writable /tmp (the root file system is read-only); no model, no claims.
+        "volumeMounts": [m for m in mounts if m["name"] in ("spec", "tmp")],
+        "securityContext": container_security_context(),
+        # No model is loaded here: a small fixed budget (requests == limits).
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
+                      "limits": {"cpu": "500m", "memory": "256Mi"}},
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": period,
+                           "timeoutSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {**local, "periodSeconds": period * 3, "timeoutSeconds": 5, "failureThreshold": 5},
     }
 
 
@@ -157,7 +196,7 @@ def build_network_policy(chat: ChatDeployment) -> dict[str, Any]:
 def endpoint(chat: ChatDeployment) -> dict[str, Any]:
     url = f"http://{service_name(chat.metadata.name)}.{namespace_of(chat)}.svc:{chat.spec.port}"
     out = {"url": url, "model": served_model_name(chat)}
-    if chat.spec.ui == "enabled" and ENGINES[chat.spec.engine.name].serves_ui:
+    if chat.spec.ui == "enabled":  # served by the builtin server itself, or by the web chat sidecar
         out["ui"] = url + "/"
     return out
 

@@ -43,6 +43,8 @@ def register(sub) -> None:
     p.add_argument("--upstream", default=None, metavar="URL",
                    help="instead of a model: serve the web chat and /v1/info in front of another engine "
                    "(vLLM, TGI) at URL and pass its API through (a sidecar next to it)")
+    p.add_argument("--engine-name", default=None, metavar="NAME",
+                   help="with --upstream: the engine's name shown by /v1/info and the web chat (vllm, tgi)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in a pod; default %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port for the API, web chat, /health and /metrics (default %(default)s)")
     p.add_argument("--served-model-name", default=None, help="model id in the API (default: the folder name)")
@@ -165,6 +167,7 @@ def _serve_proxy(args) -> int:
     lineage = _read_lineage(args.lineage_file)
     print(f"web chat and /v1/info on http://{args.host}:{args.port}, API passed through to {args.upstream}",
           file=sys.stderr, flush=True)
-    app = create_proxy_app(args.upstream, args.served_model_name, lineage, ui=not args.no_ui)
+    app = create_proxy_app(args.upstream, args.served_model_name, lineage, ui=not args.no_ui,
+                           engine=args.engine_name or "upstream")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -61,13 +61,26 @@ def create_proxy_app(upstream: str, served_model_name: str | None = None, lineag
 
     @app.get("/v1/info")
     async def info(request: Request):
+        # Always ask the engine first, with the caller's key: the lineage is shown only to callers the
+        # engine would answer (vLLM and TGI check their API key there), and the model id comes from it
+        # unless --served-model-name names it.
+        try:
+            r = await client.get("/v1/models", headers={k: v for k, v in request.headers.items()
+                                                         if k.lower() == "authorization"})
+        except httpx.HTTPError as exc:
+            return JSONResponse({"error": {"message": f"the engine at {upstream} did not answer: {exc}",
+                                           "type": "server_error", "param": None, "code": "upstream_unreachable"}},
+                                status_code=502)
+        if r.status_code in (401, 403):
+            return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"))
         name = served_model_name
-        if name is None:  # ask the engine (vLLM and TGI's Messages API list one model)
-            r = await client.get("/v1/models", headers={k: v for k, v in request.headers.items() if k.lower() == "authorization"})
-            if r.status_code == 401:
-                return JSONResponse(r.json(), status_code=401)
-            if r.status_code == 200 and r.json().get("data"):
-                name = r.json()["data"][0]["id"]
+        if name is None and r.status_code == 200:
+            try:
+                data = r.json().get("data") or []
+            except ValueError:
+                data = []
+            if data:
+                name = data[0].get("id")
         return {"model": name, "engine": engine, "upstream": upstream, **(lineage or {})}
 
     @app.get("/metrics")
