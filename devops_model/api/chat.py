@@ -24,7 +24,6 @@ OPERATOR_FLAGS: tuple[str, ...] = (
     "--max-model-len", "--max-num-seqs", "--max-total-tokens", "--model", "--model-id", "--no-ui",
     "--num-shard", "--port", "--quantization", "--quantize", "--served-model-name", "--sharded",
     "--tensor-parallel-size", "--trust-remote-code", "--uds", "--upstream",
-    "--enable-auto-tool-choice", "--tool-call-parser",
 )
 OPERATOR_SHORT_FLAGS: tuple[str, ...] = ("-p", "-q", "-tp")
 

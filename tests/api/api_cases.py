@@ -319,8 +319,6 @@ BAD_CASES: list[tuple[str, str, Callable[[dict], None], str]] = [
     ("extra-args-tp", _C, _extra("-tp", "8"), "spec.engine.extraArgs[0]"),
     ("extra-args-tgi-model-id", _C, _extra("--model-id", "other"), "spec.engine.extraArgs[0]"),
     ("extra-args-builtin", _C, _both(_set("spec.engine.name", "builtin"), _extra("--dtype", "float32")), "spec.engine.extraArgs"),
-    ("extra-args-tool-parser", _C, _extra("--tool-call-parser", "hermes"), "spec.engine.extraArgs[0]"),
-    ("extra-args-auto-tool-choice", _C, _extra("--enable-auto-tool-choice"), "spec.engine.extraArgs[0]"),
     ("tool-parser-tgi", _C, _both(_set("spec.engine.name", "tgi"), _set("spec.engine.toolCallParser", "hermes")), "spec.engine.toolCallParser"),
     ("tool-parser-builtin-mistral", _C, _both(_set("spec.engine.name", "builtin"), _set("spec.engine.toolCallParser", "mistral")), "spec.engine.toolCallParser"),
     ("tool-parser-bad-chars", _C, _set("spec.engine.toolCallParser", "Hermes Parser"), "spec.engine.toolCallParser"),

@@ -194,3 +194,35 @@ def test_engine_multi_position_requests_and_mixed_groups_match_plain(tiny_qwen):
         assert fast[i].shape == plain[i].shape == (r.n_last, model.config.vocab_size)
         torch.testing.assert_close(fast[i], plain[i], atol=1e-4, rtol=1e-4)
     assert stats["prefixes"] == 2 and stats["prefix_tokens"] == 60 + 38
+
+
+def test_engine_applies_only_the_head_rows_that_are_scored(tiny_qwen):
+    """columns: the seed's scoring reads A..D only; the fast engine computes those head rows alone and
+    they equal the same columns of the full logits (also when the head cannot be split off)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from devops_workloads.evaluate.engine import Request, run_fast, run_plain
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen, dtype=torch.float32).eval()
+    reqs = [Request(tuple(range(100, 130)) + tuple(range(200, 200 + n)), "g", 1) for n in (1, 4, 9)]
+    cols = [32, 33, 34, 35]
+    narrow, plain = {}, {}
+    stats = run_fast(model, reqs, lambda i, r: narrow.__setitem__(i, r.clone()), batch_size=2, columns=cols)
+    run_plain(model, reqs, lambda i, r: plain.__setitem__(i, r.clone()))
+    assert stats["head_columns"] == 4
+    for i in range(len(reqs)):
+        assert narrow[i].shape == (1, 4)
+        torch.testing.assert_close(narrow[i], plain[i][:, cols], atol=1e-4, rtol=1e-4)
+    import devops_workloads.evaluate.engine as engine
+
+    whole = {}
+    original = engine._decoder_and_head
+    engine._decoder_and_head = lambda m: None  # a model whose head cannot be split off
+    try:
+        stats = run_fast(model, reqs, lambda i, r: whole.__setitem__(i, r.clone()), batch_size=2, columns=cols)
+    finally:
+        engine._decoder_and_head = original
+    assert stats["head_columns"] == -1
+    for i in range(len(reqs)):
+        torch.testing.assert_close(whole[i], plain[i][:, cols], atol=1e-4, rtol=1e-4)

@@ -96,11 +96,20 @@ class Scorer:
             return [Request(ids, group, 1)]
         return [Request(ids + c[:-1], group, len(c)) for c in conts]
 
-    def reduce(self, rows: Any) -> Any:
-        """What scoring needs from one request's logits rows ``[n_last, vocab]``, kept small: the
-        letters' raw logits (seed), or the continuation tokens' log-probabilities per row."""
+    @property
+    def columns(self) -> list[int] | None:
+        """The vocabulary ids scoring reads (seed: the letters A..D), or None for all of them
+        (log-likelihood needs the whole row for its softmax)."""
+        return sorted(set(self.letter_ids.values())) if self.mode == "seed" else None
+
+    def reduce(self, rows: Any, narrow: bool = False) -> Any:
+        """What scoring needs from one request's logits rows ``[n_last, vocab]`` (``[n_last,
+        len(columns)]`` when ``narrow``), kept small: the letters' raw logits (seed), or the
+        continuation tokens' log-probabilities per row."""
         if self.mode == "seed":
             row = rows[-1]
+            if narrow:
+                return dict(zip(self.columns or [], row.tolist()))
             return {tid: float(row[tid]) for tid in set(self.letter_ids.values())}
         import torch
 
