@@ -24,9 +24,11 @@ from kubernetes.dynamic.exceptions import (
     UnprocessibleEntityError,
 )
 
+from devops_model.contract import CONTROLLER
+
 from .kubeapi import ChildRejected
 
-FIELD_MANAGER = "devops-model-operator"
+FIELD_MANAGER = CONTROLLER
 log = logging.getLogger(__name__)
 
 

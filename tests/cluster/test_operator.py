@@ -15,6 +15,7 @@ import subprocess
 import pytest
 import yaml
 
+from devops_model.contract import CONTROLLER
 from devops_workloads.runner import TERMINATION_MESSAGE_LIMIT
 
 pytestmark = pytest.mark.cluster
@@ -164,7 +165,8 @@ def test_job_status_follows_pods_to_scores(control_plane, k8s_namespace, run_ope
     The watchdog interval is long here: pod-level news (the Job does not change when its pod is
     unschedulable) must come from the quick look at starting runs, every requeueSeconds."""
     cp, ns = control_plane, k8s_namespace
-    op = run_operator(ns, {"reconcile": {"watchdogIntervalSeconds": 600, "requeueSeconds": 1}})
+    op = run_operator(ns, {"reconcile": {"watchdogIntervalSeconds": 600, "requeueSeconds": 1}},
+                      env={"POD_NAME": "devops-model-5d8f7-x2x9q"})
     cp.apply(evalrun("ev"), namespace=ns)
     pod = cp.wait_for(lambda: job_pod(cp, ns, "ev-eval"), timeout=45, message=lambda: op.tail())
     patch_status(cp, "pod", pod, ns, {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
@@ -181,9 +183,12 @@ def test_job_status_follows_pods_to_scores(control_plane, k8s_namespace, run_ope
     obj = wait_state(cp, op, "evalrun", "ev", ns, "Succeeded")
     assert obj["status"]["scores"] == scores and obj["status"]["summary"] == "0-shot 75.0%"
     assert condition(obj, "Succeeded")["status"] == "True" and obj["status"]["completionTime"]
-    events = cp.get("events", namespace=ns)["items"]
-    reasons = {e["reason"] for e in events if e["involvedObject"]["name"] == "ev"}
+    events = [e for e in cp.get("events", namespace=ns)["items"] if e["involvedObject"]["name"] == "ev"]
+    reasons = {e["reason"] for e in events}
     assert {"Created", "Unschedulable", "Running", "Succeeded"} <= reasons, reasons
+    # The Events name this operator and its pod (POD_NAME, set by the chart), not kopf's "kopf"/"dev".
+    assert {(e["reportingComponent"], e["source"]["component"], e["reportingInstance"]) for e in events} == {
+        (CONTROLLER, CONTROLLER, "devops-model-5d8f7-x2x9q")}
 
 
 def test_oom_restarts_a_new_child_then_succeeds_with_the_artifact(control_plane, k8s_namespace, run_operator):
@@ -369,7 +374,8 @@ def test_health_and_cli_help(control_plane, k8s_namespace, run_operator):
 
 
 def test_termination_message_keeps_the_essentials_within_4096_bytes(tmp_path, monkeypatch):
-    from devops_workloads.runner import report_final
+    from devops_model.contract import CONTROLLER
+from devops_workloads.runner import report_final
 
     log = tmp_path / "termination-log"
     monkeypatch.setenv("DEVOPS_MODEL_TERMINATION_LOG", str(log))

@@ -12,12 +12,13 @@ from typing import Any
 import kopf
 
 from devops_model.api import GROUP, KINDS, VERSION
+from devops_model.contract import CONTROLLER
 
 from ..config import OperatorConfig
 from .common import handle, handle_timer
 
 #: Children carry this label; the child-event handlers watch only those.
-MANAGED_BY = {"app.kubernetes.io/managed-by": "devops-model-operator"}
+MANAGED_BY = {"app.kubernetes.io/managed-by": CONTROLLER}
 
 
 def on_change(body: Any, patch: Any, memo: Any, logger: Any, **_: Any) -> None:

@@ -5,10 +5,15 @@ has no room for kopf's bookkeeping; peering for more than one replica) and the p
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
+
+from devops_model.contract import CONTROLLER, POD_NAME_ENV
 
 from ..config import OperatorConfig
 from ..kube import Kube
@@ -31,6 +36,9 @@ def _configure(config: OperatorConfig, settings: kopf.OperatorSettings, memo: ko
     # kopf turns handler log lines into Events ("Handler ... succeeded"); those are noise next to
     # ours (one per transition, with the reason), so only CRITICAL log lines become Events.
     settings.posting.level = logging.CRITICAL
+    # Events name this operator and its pod, not kopf's defaults ("kopf", instance "dev").
+    settings.posting.reporting_component = CONTROLLER
+    settings.posting.reporting_instance = reporting_instance()
     settings.execution.max_workers = 16
     settings.watching.server_timeout = 300
     if config.reconcile.peering:
@@ -45,6 +53,16 @@ def _configure(config: OperatorConfig, settings: kopf.OperatorSettings, memo: ko
     memo.locks_guard = threading.Lock()
     memo.metrics = getattr(memo, "metrics", None) or OperatorMetrics()
     memo.ready = True
+
+
+def reporting_instance(environ: Mapping[str, str] | None = None) -> str:
+    """The Events' ``reportingInstance``: this operator's pod (``POD_NAME`` from the chart's
+    downward API, else ``HOSTNAME``, which is the pod name in a pod), else the host's name."""
+    environ = os.environ if environ is None else environ
+    for name in POD_NAME_ENV:
+        if environ.get(name):
+            return environ[name]
+    return socket.gethostname()
 
 
 def stopping(memo: kopf.Memo, **_: Any) -> None:
