@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -323,6 +324,27 @@ def test_deleting_a_run_removes_its_children(control_plane, k8s_namespace, run_o
                        ("service", "gone-chat"), ("configmap", "gone-chat-spec"), *identity]:
         cp.wait_for(lambda: cp.get(kind, name, ns) is None, timeout=60,
                     message=f"{kind}/{name} removed by the garbage collector")
+
+
+def test_runs_carry_no_finalizer_and_delete_while_the_operator_is_down(control_plane, k8s_namespace, run_operator):
+    """No kopf finalizer on runs (children go through owner references), so `kubectl delete --wait`
+    of a run returns while no operator is running; the operator's periodic look (the sweeper) needs
+    none either."""
+    cp, ns = control_plane, k8s_namespace
+    op = run_operator(ns, {"reconcile": {"requeueSeconds": 1, "watchdogIntervalSeconds": 1}})
+    cp.apply([sft("fin", launcher="Job"), chat("fin-chat")], namespace=ns)
+    for kind, name in [("job", "fin-train"), ("deployment", "fin-chat")]:
+        cp.wait_for(lambda: cp.get(kind, name, ns), timeout=45, message=lambda: op.tail())
+    cp.wait_for(lambda: state_of(cp, "sftrun", "fin", ns) == "Pending", timeout=45, message=lambda: op.tail())
+    for kind, name in [("sftrun", "fin"), ("chatdeployment", "fin-chat")]:
+        assert not cp.get(kind, name, ns)["metadata"].get("finalizers"), cp.get(kind, name, ns)["metadata"]
+    op.stop()
+    started = time.monotonic()
+    cp.kubectl("delete", "sftrun", "fin", "chatdeployment", "fin-chat", "-n", ns, "--wait=true", "--timeout=30s")
+    assert time.monotonic() - started < 30
+    assert cp.get("sftrun", "fin", ns) is None and cp.get("chatdeployment", "fin-chat", ns) is None
+    for kind, name in [("job", "fin-train"), ("deployment", "fin-chat")]:
+        cp.wait_for(lambda: cp.get(kind, name, ns) is None, timeout=60, message=f"{kind}/{name} garbage-collected")
 
 
 def test_chat_deployment_ready_endpoint_and_rollout(control_plane, k8s_namespace, run_operator):
