@@ -81,6 +81,24 @@ def test_a_starting_run_is_looked_at_soon_and_a_long_queued_one_at_the_watchdog_
     assert later.requeue == config.reconcile.watchdog_interval_seconds > config.reconcile.requeue_seconds
 
 
+def test_a_kueue_suspended_run_is_queued_even_with_pods():
+    """Kueue suspends the child until its queue admits it (and again on preemption, pods still there):
+    the run is Pending with the Queued reason, not "waiting for the launcher to create pods"."""
+    kube, config = FakeKube(), OperatorConfig()
+    first = reconcile(sft(), kube, config, now=NOW)
+    job = kube.objects[("Job", "ns", "s-train")]
+    job["spec"]["suspend"] = True
+    kube.objects[("Pod", "ns", "s-train-x")] = {
+        "metadata": {"name": "s-train-x", "labels": job["spec"]["template"]["metadata"]["labels"],
+                     "ownerReferences": [{"uid": job["metadata"].get("uid")}]},
+        "status": {"phase": "Running"}}
+    out = reconcile(sft(first.status), kube, config, now=NOW)
+    assert out.status["state"] == "Pending"
+    running = next(c for c in out.status["conditions"] if c["type"] == "Running")
+    assert (running["status"], running["reason"]) == ("False", "Queued") and "Kueue" in running["message"]
+    assert "launcher" not in out.status["message"]
+
+
 def test_a_spec_change_after_start_is_reported_and_not_adopted():
     kube = FakeKube()
     out = reconcile(sft({"startTime": NOW, "observedGeneration": 1, "state": "Running"}, generation=2), kube,
