@@ -145,6 +145,18 @@ def test_each_kind_creates_its_children(control_plane, k8s_namespace, run_operat
         (owner,) = obj["metadata"]["ownerReferences"]
         assert owner["controller"] is True
         assert obj["metadata"]["labels"]["devops-model.io/run"] == owner["name"]
+    # The pinned Trainer CRD (versions.env TRAINER_VERSION) keeps the operator's runtime patch: an
+    # older CRD would prune it silently, and the pods would lose their volumes and identity.
+    trainjob = cp.get("trainjob", "sft-v2-train", ns)
+    (patch,) = trainjob["spec"]["runtimePatches"]
+    assert patch["manager"] == "devops-model-operator"
+    (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod_spec = node["template"]["spec"]["template"]["spec"]
+    assert node["name"] == "node" and pod_spec["serviceAccountName"] == "sft-v2-sft-worker"
+    assert {"spec", "tmp", "cache", "pvc-models", "pvc-data"} <= {v["name"] for v in pod_spec["volumes"]}
+    (container,) = pod_spec["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True and container["volumeMounts"]
+    assert pod_spec["securityContext"]["runAsNonRoot"] is True
     # The real Job controller made a pod from our template, as the run's own ServiceAccount.
     pod = cp.wait_for(lambda: job_pod(cp, ns, "ev-eval"), timeout=30, message="the Job controller's pod")
     assert cp.get("pod", pod, ns)["spec"]["serviceAccountName"] == "ev-eval-worker"  # the run's own identity
