@@ -58,7 +58,7 @@ def _configure(config: OperatorConfig, settings: kopf.OperatorSettings, memo: ko
     memo.locks = {}
     memo.tracked = {}  # "Kind/ns/name" -> the little the sweeper needs (handlers.sweeper.track)
     memo.observed = {}  # child "Kind/ns/name" -> resourceVersion last seen by a pass
-    memo.next_look = {}  # "Kind/ns/name" -> time.monotonic() when the timer should pass over it again
+    memo.next_look = {}  # "Kind/ns/name" -> time.monotonic() when the sweeper should pass over it again
     memo.locks_guard = threading.Lock()
     memo.metrics = getattr(memo, "metrics", None) or OperatorMetrics()
     memo.ready = True
