@@ -537,20 +537,35 @@ def test_the_helm_test_script_passes_only_a_ready_operator_with_its_metrics(rout
     assert says in r.stdout + r.stderr
 
 
-def _notes(*args: str) -> str:
-    """NOTES.txt as `helm install --dry-run=client` prints it (no cluster: lookups find nothing)."""
-    r = subprocess.run([str(helm_binary()), "install", "rel", str(CHART), "--namespace", "devops-model",
-                        "--dry-run=client", *args], capture_output=True, text=True, timeout=60,
-                       env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "KUBECONFIG": "/nonexistent"})
+def _notes(tmp_path, *args: str) -> str:
+    """NOTES.txt rendered by `helm template` (which never prints NOTES, and `helm install --dry-run`
+    needs a cluster): a copy of the chart carries NOTES.txt as a named template and a ConfigMap
+    holding its text. Discovery is helm's default (no Kubeflow kinds) unless --api-versions says."""
+    import shutil
+
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "_notes_probe.tpl").write_text('{{- define "notes-probe" -}}\n' + notes + "{{- end -}}\n")
+    (chart / "templates" / "notes-probe.yaml").write_text(
+        'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: {{ include "notes-probe" . | toJson }}\n')
+    r = helm_template(chart=chart, extra=("--show-only", "templates/notes-probe.yaml", *args))
     assert r.returncode == 0, r.stderr
-    return r.stdout.split("NOTES:", 1)[1]
+    return yaml.safe_load(r.stdout)["data"]["notes"]
 
 
-def test_notes_warn_when_kubeflow_crds_are_missing_and_name_helm_test():
-    notes = _notes()
+KUBEFLOW_SERVED = ("--api-versions", "kubeflow.org/v1/PyTorchJob", "--api-versions", "trainer.kubeflow.org/v1alpha1/TrainJob")
+
+
+def test_notes_warn_when_kubeflow_kinds_are_not_served_and_name_helm_test(tmp_path):
+    notes = _notes(tmp_path)
     assert "WARNING: the PyTorchJob CRD (pytorchjobs.kubeflow.org) is not installed" in notes
     assert "WARNING: the TrainJob CRD (trainjobs.trainer.kubeflow.org) is not installed" in notes
     assert "Kubeflow Trainer v2.2 or later" in notes
     assert "helm test rel -n devops-model" in notes
+    assert "WARNING" not in _notes(tmp_path / "served", *KUBEFLOW_SERVED)
+    only_pytorch = _notes(tmp_path / "pytorch", "--api-versions", "kubeflow.org/v1/PyTorchJob")
+    assert "PyTorchJob CRD" not in only_pytorch and "TrainJob CRD" in only_pytorch
     # Without Kubeflow RBAC the launchers are not used: nothing to warn about.
-    assert "WARNING" not in _notes("--set", "rbac.kubeflow=false")
+    assert "WARNING" not in _notes(tmp_path / "no-kubeflow", "--set", "rbac.kubeflow=false")
+    assert "helm test" not in _notes(tmp_path / "no-tests", "--set", "tests.enabled=false")
