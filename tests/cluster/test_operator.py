@@ -408,8 +408,7 @@ def test_health_and_cli_help(control_plane, k8s_namespace, run_operator):
 
 
 def test_termination_message_keeps_the_essentials_within_4096_bytes(tmp_path, monkeypatch):
-    from devops_model.contract import CONTROLLER
-from devops_workloads.runner import report_final
+    from devops_workloads.runner import report_final
 
     log = tmp_path / "termination-log"
     monkeypatch.setenv("DEVOPS_MODEL_TERMINATION_LOG", str(log))
