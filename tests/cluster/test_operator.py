@@ -352,7 +352,7 @@ def test_runs_carry_no_finalizer_and_delete_while_the_operator_is_down(control_p
         assert not cp.get(kind, name, ns)["metadata"].get("finalizers"), cp.get(kind, name, ns)["metadata"]
     op.stop()
     started = time.monotonic()
-    cp.kubectl("delete", "sftrun", "fin", "chatdeployment", "fin-chat", "-n", ns, "--wait=true", "--timeout=30s")
+    cp.kubectl("delete", "sftrun/fin", "chatdeployment/fin-chat", "-n", ns, "--wait=true", "--timeout=30s")
     assert time.monotonic() - started < 30
     assert cp.get("sftrun", "fin", ns) is None and cp.get("chatdeployment", "fin-chat", ns) is None
     for kind, name in [("job", "fin-train"), ("deployment", "fin-chat")]:

@@ -3,6 +3,7 @@ and one round over the tracked runs."""
 
 from __future__ import annotations
 
+import copy
 import datetime
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -45,7 +46,7 @@ def test_peering_allows_follows_kopfs_rule(peers, allowed):
 
 
 def test_track_keeps_the_little_the_sweeper_needs_and_forgets_deleted_runs():
-    memo = SimpleNamespace(tracked={}, next_look={"SFTRun/ns/a": 1.0})
+    memo = SimpleNamespace(tracked={}, next_look={"SFTRun/ns/a": 1.0}, handler_context={})
     body = {"apiVersion": "devops-model.io/v1alpha1", "kind": "SFTRun",
             "metadata": {"name": "a", "namespace": "ns", "uid": "u"}, "spec": {"big": "x"}, "status": {"state": "Running"}}
     track(None, body, memo)
@@ -69,7 +70,7 @@ def test_a_round_looks_at_every_tracked_run_only_while_leading(monkeypatch):
     monkeypatch.setattr(sweeper_module, "handle_timer", lambda body, patch, memo, logger: looked.append(body["metadata"]["name"]))
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
     kube = FakeKube({"status": {"me": {"priority": 7, "lifetime": 60, "lastseen": now}}})
-    memo = SimpleNamespace(kube=kube, tracked={f"SFTRun/ns/{n}": {"kind": "SFTRun", "metadata": {"name": n, "namespace": "ns"}}
+    memo = SimpleNamespace(kube=kube, handler_context={}, tracked={f"SFTRun/ns/{n}": {"kind": "SFTRun", "metadata": {"name": n, "namespace": "ns"}}
                                                for n in ("a", "b")})
     sweeper = Sweeper(memo, tick=1.0, workers=2, peering="devops-model", priority=7, namespaces=["ns"])
     with ThreadPoolExecutor(2) as pool:
@@ -87,10 +88,36 @@ def test_standalone_sweeper_needs_no_peering_and_survives_a_failing_pass(monkeyp
         raise RuntimeError("API server gone")
 
     monkeypatch.setattr(sweeper_module, "handle_timer", fail)
-    memo = SimpleNamespace(kube=None, tracked={"EvalRun/ns/e": {"kind": "EvalRun", "metadata": {"name": "e", "namespace": "ns"}}})
+    memo = SimpleNamespace(kube=None, handler_context={}, tracked={"EvalRun/ns/e": {"kind": "EvalRun", "metadata": {"name": "e", "namespace": "ns"}}})
     sweeper = Sweeper(memo, tick=0.01, workers=1, peering=None, priority=0, namespaces=None)
     with ThreadPoolExecutor(1) as pool:
         assert sweeper.sweep(pool) == 1  # the failure is logged, the round goes on
     sweeper.start()
     sweeper.stop()
     assert sweeper.thread is not None and not sweeper.thread.is_alive()
+
+
+def test_looks_run_in_the_context_of_a_kopf_resource_handler(monkeypatch):
+    """kopf.event() needs kopf's Event queue, which kopf puts in a resource handler's context: the
+    sweeper's looks run in copies of the context `track` ran in (a thread of its own has none)."""
+    import contextvars
+
+    queue = contextvars.ContextVar("stand-in for kopf's event queue")
+    seen = []
+    monkeypatch.setattr(sweeper_module, "handle_timer",
+                        lambda body, patch, memo, logger: seen.append(queue.get("missing")))
+    memo = SimpleNamespace(tracked={}, next_look={}, handler_context={})
+    body = {"apiVersion": "devops-model.io/v1alpha1", "kind": "EvalRun", "metadata": {"name": "e", "namespace": "ns"}}
+
+    def in_kopf_handler():
+        queue.set("kopf's queue")
+        # kopf gives each resource's handlers a shallow copy of memo: what track keeps must be
+        # in memo's containers, not in attributes of the copy.
+        track(None, body, copy.copy(memo))
+
+    contextvars.copy_context().run(in_kopf_handler)
+    memo.kube = None
+    sweeper = Sweeper(memo, tick=1.0, workers=2, peering=None, priority=0, namespaces=None)
+    with ThreadPoolExecutor(2) as pool:
+        assert sweeper.sweep(pool) == 1
+    assert seen == ["kopf's queue"]

@@ -56,6 +56,7 @@ def _configure(config: OperatorConfig, settings: kopf.OperatorSettings, memo: ko
     memo.config = config
     memo.kube = getattr(memo, "kube", None) or Kube()
     memo.locks = {}
+    memo.handler_context = {}  # "kopf" -> a resource handler's contextvars (handlers.sweeper.track)
     memo.tracked = {}  # "Kind/ns/name" -> the little the sweeper needs (handlers.sweeper.track)
     memo.observed = {}  # child "Kind/ns/name" -> resourceVersion last seen by a pass
     memo.next_look = {}  # "Kind/ns/name" -> time.monotonic() when the sweeper should pass over it again

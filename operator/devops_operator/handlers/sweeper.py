@@ -41,6 +41,11 @@ def track(type: str | None, body: Any, memo: Any, **_: Any) -> None:
     """Watch handler of every kind: remember what the sweeper needs (kind, name, namespace, state)."""
     meta = body.get("metadata") or {}
     key = f"{body.get('kind')}/{meta.get('namespace')}/{meta.get('name')}"
+    if "kopf" not in memo.handler_context:
+        # kopf.event() finds kopf's settings and Event queue in the context of a resource handler
+        # (not of the start-up handlers): the sweeper's looks run in copies of this one, so their
+        # Events post. (A dict: kopf hands each resource's handlers a shallow copy of memo.)
+        memo.handler_context["kopf"] = contextvars.copy_context()
     if type == "DELETED":
         memo.tracked.pop(key, None)
         memo.next_look.pop(key, None)
@@ -88,10 +93,7 @@ class Sweeper:
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
-        # The thread runs in the caller's context (a kopf handler's): kopf.event() posts Events
-        # through kopf's queue, which it finds there.
-        context = contextvars.copy_context()
-        self.thread = threading.Thread(target=context.run, args=(self._run,), name="devops-model-sweeper", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="devops-model-sweeper", daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
@@ -114,14 +116,18 @@ class Sweeper:
         if not self.leading():
             return 0
         bodies = list(self.memo.tracked.values())
-        futures = [pool.submit(contextvars.copy_context().run, self._look, body) for body in bodies]
+        futures = [pool.submit(self._look, body) for body in bodies]
         for future in futures:
             future.result()
         return len(bodies)
 
     def _look(self, body: Mapping[str, Any]) -> None:
+        context = self.memo.handler_context.get("kopf")
         try:
-            handle_timer(body, None, self.memo, log)
+            if context is not None:
+                context.copy().run(handle_timer, body, None, self.memo, log)
+            else:
+                handle_timer(body, None, self.memo, log)
         except Exception:  # one run's failure must not stop the others' looks (counted in run_pass)
             log.exception("periodic pass over %s/%s failed", body.get("kind"), (body.get("metadata") or {}).get("name"))
 
