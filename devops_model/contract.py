@@ -9,7 +9,8 @@ operator, so what both need lives here, next to the typed API:
 * the run's phase (:class:`State`), condition types (:class:`ConditionType`) and every condition
   reason (:class:`Reason`) — operator, workloads, docs and tests use these names, never literals;
 * which status fields the operator owns (:data:`OPERATOR_OWNED_STATUS`, :data:`OUTCOME_FIELDS`);
-* which URI of a parent's artifact a dependent run uses (:func:`model_uri_from_artifact`).
+* which URI of a parent's artifact a dependent run uses (:func:`model_uri_from_artifact`);
+* the operator's name as the API server sees it (:data:`CONTROLLER`).
 
 Pure: no I/O, nothing beyond the standard library. docs/operator.md ("The contract") explains each.
 """
@@ -65,6 +66,14 @@ class Env:
     #: The operator's configuration file.
     OPERATOR_CONFIG = "DEVOPS_MODEL_OPERATOR_CONFIG"
 
+
+#: The operator's name towards the API server: the ``app.kubernetes.io/managed-by`` label of every
+#: child, the server-side-apply field manager, and the ``reportingController`` (``source.component``)
+#: of the Events it posts (``kubectl get events --field-selector reportingComponent=...``).
+CONTROLLER = "devops-model-operator"
+#: Environment variables that name the operator's pod (the chart sets ``POD_NAME`` from the downward
+#: API; ``HOSTNAME`` is the pod name in any pod): the Events' ``reportingInstance``.
+POD_NAME_ENV = ("POD_NAME", "HOSTNAME")
 
 #: Where the spec ConfigMap is mounted in every pod.
 SPEC_DIR = "/etc/devops-model"

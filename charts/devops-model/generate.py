@@ -127,6 +127,13 @@ def values_schema() -> dict:
                 "apiServerPorts": {"type": "array", "items": PORT, "minItems": 1},
                 "metricsFrom": {"type": "array", "items": ANY_OBJ},
             }),
+            "tests": _obj({
+                "enabled": BOOL,
+                "image": {"type": "string", "description": "Image of the `helm test` pod (needs python3); "
+                                                          "empty: the operator image."},
+                "timeoutSeconds": {"type": "integer", "minimum": 1, "maximum": 3600},
+                "resources": _obj({"requests": STR_MAP, "limits": STR_MAP}),
+            }),
         }),
     }
 

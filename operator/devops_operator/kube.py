@@ -24,9 +24,11 @@ from kubernetes.dynamic.exceptions import (
     UnprocessibleEntityError,
 )
 
+from devops_model.contract import CONTROLLER
+
 from .kubeapi import ChildRejected
 
-FIELD_MANAGER = "devops-model-operator"
+FIELD_MANAGER = CONTROLLER
 log = logging.getLogger(__name__)
 
 
@@ -83,7 +85,7 @@ class Kube:
                 self._resources[key] = self.dyn.resources.get(api_version=api_version, kind=kind)
         return self._resources[key]
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]:
+    def get(self, api_version: str, kind: str, namespace: Optional[str], name: str) -> Optional[dict[str, Any]]:
         try:
             return self.resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
         except NotFoundError:

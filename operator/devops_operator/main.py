@@ -82,6 +82,7 @@ def run_operator(*, namespaces: Sequence[str] = (), all_namespaces: bool = False
     priority = None
     if CONFIG.reconcile.peering:
         priority = int(os.environ.get("DEVOPS_MODEL_PEERING_PRIORITY") or random.SystemRandom().randint(1, 2**30))
+    memo.namespaces = list(namespaces)  # the sweeper reads the peering object in each (namespaced peering)
     try:
         kopf.run(
             clusterwide=not namespaces,

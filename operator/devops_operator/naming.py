@@ -13,6 +13,7 @@ import hashlib
 from typing import Any
 
 from devops_model.api import API_VERSION, Resource
+from devops_model.contract import CONTROLLER
 
 MAX_NAME = 63
 GROUP_LABEL = "devops-model.io"
@@ -73,7 +74,7 @@ def run_labels(resource: Resource, component: str) -> dict[str, str]:
         "app.kubernetes.io/instance": name,
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/part-of": "devops-model",
-        "app.kubernetes.io/managed-by": "devops-model-operator",
+        "app.kubernetes.io/managed-by": CONTROLLER,
         RUN_LABEL: name,
         KIND_LABEL: resource.kind,
         STAGE_LABEL: STAGES[resource.kind],

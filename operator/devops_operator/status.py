@@ -162,6 +162,13 @@ def workload_state(child: Optional[dict[str, Any]], pods: list[dict[str, Any]]) 
         bad = failed.get("reason") == "PodFailurePolicy"
         return ChildState("Failed", Reason.BAD_DATA if bad else (failed.get("reason") or Reason.FAILED),
                           failed.get("message") or "the workload failed", retryable=not bad, result=result)
+    if _suspended(child):
+        # Before the pods: Kueue suspends a job until its queue admits it, and suspends an admitted
+        # one again when it is preempted, whose pods are then still being stopped.
+        queue = ((child.get("metadata") or {}).get("labels") or {}).get("kueue.x-k8s.io/queue-name")
+        stopping = f"; {len(pods)} pod(s) of the last admission stopping" if pods else ""
+        return ChildState("Pending", Reason.QUEUED, f"queued by Kueue{f' in {queue}' if queue else ''}: "
+                          f"the job starts when its queue admits it (kubectl get workloads){stopping}")
     problem = pod_problem(pods)
     if problem is not None and problem.phase == "Pending":
         return problem
@@ -173,17 +180,16 @@ def workload_state(child: Optional[dict[str, Any]], pods: list[dict[str, Any]]) 
         return ChildState("Running", Reason.RUNNING, "the workload is running", start_time=st.get("startTime"))
     if pods:
         return ChildState("Pending", Reason.PENDING, f"waiting for {len(pods)} pod(s) to start")
-    if _suspended(child):
-        queue = ((child.get("metadata") or {}).get("labels") or {}).get("kueue.x-k8s.io/queue-name")
-        return ChildState("Pending", Reason.QUEUED, f"queued by Kueue{f' in {queue}' if queue else ''}: "
-                          "the job starts when its queue admits it (kubectl get workloads)")
     return ChildState("Pending", Reason.CHILD_CREATED, "waiting for the launcher to create pods")
 
 
 def _suspended(child: dict[str, Any]) -> bool:
-    """Job and TrainJob: spec.suspend; PyTorchJob: spec.runPolicy.suspend (Kueue sets it until admission)."""
+    """Job and TrainJob: spec.suspend; PyTorchJob: spec.runPolicy.suspend (Kueue sets it until
+    admission); or the controller's ``Suspended`` condition (Job, TrainJob, PyTorchJob), should the
+    spec have been read before the suspension."""
     spec = child.get("spec") or {}
-    return bool(spec.get("suspend") or (spec.get("runPolicy") or {}).get("suspend"))
+    return bool(spec.get("suspend") or (spec.get("runPolicy") or {}).get("suspend")
+                or _true((child.get("status") or {}).get("conditions") or [], "Suspended"))
 
 
 @dataclass

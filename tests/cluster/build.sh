@@ -7,8 +7,9 @@
 #                                             server, else built from k8s.io/kubernetes the same way
 #   etcd                                      from go.etcd.io/etcd/server/v3
 #   helm                                      from helm.sh/helm/v3/cmd/helm
-#   crds/*.yaml                               PyTorchJob (kubeflow.org/v1) from training-operator,
-#                                             TrainJob + (Cluster)TrainingRuntime from trainer/v2
+#   kubeflow-crds/<versions>/*.yaml           PyTorchJob (kubeflow.org/v1) from training-operator,
+#                                             TrainJob + (Cluster)TrainingRuntime from trainer/v2; the
+#                                             directory is keyed by both pinned versions
 # With --node (what `make cluster-up NODE=1` and the real-pods test need), also:
 #   kube-scheduler, kubelet, kube-proxy       from the same generated k8s.io/kubernetes module
 #   training-operator                         github.com/kubeflow/training-operator/cmd/training-operator.v1
@@ -18,7 +19,7 @@
 #                                             pods' cluster DNS, with no forwarder (nothing leaves the machine)
 #
 # Everything lands outside the checkout, in $DEVOPS_MODEL_K8S_CACHE/<k8s version>/
-# (default ~/.cache/devops-model/k8s/<k8s version>/): bin/ and crds/. Go's own caches (GOMODCACHE,
+# (default ~/.cache/devops-model/k8s/<k8s version>/): bin/ and kubeflow-crds/. Go's own caches (GOMODCACHE,
 # GOCACHE) stay where Go puts them. A second run finds everything there and exits at once.
 #
 # Usage: tests/cluster/build.sh            build what is missing
@@ -37,7 +38,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE_ROOT=${DEVOPS_MODEL_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/devops-model/k8s}
 CACHE=$CACHE_ROOT/$K8S_VERSION
 BIN=$CACHE/bin
-CRDS=$CACHE/crds
+# Keyed by the Kubeflow versions: checkouts pinning different versions share the cache without
+# refetching over each other (tests/cluster/controlplane.py kubeflow_crd_dir() names the same).
+CRDS=$CACHE/kubeflow-crds/training-operator-$TRAINING_OPERATOR_VERSION.trainer-$TRAINER_VERSION
 SRC=$CACHE/src
 
 MODE=build
@@ -74,7 +77,10 @@ stamp_of() {
 is_done() {
   local name=$1 stamp="$BIN/.$1.stamp"
   if [ "$name" = crds ]; then
-    [ -f "$CRDS/kubeflow.org_pytorchjobs.yaml" ] || return 1
+    # The directory is the key; its own stamp says the fetch completed.
+    [ -f "$CRDS/kubeflow.org_pytorchjobs.yaml" ] && [ -f "$CRDS/trainer.kubeflow.org_trainjobs.yaml" ] \
+      && [ -f "$CRDS/.stamp" ] && [ "$(head -n1 "$CRDS/.stamp")" = "$(stamp_of crds)" ]
+    return
   else
     [ -x "$BIN/$name" ] || return 1
   fi
@@ -282,8 +288,8 @@ fetch_crds() {
   done
   log "TrainJob, TrainingRuntime, ClusterTrainingRuntime CRDs from github.com/kubeflow/trainer/v2@$TRAINER_VERSION"
   chmod 644 "$tmp"/*.yaml
-  rm -rf "$CRDS"; mv "$tmp" "$CRDS"
-  mark_done crds
+  stamp_of crds > "$tmp/.stamp"
+  rm -rf "$CRDS"; mkdir -p "$(dirname "$CRDS")"; mv "$tmp" "$CRDS"
 }
 
 # --- Kubeflow training-operator (the PyTorchJob controller) --------------------------------------

@@ -77,8 +77,10 @@ def bin_dir() -> Path:
 
 
 def kubeflow_crd_dir() -> Path:
-    """The Kubeflow CRDs fetched by build.sh (PyTorchJob; TrainJob, TrainingRuntime, ClusterTrainingRuntime)."""
-    return cache_dir() / "crds"
+    """The Kubeflow CRDs fetched by build.sh (PyTorchJob; TrainJob, TrainingRuntime, ClusterTrainingRuntime),
+    in a directory keyed by the pinned versions (versions.env), as build.sh names it."""
+    v = read_versions()
+    return cache_dir() / "kubeflow-crds" / f"training-operator-{v['TRAINING_OPERATOR_VERSION']}.trainer-{v['TRAINER_VERSION']}"
 
 
 def kubeflow_crd_files() -> list[Path]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 import yaml
 
+from devops_model.contract import CONTROLLER
 from devops_workloads.runner import TERMINATION_MESSAGE_LIMIT
 
 pytestmark = pytest.mark.cluster
@@ -143,6 +145,18 @@ def test_each_kind_creates_its_children(control_plane, k8s_namespace, run_operat
         (owner,) = obj["metadata"]["ownerReferences"]
         assert owner["controller"] is True
         assert obj["metadata"]["labels"]["devops-model.io/run"] == owner["name"]
+    # The pinned Trainer CRD (versions.env TRAINER_VERSION) keeps the operator's runtime patch: an
+    # older CRD would prune it silently, and the pods would lose their volumes and identity.
+    trainjob = cp.get("trainjob", "sft-v2-train", ns)
+    (patch,) = trainjob["spec"]["runtimePatches"]
+    assert patch["manager"] == "devops-model-operator"
+    (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod_spec = node["template"]["spec"]["template"]["spec"]
+    assert node["name"] == "node" and pod_spec["serviceAccountName"] == "sft-v2-sft-worker"
+    assert {"spec", "tmp", "cache", "pvc-models", "pvc-data"} <= {v["name"] for v in pod_spec["volumes"]}
+    (container,) = pod_spec["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True and container["volumeMounts"]
+    assert pod_spec["securityContext"]["runAsNonRoot"] is True
     # The real Job controller made a pod from our template, as the run's own ServiceAccount.
     pod = cp.wait_for(lambda: job_pod(cp, ns, "ev-eval"), timeout=30, message="the Job controller's pod")
     assert cp.get("pod", pod, ns)["spec"]["serviceAccountName"] == "ev-eval-worker"  # the run's own identity
@@ -164,7 +178,8 @@ def test_job_status_follows_pods_to_scores(control_plane, k8s_namespace, run_ope
     The watchdog interval is long here: pod-level news (the Job does not change when its pod is
     unschedulable) must come from the quick look at starting runs, every requeueSeconds."""
     cp, ns = control_plane, k8s_namespace
-    op = run_operator(ns, {"reconcile": {"watchdogIntervalSeconds": 600, "requeueSeconds": 1}})
+    op = run_operator(ns, {"reconcile": {"watchdogIntervalSeconds": 600, "requeueSeconds": 1}},
+                      env={"POD_NAME": "devops-model-5d8f7-x2x9q"})
     cp.apply(evalrun("ev"), namespace=ns)
     pod = cp.wait_for(lambda: job_pod(cp, ns, "ev-eval"), timeout=45, message=lambda: op.tail())
     patch_status(cp, "pod", pod, ns, {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
@@ -181,9 +196,12 @@ def test_job_status_follows_pods_to_scores(control_plane, k8s_namespace, run_ope
     obj = wait_state(cp, op, "evalrun", "ev", ns, "Succeeded")
     assert obj["status"]["scores"] == scores and obj["status"]["summary"] == "0-shot 75.0%"
     assert condition(obj, "Succeeded")["status"] == "True" and obj["status"]["completionTime"]
-    events = cp.get("events", namespace=ns)["items"]
-    reasons = {e["reason"] for e in events if e["involvedObject"]["name"] == "ev"}
+    events = [e for e in cp.get("events", namespace=ns)["items"] if e["involvedObject"]["name"] == "ev"]
+    reasons = {e["reason"] for e in events}
     assert {"Created", "Unschedulable", "Running", "Succeeded"} <= reasons, reasons
+    # The Events name this operator and its pod (POD_NAME, set by the chart), not kopf's "kopf"/"dev".
+    assert {(e["reportingComponent"], e["source"]["component"], e["reportingInstance"]) for e in events} == {
+        (CONTROLLER, CONTROLLER, "devops-model-5d8f7-x2x9q")}
 
 
 def test_oom_restarts_a_new_child_then_succeeds_with_the_artifact(control_plane, k8s_namespace, run_operator):
@@ -318,6 +336,27 @@ def test_deleting_a_run_removes_its_children(control_plane, k8s_namespace, run_o
                        ("service", "gone-chat"), ("configmap", "gone-chat-spec"), *identity]:
         cp.wait_for(lambda: cp.get(kind, name, ns) is None, timeout=60,
                     message=f"{kind}/{name} removed by the garbage collector")
+
+
+def test_runs_carry_no_finalizer_and_delete_while_the_operator_is_down(control_plane, k8s_namespace, run_operator):
+    """No kopf finalizer on runs (children go through owner references), so `kubectl delete --wait`
+    of a run returns while no operator is running; the operator's periodic look (the sweeper) needs
+    none either."""
+    cp, ns = control_plane, k8s_namespace
+    op = run_operator(ns, {"reconcile": {"requeueSeconds": 1, "watchdogIntervalSeconds": 1}})
+    cp.apply([sft("fin", launcher="Job"), chat("fin-chat")], namespace=ns)
+    for kind, name in [("job", "fin-train"), ("deployment", "fin-chat")]:
+        cp.wait_for(lambda: cp.get(kind, name, ns), timeout=45, message=lambda: op.tail())
+    cp.wait_for(lambda: state_of(cp, "sftrun", "fin", ns) == "Pending", timeout=45, message=lambda: op.tail())
+    for kind, name in [("sftrun", "fin"), ("chatdeployment", "fin-chat")]:
+        assert not cp.get(kind, name, ns)["metadata"].get("finalizers"), cp.get(kind, name, ns)["metadata"]
+    op.stop()
+    started = time.monotonic()
+    cp.kubectl("delete", "sftrun/fin", "chatdeployment/fin-chat", "-n", ns, "--wait=true", "--timeout=30s")
+    assert time.monotonic() - started < 30
+    assert cp.get("sftrun", "fin", ns) is None and cp.get("chatdeployment", "fin-chat", ns) is None
+    for kind, name in [("job", "fin-train"), ("deployment", "fin-chat")]:
+        cp.wait_for(lambda: cp.get(kind, name, ns) is None, timeout=60, message=f"{kind}/{name} garbage-collected")
 
 
 def test_chat_deployment_ready_endpoint_and_rollout(control_plane, k8s_namespace, run_operator):

@@ -459,3 +459,113 @@ def test_packaged_chart_carries_the_crds_and_not_the_generator(tmp_path):
     rendered = subprocess.run([str(helm_binary()), "template", "rel", str(archive)], capture_output=True, text=True, timeout=60)
     assert rendered.returncode == 0, rendered.stderr
     assert len(find([d for d in yaml.safe_load_all(rendered.stdout) if d], "CustomResourceDefinition")) == 5
+
+
+# --------------------------------------------------------------------------- helm test
+
+
+def _test_pod(objects):
+    pods = [o for o in find(objects, "Pod") if (o["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    return pods[0] if pods else None
+
+
+def test_helm_test_pod_asks_the_operator_through_its_service():
+    objects = render_chart()
+    pod = _test_pod(objects)
+    assert pod is not None and pod["metadata"]["name"] == "rel-devops-model-test"
+    assert pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
+    (c,) = spec["containers"]
+    assert c["image"] == "ghcr.io/devops-model/operator:0.1.0", "the operator image by default"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["READY_URL"] == "http://rel-devops-model-metrics.devops-model.svc:8080/readyz"
+    assert env["METRICS_URL"] == "http://rel-devops-model-metrics.devops-model.svc:9090/metrics"
+    (svc,) = find(objects, "Service")
+    assert svc["metadata"]["name"] == "rel-devops-model-metrics"
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
+        "metrics": (9090, "metrics"), "health": (8080, "health")}
+    assert spec["securityContext"]["runAsUser"] == 10001
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    # The image comes from values; no metrics Service or no operator: nothing to test.
+    other = _test_pod(render_chart(set_values=("tests.image=registry.example.com/tools/python:3.12",)))
+    assert other["spec"]["containers"][0]["image"] == "registry.example.com/tools/python:3.12"
+    assert _test_pod(render_chart(set_values=("metrics.service.enabled=false",))) is None
+    assert _test_pod(render_chart(set_values=("operator.replicas=0",))) is None
+    assert _test_pod(render_chart(set_values=("tests.enabled=false",))) is None
+
+
+def _serve(routes):
+    """A local HTTP server answering GET path -> (status, body); returns (server, base URL)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            status, body = routes.get(self.path, (404, "not found"))
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.mark.parametrize(("routes", "ok", "says"), [
+    ({"/readyz": (200, "ok"), "/metrics": (200, "devops_model_operator_runs 1\n")}, True, "ok: "),
+    ({"/readyz": (503, "starting"), "/metrics": (200, "devops_model_operator_runs 1\n")}, False, "/readyz"),
+    ({"/readyz": (200, "ok"), "/metrics": (200, "python_gc_objects_collected_total 1\n")}, False, "no devops_model_operator_ series"),
+])
+def test_the_helm_test_script_passes_only_a_ready_operator_with_its_metrics(routes, ok, says):
+    """The test pod's own script, run here against a stand-in operator (the same python3 -c)."""
+    import os
+    import sys
+
+    (c,) = _test_pod(render_chart())["spec"]["containers"]
+    assert c["command"] == ["python3", "-c"]
+    server, base = _serve(routes)
+    try:
+        env = {**os.environ, "READY_URL": f"{base}/readyz", "METRICS_URL": f"{base}/metrics", "TIMEOUT_SECONDS": "1"}
+        r = subprocess.run([sys.executable, "-c", c["args"][0]], env=env, capture_output=True, text=True, timeout=30)
+    finally:
+        server.shutdown()
+    assert (r.returncode == 0) is ok, r.stdout + r.stderr
+    assert says in r.stdout + r.stderr
+
+
+def _notes(tmp_path, *args: str) -> str:
+    """NOTES.txt rendered by `helm template` (which never prints NOTES, and `helm install --dry-run`
+    needs a cluster): a copy of the chart carries NOTES.txt as a named template and a ConfigMap
+    holding its text. Discovery is helm's default (no Kubeflow kinds) unless --api-versions says."""
+    import shutil
+
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "_notes_probe.tpl").write_text('{{- define "notes-probe" -}}\n' + notes + "{{- end -}}\n")
+    (chart / "templates" / "notes-probe.yaml").write_text(
+        'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: {{ include "notes-probe" . | toJson }}\n')
+    r = helm_template(chart=chart, extra=("--show-only", "templates/notes-probe.yaml", *args))
+    assert r.returncode == 0, r.stderr
+    return yaml.safe_load(r.stdout)["data"]["notes"]
+
+
+KUBEFLOW_SERVED = ("--api-versions", "kubeflow.org/v1/PyTorchJob", "--api-versions", "trainer.kubeflow.org/v1alpha1/TrainJob")
+
+
+def test_notes_warn_when_kubeflow_kinds_are_not_served_and_name_helm_test(tmp_path):
+    notes = _notes(tmp_path)
+    assert "WARNING: the PyTorchJob CRD (pytorchjobs.kubeflow.org) is not installed" in notes
+    assert "WARNING: the TrainJob CRD (trainjobs.trainer.kubeflow.org) is not installed" in notes
+    assert "Kubeflow Trainer v2.2 or later" in notes
+    assert "helm test rel -n devops-model" in notes
+    assert "WARNING" not in _notes(tmp_path / "served", *KUBEFLOW_SERVED)
+    only_pytorch = _notes(tmp_path / "pytorch", "--api-versions", "kubeflow.org/v1/PyTorchJob")
+    assert "PyTorchJob CRD" not in only_pytorch and "TrainJob CRD" in only_pytorch
+    # Without Kubeflow RBAC the launchers are not used: nothing to warn about.
+    assert "WARNING" not in _notes(tmp_path / "no-kubeflow", "--set", "rbac.kubeflow=false")
+    assert "helm test" not in _notes(tmp_path / "no-tests", "--set", "tests.enabled=false")

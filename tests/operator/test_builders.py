@@ -65,6 +65,9 @@ def _pod_specs(obj: dict) -> list[dict]:
         return [r["template"]["spec"] for r in obj["spec"]["pytorchReplicaSpecs"].values()]
     if kind in ("Job", "Deployment"):
         return [obj["spec"]["template"]["spec"]]
+    if kind == "TrainJob":  # the operator's runtime patch of the runtime's pod template (Trainer v2.2+)
+        return [job["template"]["spec"]["template"]["spec"] for patch in obj["spec"]["runtimePatches"]
+                for job in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]]
     return []
 
 
@@ -226,7 +229,7 @@ def test_a_runs_pods_run_as_its_own_identity_that_may_patch_only_its_status(case
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": cm["metadata"]["namespace"]}]
     for obj in (sa, role, binding):
         assert obj["metadata"]["ownerReferences"] == [run], "garbage-collected with the run"
-    pods = _pod_specs(workload) or [o for o in workload["spec"].get("podSpecOverrides", [])]
+    pods = _pod_specs(workload)
     assert pods
     for pod in pods:
         assert pod["serviceAccountName"] == name

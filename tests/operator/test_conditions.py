@@ -78,6 +78,19 @@ CASES = [
     ("job done", JOB_DONE, [pod(phase="Succeeded", terminated={"exitCode": 0, "reason": "Completed", "message": json.dumps(
         {"status": {"artifact": {"uri": "pvc://m/x", "format": "hf-lora"}, "summary": "ok"}})})], "Succeeded", "Succeeded", True),
     ("pytorchjob done", PTJ_DONE, [], "Succeeded", "Succeeded", True),
+    # Kueue: suspended until admitted -> Queued, whatever the pods say (checked before them).
+    ("job queued", {"spec": {"suspend": True}, "status": {}}, [], "Pending", "Queued", True),
+    ("trainjob queued", {"kind": "TrainJob", "spec": {"suspend": True}}, [], "Pending", "Queued", True),
+    ("pytorchjob queued", {"spec": {"runPolicy": {"suspend": True}}}, [pod(conditions=[
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/4 nodes"}])],
+     "Pending", "Queued", True),
+    ("preempted by kueue, pods stopping", {"spec": {"suspend": True}, "status": {"active": 1, "startTime": T0}},
+     [pod(phase="Running")], "Pending", "Queued", True),
+    ("suspended condition", {"status": {"conditions": [{"type": "Suspended", "status": "True", "reason": "JobSuspended"}]}},
+     [], "Pending", "Queued", True),
+    ("resumed after admission", {"spec": {"suspend": False}, "status": {"active": 1, "conditions": [
+        {"type": "Suspended", "status": "False", "reason": "JobResumed"}]}}, [pod(phase="Running")], "Running", "Running", True),
+    ("finished before a suspension", {"spec": {"suspend": True}, **JOB_DONE}, [], "Succeeded", "Succeeded", True),
 ]
 
 
@@ -85,6 +98,13 @@ CASES = [
 def test_workload_state(what, child, pods, phase, reason, retryable):
     st = workload_state(child, pods)
     assert (st.phase, st.reason, st.retryable) == (phase, reason, retryable), st.message
+
+
+def test_queued_names_the_queue_and_never_waits_for_the_launcher():
+    child = {"metadata": {"labels": {"kueue.x-k8s.io/queue-name": "team-a"}}, "spec": {"suspend": True}}
+    st = workload_state(child, [pod(phase="Running")])
+    assert st.reason == "Queued" and "team-a" in st.message and "launcher" not in st.message
+    assert "1 pod(s) of the last admission stopping" in st.message
 
 
 def test_unschedulable_carries_the_schedulers_message():

@@ -81,6 +81,56 @@ def test_a_starting_run_is_looked_at_soon_and_a_long_queued_one_at_the_watchdog_
     assert later.requeue == config.reconcile.watchdog_interval_seconds > config.reconcile.requeue_seconds
 
 
+def test_a_kueue_suspended_run_is_queued_even_with_pods():
+    """Kueue suspends the child until its queue admits it (and again on preemption, pods still there):
+    the run is Pending with the Queued reason, not "waiting for the launcher to create pods"."""
+    kube, config = FakeKube(), OperatorConfig()
+    first = reconcile(sft(), kube, config, now=NOW)
+    job = kube.objects[("Job", "ns", "s-train")]
+    job["spec"]["suspend"] = True
+    kube.objects[("Pod", "ns", "s-train-x")] = {
+        "metadata": {"name": "s-train-x", "labels": job["spec"]["template"]["metadata"]["labels"],
+                     "ownerReferences": [{"uid": job["metadata"].get("uid")}]},
+        "status": {"phase": "Running"}}
+    out = reconcile(sft(first.status), kube, config, now=NOW)
+    assert out.status["state"] == "Pending"
+    running = next(c for c in out.status["conditions"] if c["type"] == "Running")
+    assert (running["status"], running["reason"]) == ("False", "Queued") and "Kueue" in running["message"]
+    assert "launcher" not in out.status["message"]
+
+
+class OldTrainerKube(FakeKube):
+    """An API server whose TrainJob CRD predates Trainer v2.2: it prunes spec.runtimePatches."""
+
+    def create_if_absent(self, manifest):
+        if manifest["kind"] == "TrainJob":
+            manifest = copy.deepcopy(manifest)
+            manifest["spec"].pop("runtimePatches", None)
+        return super().create_if_absent(manifest)
+
+
+def test_a_trainjob_whose_runtime_patch_the_crd_drops_is_deleted_and_the_run_fails_saying_why():
+    kube = OldTrainerKube()
+    body = sft()
+    body["spec"]["launcher"] = "TrainJob"
+    out = reconcile(body, kube, OperatorConfig(), now=NOW)
+    assert out.status["state"] == "Failed"
+    cond = next(c for c in out.status["conditions"] if c["type"] == "Succeeded")
+    assert cond["reason"] == "InvalidSpec"
+    assert "spec.runtimePatches" in cond["message"] and "Kubeflow Trainer v2.2 or later" in cond["message"]
+    assert kube.deleted == ["TrainJob/s-train"] and ("TrainJob", "ns", "s-train") not in kube.objects
+
+
+def test_a_trainjob_child_carries_the_runtime_patch():
+    kube = FakeKube()
+    body = sft()
+    body["spec"]["launcher"] = "TrainJob"
+    out = reconcile(body, kube, OperatorConfig(), now=NOW)
+    assert out.status["state"] == "Pending"
+    (patch,) = kube.objects[("TrainJob", "ns", "s-train")]["spec"]["runtimePatches"]
+    assert patch["manager"] == "devops-model-operator"
+
+
 def test_a_spec_change_after_start_is_reported_and_not_adopted():
     kube = FakeKube()
     out = reconcile(sft({"startTime": NOW, "observedGeneration": 1, "state": "Running"}, generation=2), kube,

@@ -70,6 +70,11 @@ app.kubernetes.io/part-of: devops-model
 {{- end -}}
 {{- end -}}
 
+{{/* The `helm test` pod's image: tests.image (repository:tag or @digest) when set, else the operator's (it has Python). */}}
+{{- define "devops-model.testImage" -}}
+{{- default (include "devops-model.image" .) .Values.tests.image -}}
+{{- end -}}
+
 {{/* Is kopf peering on? Always with more than one replica: two active operators would race. */}}
 {{- define "devops-model.peering" -}}
 {{- if or .Values.operator.peering.enabled (gt (int .Values.operator.replicas) 1) -}}

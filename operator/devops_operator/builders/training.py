@@ -1,5 +1,5 @@
-"""Children of PretrainRun and SFTRun: a Kubeflow PyTorchJob (default), a Kubeflow Trainer v2
-TrainJob, or a plain batch/v1 Job (one node). Also the batch Job of EvalRun and QuantizeRun.
+"""Children of PretrainRun and SFTRun: a Kubeflow PyTorchJob (default), a Kubeflow Trainer
+(v2.2 or later) TrainJob, or a plain batch/v1 Job (one node). Also the batch Job of EvalRun and QuantizeRun.
 
 The container runs the worker contract: ``devops-model run -f /etc/devops-model/resource.yaml``,
 under ``torchrun`` when more than one process is needed. Restarts are the operator's (it recreates
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from devops_model.api import Resource
-from devops_model.contract import SPEC_FILE, TERMINATION_LOG, ExitCode
+from devops_model.contract import CONTROLLER, SPEC_FILE, TERMINATION_LOG, ExitCode
 
 from ..config import OperatorConfig
 from ..naming import QUEUE_LABEL, child_metadata, child_name, run_labels
@@ -20,6 +20,7 @@ from .identity import identity_name
 from .pods import (
     compute_resources,
     container_security_context,
+    pod_security_context,
     pod_template,
     secret_env_from,
     volumes_and_mounts,
@@ -119,10 +120,20 @@ def build_pytorchjob(resource: Resource, config: OperatorConfig, claims: list[st
     }
 
 
+#: The replicated job of Trainer's torch-distributed runtimes that runs the training nodes, and its
+#: container (the Trainer API sets that container's image, command, env and resources itself).
+TRAINER_NODE = "node"
+
+
 def build_trainjob(resource: Resource, config: OperatorConfig, claims: list[str], attempt: int = 0) -> dict[str, Any]:
-    """Kubeflow Trainer v2 TrainJob on the configured runtime (torch-distributed). The runtime owns
-    the pod template (its security context included); the TrainJob adds volumes, mounts, env and
-    scheduling through podSpecOverrides, which v2.0 limits to those fields."""
+    """Kubeflow Trainer TrainJob (v2.2 and later: ``spec.runtimePatches``) on the configured runtime
+    (torch-distributed). The Trainer API (``spec.trainer``) sets the node container's image,
+    command, env and resources; one runtime patch, owned by this operator (``manager``), adds what
+    Trainer allows a manager to patch into the runtime's pod template: labels, the run's
+    ServiceAccount, volumes and mounts, the restricted security context, node selector and
+    tolerations. Trainer v2.0 (``podSpecOverrides``) and v2.1 (``podTemplateOverrides``) do not know
+    this field; the API server would drop it silently, so the reconciler deletes a child whose spec
+    fields were dropped and fails the run saying so (docs/operator.md, "Supported Kubeflow versions")."""
     res = resource.spec.resources
     procs = max(res.gpus_per_node, 1)
     volumes, mounts = volumes_and_mounts(resource, config, claims, shared_memory=res.shared_memory)
@@ -136,17 +147,20 @@ def build_trainjob(resource: Resource, config: OperatorConfig, claims: list[str]
     compute = compute_resources(res)
     if compute:
         trainer["resourcesPerNode"] = compute
-    override: dict[str, Any] = {
-        "targetJobs": [{"name": "node"}],
+    labels = run_labels(resource, "train")
+    pod_spec: dict[str, Any] = {
         "serviceAccountName": identity_name(resource),
         "volumes": volumes,
-        "containers": [{"name": "node", "volumeMounts": mounts}],
+        "containers": [{"name": TRAINER_NODE, "volumeMounts": mounts, "securityContext": container_security_context()}],
+        "securityContext": pod_security_context(config),
     }
     if res.node_selector:
-        override["nodeSelector"] = dict(sorted(res.node_selector.items()))
+        pod_spec["nodeSelector"] = dict(sorted(res.node_selector.items()))
     if res.tolerations:
-        override["tolerations"] = [t.to_dict() for t in res.tolerations]
-    labels = run_labels(resource, "train")
+        pod_spec["tolerations"] = [t.to_dict() for t in res.tolerations]
+    node_job = {"name": TRAINER_NODE, "template": {
+        "metadata": {"labels": dict(labels)},
+        "spec": {"template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec}}}}
     return {
         "apiVersion": "trainer.kubeflow.org/v1alpha1",
         "kind": "TrainJob",
@@ -155,9 +169,10 @@ def build_trainjob(resource: Resource, config: OperatorConfig, claims: list[str]
             "runtimeRef": {"name": config.trainer.runtime_name, "apiGroup": "trainer.kubeflow.org",
                            "kind": config.trainer.runtime_kind},
             "trainer": trainer,
-            # Propagated to the JobSet and its pods, so the operator finds the pods by run.
-            "labels": labels,
-            "podSpecOverrides": [override],
+            "runtimePatches": [{"manager": CONTROLLER, "trainingRuntimeSpec": {"template": {
+                # The run's labels on the JobSet, its node Jobs and their pods.
+                "metadata": {"labels": labels},
+                "spec": {"replicatedJobs": [node_job]}}}}],
         },
     }
 

@@ -29,7 +29,7 @@ def _lock_for(memo: Any, key: str) -> threading.Lock:
 
 
 def run_pass(body: Any, memo: Any, logger: Any) -> Outcome:
-    """One reconcile pass of ``body`` (serialized per resource: handlers, timers and child events
+    """One reconcile pass of ``body`` (serialized per resource: handlers, the sweeper and child events
     may fire together), with its latency and errors counted."""
     plain = _plain(body)
     key = f"{plain['kind']}/{plain['metadata'].get('namespace')}/{plain['metadata']['name']}"
@@ -44,7 +44,7 @@ def run_pass(body: Any, memo: Any, logger: Any) -> Outcome:
             plain = _plain(fresh)
             outcome = reconcile(plain, memo.kube, memo.config)
             # Written inside the lock, on purpose (a merge patch of the status subresource): the
-            # next pass over this resource (a timer, a child event) must read what this one decided,
+            # next pass over this resource (the sweeper, a child event) must read what this one decided,
             # e.g. the restart count, or it could act on a stale status.
             memo.kube.patch_status(API_VERSION, plain["kind"], plain["metadata"].get("namespace"),
                                    plain["metadata"]["name"], outcome.status)
@@ -55,7 +55,7 @@ def run_pass(body: Any, memo: Any, logger: Any) -> Outcome:
             memo.metrics.latency(plain["kind"], time.perf_counter() - started)
     memo.metrics.state(key, plain["kind"], outcome.status.get("state") or (plain.get("status") or {}).get("state"))
     memo.observed.update(outcome.observed)
-    # When the timer should look again: the pass's own wish (a starting pod soon, a running run at
+    # When the sweeper should look again: the pass's own wish (a starting pod soon, a running run at
     # the watchdog interval); a pass with nothing more to do leaves it to the watchdog interval.
     wait = outcome.requeue if outcome.requeue is not None else memo.config.reconcile.watchdog_interval_seconds
     memo.next_look[key] = time.monotonic() + float(wait)
@@ -85,7 +85,7 @@ def post_events(body: Any, outcome: Outcome) -> None:
         kopf.event(body, type=type_, reason=reason, message=message[:1024])
 
 
-#: States in which a change handler retries itself ("not yet"); otherwise the kind's timer and the
+#: States in which a change handler retries itself ("not yet"); otherwise the sweeper and the
 #: child events keep looking, so a long run does not keep a handler open for days.
 WAITING = (State.WAITING,)
 
@@ -96,7 +96,7 @@ def handle(body: Any, patch: Any, memo: Any, logger: Any) -> None:
     post_events(body, outcome)
     if outcome.requeue is not None and outcome.status.get("state") in WAITING:
         # Not an error: "look again soon" (the parent or the gate's EvalRun has not succeeded yet).
-        # This retry is the quick look; the timer need not look as well.
+        # This retry is the quick look; the sweeper need not look as well.
         memo.next_look[_key(body)] = time.monotonic() + float(memo.config.reconcile.watchdog_interval_seconds)
         raise kopf.TemporaryError(outcome.status.get("message") or "waiting", delay=outcome.requeue)
 

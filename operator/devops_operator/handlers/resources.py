@@ -1,7 +1,9 @@
 """The handlers of all five kinds, registered by one function (no copy per kind).
 
-Create, resume and spec updates run one reconcile pass; a timer per resource keeps looking while
-it waits or runs. ``register(config)`` is called by ``devops-model operator`` once the configuration
+Create, resume and spec updates run one reconcile pass; a watch handler tracks every resource for
+the operator's sweeper (:mod:`.sweeper`), which keeps looking while a run waits or runs. None of
+them needs a finalizer: kopf puts none on the runs (no delete handlers, no kopf timers), and
+``kubectl delete`` of a run never waits for the operator. ``register(config)`` is called by ``devops-model operator`` once the configuration
 is loaded — nothing happens at import time.
 """
 
@@ -12,24 +14,22 @@ from typing import Any
 import kopf
 
 from devops_model.api import GROUP, KINDS, VERSION
+from devops_model.contract import CONTROLLER
 
 from ..config import OperatorConfig
-from .common import handle, handle_timer
+from .common import handle
+from .sweeper import track
 
 #: Children carry this label; the child-event handlers watch only those.
-MANAGED_BY = {"app.kubernetes.io/managed-by": "devops-model-operator"}
+MANAGED_BY = {"app.kubernetes.io/managed-by": CONTROLLER}
 
 
 def on_change(body: Any, patch: Any, memo: Any, logger: Any, **_: Any) -> None:
     handle(body, patch, memo, logger)
 
 
-def on_timer(body: Any, patch: Any, memo: Any, logger: Any, **_: Any) -> None:
-    handle_timer(body, patch, memo, logger)
-
-
 def timer_tick(config: OperatorConfig) -> float:
-    """How often each resource's timer wakes up. A wake-up costs nothing unless the last pass asked
+    """How often the sweeper wakes up. A wake-up costs nothing unless the last pass asked
     to be looked at again by then (``Outcome.requeue``): runs whose pods are starting (Pending,
     Unschedulable, ImagePullBackOff) every reconcile.requeueSeconds, running ones every
     watchdogIntervalSeconds (the stall watchdog)."""
@@ -38,10 +38,9 @@ def timer_tick(config: OperatorConfig) -> float:
 
 def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = None) -> None:
     registry = registry or kopf.get_default_registry()
-    tick = timer_tick(config)
     for info in KINDS.values():
         plural = info.plural
         for decorator in (kopf.on.resume, kopf.on.create):
             decorator(GROUP, VERSION, plural, registry=registry, id="reconcile")(on_change)
         kopf.on.update(GROUP, VERSION, plural, field="spec", registry=registry, id="reconcile")(on_change)
-        kopf.timer(GROUP, VERSION, plural, interval=tick, initial_delay=tick, registry=registry, id="watch")(on_timer)
+        kopf.on.event(GROUP, VERSION, plural, registry=registry, id="track")(track)

@@ -60,6 +60,25 @@ def _terminal(p: Pass, reason: Reason | str, message: str, *, also_parent: bool 
     return p.outcome(None)
 
 
+def dropped_spec_fields(manifest: Obj, created: Obj) -> list[str]:
+    """Top-level ``spec`` fields of ``manifest`` that the API server dropped on create: a structural
+    CRD schema prunes fields it does not know, silently."""
+    return sorted(set(manifest.get("spec") or {}) - set(created.get("spec") or {}))
+
+
+#: What each child kind's fields need, for the message when an older CRD dropped them.
+SUPPORTED_CONTROLLERS = {"TrainJob": "Kubeflow Trainer v2.2 or later (spec.runtimePatches)"}
+
+
+def unsupported_version_message(child: Obj, dropped: list[str]) -> str:
+    kind = child["kind"]
+    need = SUPPORTED_CONTROLLERS.get(kind, f"a newer version of the controller of {child['apiVersion']}")
+    fields = ", ".join(f"spec.{f}" for f in dropped)
+    return (f"the API server dropped {fields} of {kind} {child['metadata']['name']}: the installed {kind} CRD "
+            f"does not know {'it' if len(dropped) == 1 else 'them'}; the operator needs {need} "
+            "(docs/operator.md, 'Supported Kubeflow versions'); upgrade it, then create the run again")
+
+
 def reconcile_run(body: Obj, kube: KubeApi, config: OperatorConfig, now: str) -> Outcome:
     p = Pass(body, now)
     old = p.old
@@ -119,6 +138,13 @@ def reconcile_run(body: Obj, kube: KubeApi, config: OperatorConfig, now: str) ->
             obj, created = kube.create_if_absent(child)
         except ChildRejected as exc:
             return _terminal(p, Reason.INVALID_SPEC, f"{exc} — fix the run's spec and create it again")
+        dropped = dropped_spec_fields(child, obj) if created else []
+        if dropped:
+            # The installed CRD does not know these fields (an older controller, e.g. Kubeflow
+            # Trainer before v2.2 for spec.runtimePatches): a child without them would run without
+            # its volumes, identity or security context, so it goes and the run fails, saying why.
+            kube.delete(child["apiVersion"], child["kind"], ns, child["metadata"]["name"])
+            return _terminal(p, Reason.INVALID_SPEC, unsupported_version_message(child, dropped))
         names.append(f"{child['kind']}/{child['metadata']['name']}")
         if child is children[-1]:
             workload = obj
