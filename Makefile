@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Installs go through uv with its cache outside the checkout (~/.cache/uv), so a repeat set-up is fast.
-EXTRAS ?= operator,train,eval,quantize,serve,dev
+EXTRAS ?= operator,train,eval,quantize,serve,dev,bench
 
 .PHONY: help venv test test-node test-unit quickstart crds lint cluster-build cluster-up cluster-down node-deps images bench clean
 
