@@ -24,6 +24,8 @@ examples:
   devops-model dev tiny-model --out /tmp/tiny           build a tiny Qwen2 model offline
 
 Every resource is validated before anything runs; an error names the field, the value and the fix.
+Exit codes: 0 done; validate 1 when a file or resource is invalid (a missing file too); render and run
+3 for bad input (contract.ExitCode.BAD_INPUT, never retried), run's other codes as docs/operator.md lists.
 Documentation: README.md and docs/ in the repository.
 """
 
