@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Installs go through uv with its cache outside the checkout (~/.cache/uv), so a repeat set-up is fast.
-EXTRAS ?= operator,train,eval,quantize,serve,dev
+EXTRAS ?= operator,train,eval,quantize,serve,dev,bench
 
 .PHONY: help venv test test-node test-unit quickstart crds lint cluster-build cluster-up cluster-down node-deps images bench clean
 
@@ -14,10 +14,11 @@ help:
 	@echo "make test-unit    the pure tests only (API, builders, conditions, reconcile): under a minute"
 	@echo "make crds         regenerate crds/ from the typed API"
 
-$(BIN)/.installed: pyproject.toml
+# pyproject.toml declares ranges; constraints.txt holds the exact versions the project is tested with.
+$(BIN)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
-	$(BIN)/uv pip install --python $(BIN)/python -e ".[$(EXTRAS)]"
+	$(BIN)/uv pip install --python $(BIN)/python -c constraints.txt -e ".[$(EXTRAS)]"
 	@touch $@
 
 venv: $(BIN)/.installed

@@ -1,15 +1,18 @@
-"""Each container image's Python requirements, derived from pyproject.toml (never written by hand).
+"""Each container image's Python requirements, derived from pyproject.toml and constraints.txt (never written by hand).
 
-    .venv/bin/python images/requirements.py             # print each image's direct pins
+    .venv/bin/python images/requirements.py             # print each image's direct requirements
     .venv/bin/python images/requirements.py --lock      # rewrite images/requirements/<image>.txt
-    .venv/bin/python images/requirements.py --check     # exit 1 when a lock file disagrees with pyproject
+    .venv/bin/python images/requirements.py --check     # exit 1 when a lock file disagrees
 
 An image is a set of the project's extras (IMAGES below). Its direct requirements are the core
-dependencies plus those extras, exactly as pinned in pyproject.toml. `--lock` resolves them with
-`uv pip compile` for the image's Python and Linux x86_64 into images/requirements/<image>.txt (every
-transitive package pinned too, so a rebuild next month installs the same thing); the Dockerfiles
-install that file and then the project itself with --no-deps. tests/deploy/test_images.py fails when a lock
-file lacks a pin of pyproject.toml, has a different version of it, or the operator's carries torch.
+dependencies plus those extras, with pyproject.toml's version ranges. `--lock` resolves them with
+`uv pip compile -c constraints.txt` for the image's Python and Linux x86_64 into
+images/requirements/<image>.txt: every package, transitive ones too, at the exact version the dev venv
+was tested with (constraints.txt), so an image and a checkout run the same versions and a rebuild next
+month installs the same thing. Packages the dev venv does not hold (another Python's markers) are pinned
+by the resolver. The Dockerfiles install that file and then the project itself with --no-deps.
+tests/deploy/test_images.py fails when a lock file lacks a direct requirement, has a version outside
+its pyproject.toml range or different from constraints.txt, or the operator's carries torch.
 """
 from __future__ import annotations
 
@@ -21,9 +24,12 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+from packaging.requirements import Requirement
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 LOCK_DIR = HERE / "requirements"
+CONSTRAINTS = REPO / "constraints.txt"
 
 #: image -> (extras, Python version of the image's interpreter)
 IMAGES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -31,13 +37,17 @@ IMAGES: dict[str, tuple[tuple[str, ...], str]] = {
     "operator": (("operator",), "3.12"),
     # Training, evaluation and quantization pods: torch, DeepSpeed, peft, GPTQModel.
     "workload": (("train", "eval", "quantize", "sources"), "3.12"),
-    # The built-in chat server (engine.name: builtin).
+    # The built-in chat server (engine.name: builtin); the serve extra carries what loads the chain's
+    # LoRA adapters (peft) and GPTQ int4 models (gptqmodel, optimum).
     "serve": (("serve",), "3.12"),
 }
-#: image -> packages beyond its extras, at the version pyproject.toml pins them elsewhere. The
-#: built-in server loads what the chain produces: LoRA adapters (peft) and GPTQ int4 models
-#: (transformers dispatches to GPTQModel's kernels through optimum), none of which is in the serve extra.
-ALSO: dict[str, tuple[str, ...]] = {"serve": ("peft", "gptqmodel", "optimum")}
+#: Packages the images resolve themselves although constraints.txt names them: the image's Python (3.12)
+#: or an extra the dev venv (Python 3.11) does not install asks for another version. Every other package
+#: of a lock file has constraints.txt's version (problems() checks it); each entry says why it cannot.
+UNCONSTRAINED: dict[str, str] = {
+    "numpy": "gptqmodel requires numpy>=2.5.4 on Python 3.12 (>=2.4.6 on the venv's 3.11)",
+    "python-dateutil": "botocore (boto3, the workload image's sources extra, not in the dev venv) requires <3",
+}
 PLATFORM = "x86_64-manylinux_2_28"
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*==\s*([^\s;#]+)")
 
@@ -51,25 +61,25 @@ def pyproject() -> dict:
 
 
 def direct_requirements(image: str) -> list[str]:
-    """Core dependencies + the image's extras, as pinned in pyproject.toml (deduplicated, sorted)."""
+    """Core dependencies + the image's extras, as declared in pyproject.toml (deduplicated, sorted by name)."""
     project = pyproject()["project"]
     extras, _ = IMAGES[image]
     reqs = list(project["dependencies"])
     for extra in extras:
         reqs += project["optional-dependencies"][extra]
-    everywhere = {normalize(m.group(1)): r.strip() for deps in project["optional-dependencies"].values()
-                  for r in deps if (m := _NAME.match(r))}
-    for name in ALSO.get(image, ()):
-        if normalize(name) not in everywhere:
-            raise SystemExit(f"images/requirements.py: {name} (ALSO[{image!r}]) is pinned in no extra of pyproject.toml")
-        reqs.append(everywhere[normalize(name)])
-    seen: dict[str, str] = {}
+    seen: dict[str, set[str]] = {}
     for r in reqs:
-        m = _NAME.match(r)
-        if not m:
-            raise SystemExit(f"pyproject.toml: {r!r} is not pinned with == (images need exact versions)")
-        seen[normalize(m.group(1))] = r.strip()
-    return [seen[k] for k in sorted(seen)]
+        req = Requirement(r)
+        if "==" in str(req.specifier) and not any(s.operator == "==" and "*" in s.version for s in req.specifier):
+            raise SystemExit(f"pyproject.toml: {r!r} pins an exact version; declare a range "
+                             "(the exact version belongs in constraints.txt)")
+        seen.setdefault(normalize(req.name), set()).add(r.strip())
+    return [r for k in sorted(seen) for r in sorted(seen[k])]
+
+
+def constraints() -> dict[str, str]:
+    """name -> version of constraints.txt (the dev venv's exact versions)."""
+    return pins(CONSTRAINTS.read_text(encoding="utf-8").splitlines())
 
 
 def pins(lines: list[str]) -> dict[str, str]:
@@ -82,20 +92,45 @@ def pins(lines: list[str]) -> dict[str, str]:
     return out
 
 
+def image_constraints() -> str:
+    """constraints.txt less the UNCONSTRAINED packages."""
+    lines = CONSTRAINTS.read_text(encoding="utf-8").splitlines()
+    return "\n".join(line for line in lines
+                     if not ((m := _NAME.match(line)) and normalize(m.group(1)) in UNCONSTRAINED)) + "\n"
+
+
 def lock(image: str) -> str:
     _, python = IMAGES[image]
-    with tempfile.NamedTemporaryFile("w", suffix=".in", delete=False) as f:
-        f.write("\n".join(direct_requirements(image)) + "\n")
-    uv = REPO / ".venv" / "bin" / "uv"
-    r = subprocess.run([str(uv), "pip", "compile", f.name, "--python-version", python,
-                        "--python-platform", PLATFORM, "--no-header", "--quiet"],
-                       capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        requirements, constrained = Path(tmp) / "image.in", Path(tmp) / "constraints.txt"
+        requirements.write_text("\n".join(direct_requirements(image)) + "\n")
+        constrained.write_text(image_constraints())
+        uv = REPO / ".venv" / "bin" / "uv"
+        r = subprocess.run([str(uv), "pip", "compile", requirements.name, "--python-version", python,
+                            "--python-platform", PLATFORM, "-c", constrained.name, "--no-header", "--quiet"],
+                           capture_output=True, text=True, cwd=tmp)
     if r.returncode != 0:
         raise SystemExit(f"uv pip compile failed for {image}:\n{r.stderr}")
-    also = f" + {', '.join(ALSO[image])}" if image in ALSO else ""
-    header = (f"# {image} image: pyproject.toml extras {', '.join(IMAGES[image][0])} (+ core){also}, Python {python}, "
-              f"{PLATFORM}.\n# Generated by `python images/requirements.py --lock`; do not edit.\n")
-    return header + r.stdout
+    header = (f"# {image} image: pyproject.toml extras {', '.join(IMAGES[image][0])} (+ core), constraints.txt, "
+              f"Python {python}, {PLATFORM}.\n# Generated by `python images/requirements.py --lock`; do not edit.\n")
+    return header + _without_constraints_annotation(r.stdout)
+
+
+def _without_constraints_annotation(text: str) -> str:
+    """uv's `# via` notes less `-c constraints.txt` (it names every package), one-name notes on one line."""
+    out: list[str] = []
+    for line in text.splitlines():
+        if line.strip() == "#   -c constraints.txt":
+            continue
+        if line.startswith("    #   ") and out and out[-1] == "    # via":
+            out[-1] = "    # via " + line[len("    #   "):]
+            continue
+        if line.startswith("    #   ") and out and out[-1].startswith("    # via "):
+            # a second name: back to uv's one-per-line layout
+            out[-1:] = ["    # via", "    #   " + out[-1][len("    # via "):], line]
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def _shown(path: Path) -> str:
@@ -107,12 +142,19 @@ def problems(image: str) -> list[str]:
     if not path.exists():
         return [f"{_shown(path)} is missing"]
     locked = pins(path.read_text().splitlines())
+    tested = constraints()
     out = []
-    for req in direct_requirements(image):
-        want = pins([req])
-        (name, version), = want.items()
-        if locked.get(name) != version:
-            out.append(f"{_shown(path)}: {name} is {locked.get(name, 'absent')}, pyproject.toml pins {version}")
+    for r in direct_requirements(image):
+        req = Requirement(r)
+        name = normalize(req.name)
+        version = locked.get(name)
+        if version is None:
+            out.append(f"{_shown(path)}: {name} is absent, pyproject.toml requires {req.specifier or 'it'}")
+        elif not req.specifier.contains(version, prereleases=True):
+            out.append(f"{_shown(path)}: {name} is {version}, outside pyproject.toml's {req.specifier}")
+    for name, version in sorted(locked.items()):
+        if name in tested and tested[name] != version and name not in UNCONSTRAINED:
+            out.append(f"{_shown(path)}: {name} is {version}, constraints.txt has {tested[name]}")
     return out
 
 
@@ -120,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("images", nargs="*", default=sorted(IMAGES), help="images (default: all)")
     ap.add_argument("--lock", action="store_true", help="resolve and write images/requirements/<image>.txt")
-    ap.add_argument("--check", action="store_true", help="compare the lock files with pyproject.toml")
+    ap.add_argument("--check", action="store_true", help="compare the lock files with pyproject.toml and constraints.txt")
     args = ap.parse_args(argv)
     bad = [i for i in args.images if i not in IMAGES]
     if bad:

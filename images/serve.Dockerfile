@@ -7,7 +7,7 @@
 # It serves what the life cycle produces: plain and LoRA-merged models, LoRA adapters (peft) and GPTQ
 # int4 models (GPTQModel's kernels, compiled in the devel stage like in the workload image). CUDA's
 # runtime comes with torch's wheels (nvidia-* packages in the lock file). Python packages:
-# images/requirements/serve.txt, generated from pyproject.toml's serve extra (+ peft, gptqmodel, optimum) by
+# images/requirements/serve.txt, generated from pyproject.toml's serve extra and constraints.txt by
 # images/requirements.py (tests/deploy/test_images.py checks it). Pods run it as UID 1000 with a read-only
 # root file system.
 

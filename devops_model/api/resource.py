@@ -37,6 +37,16 @@ class InvalidResource(ValueError):
         super().__init__(f"{where}invalid resource ({len(errors)} problem{'s' if len(errors) != 1 else ''}):\n{lines}")
 
 
+class UnreadableFile(InvalidResource):
+    """A resource file that cannot be read (missing, a folder, not permitted): one line, ``PATH: problem``,
+    so that the CLI prints ``error: nope.yaml: no such file`` and exits as for any bad input."""
+
+    def __init__(self, path: str, problem: str):
+        ValueError.__init__(self, f"{path}: {problem}")
+        self.errors = [FieldError("<file>", problem)]
+        self.source = path
+
+
 def load_documents(path: str | Path) -> list[dict[str, Any]]:
     """All YAML documents of a file (``-`` reads standard input), skipping empty ones."""
     import sys
@@ -45,6 +55,14 @@ def load_documents(path: str | Path) -> list[dict[str, Any]]:
         text = sys.stdin.read() if str(path) == "-" else Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidResource([FieldError("<file>", f"not UTF-8 text (byte {exc.start}); save it as UTF-8")], str(path)) from None
+    except FileNotFoundError:
+        raise UnreadableFile(str(path), "no such file") from None
+    except IsADirectoryError:
+        raise UnreadableFile(str(path), "is a directory, not a YAML file") from None
+    except PermissionError:
+        raise UnreadableFile(str(path), "permission denied") from None
+    except OSError as exc:
+        raise UnreadableFile(str(path), exc.strerror or str(exc)) from None
     return parse_documents(text, str(path))
 
 

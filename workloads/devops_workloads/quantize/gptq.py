@@ -24,14 +24,16 @@ from typing import Any, Sequence
 
 from devops_model.contract import Reason
 
+from ..quiet import quiet_gptqmodel
 from ..runner import WorkloadError
 
 
 def configure_environment() -> None:
     """Defaults GPTQModel needs before it is imported (never overriding the user's)."""
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
-    # GPTQModel prints a wide banner and a GIL advisory; the workload's own progress is enough.
-    os.environ.setdefault("GPTQMODEL_DISABLE_GIL_WARNING", "1")
+    # GPTQModel prints a wide banner, INFO chatter and a GIL advisory; the workload's own progress is
+    # enough (its warnings and errors still show).
+    quiet_gptqmodel()
 
 
 @dataclass
