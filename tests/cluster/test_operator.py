@@ -343,7 +343,15 @@ def test_runs_carry_no_finalizer_and_delete_while_the_operator_is_down(control_p
     of a run returns while no operator is running; the operator's periodic look (the sweeper) needs
     none either."""
     cp, ns = control_plane, k8s_namespace
+    # A run left by an operator version that used kopf timers carries kopf's finalizer: the
+    # operator removes it when it sees the run.
+    old = sft("old", launcher="Job")
+    old["metadata"]["finalizers"] = ["kopf.zalando.org/KopfFinalizerMarker"]
+    cp.apply(old, namespace=ns)
+    assert cp.get("sftrun", "old", ns)["metadata"]["finalizers"] == ["kopf.zalando.org/KopfFinalizerMarker"]
     op = run_operator(ns, {"reconcile": {"requeueSeconds": 1, "watchdogIntervalSeconds": 1}})
+    cp.wait_for(lambda: not cp.get("sftrun", "old", ns)["metadata"].get("finalizers"), timeout=45,
+                message=lambda: f"kopf's old finalizer removed\n{op.tail()}")
     cp.apply([sft("fin", launcher="Job"), chat("fin-chat")], namespace=ns)
     for kind, name in [("job", "fin-train"), ("deployment", "fin-chat")]:
         cp.wait_for(lambda: cp.get(kind, name, ns), timeout=45, message=lambda: op.tail())
