@@ -95,6 +95,44 @@ def test_chat_prompt_tokens_are_the_seeds_chatml(tiny_qwen):
     assert encode_prompt(tok, query, "base") == tok.encode(query)
 
 
+@pytest.mark.parametrize("style,template", [("base", "chatml"), ("chat", "chatml"), ("chat", "tokenizer")])
+def test_prefix_tokenized_once_gives_the_ids_of_each_whole_prompt(tiny_qwen, seed_exams, style, template):
+    """encode_prompts (the few-shot block once per exam setting, the questions in one batched call)
+    equals encode_prompt of every whole prompt on all 574 questions at 0 and 5 shots, with the real
+    Qwen tokenizer; it shares the prefix wherever the seam allows (base and chatml)."""
+    from transformers import AutoTokenizer
+
+    from devops_workloads.evaluate.exams import load_exams
+    from devops_workloads.evaluate.prompts import encode_prompt, encode_prompts, render_body, render_shots
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen)
+    exams = load_exams(seed_exams, preset="devops-574", max_shots=5)
+    n = 0
+    for exam in exams:
+        for k in (0, 5):
+            prefix, bodies = render_shots(exam.dev[:k]), [render_body(q) for q in exam.questions]
+            ids, shared = encode_prompts(tok, prefix, bodies, style, template)
+            assert ids == [encode_prompt(tok, prefix + b, style, template) for b in bodies], (exam.name, k)
+            assert shared == (template == "chatml"), (exam.name, k, style, template)
+            n += len(bodies)
+    assert n == 2 * 574
+
+
+def test_prefix_sharing_falls_back_where_the_tokenizer_merges_across_the_seam(tiny_bpe):
+    """A seam inside a word (BPE merges across it): every prompt is encoded whole, ids unchanged."""
+    from transformers import AutoTokenizer
+
+    from devops_workloads.evaluate.prompts import encode_prompts, encode_queries
+
+    tok = AutoTokenizer.from_pretrained(tiny_bpe)
+    prefix, bodies = "Kuberne", ["tes schedules pods", "tes", "tes Deployment rolls out"]
+    assert tok.encode(prefix + bodies[1]) != tok.encode(prefix) + tok.encode(bodies[1], add_special_tokens=False)
+    ids, shared = encode_queries(tok, prefix, bodies, add_special_tokens=True)
+    assert not shared and ids == [tok.encode(prefix + b) for b in bodies]
+    ids, shared = encode_prompts(tok, "kubectl get pods\n", ["问题：x", "问题：yy"], "base")
+    assert ids == [tok.encode("kubectl get pods\n" + b) for b in ("问题：x", "问题：yy")]
+
+
 def _install(local_home: Path, tiny_qwen: Path) -> Path:
     from devops_workloads.sample_data import install
 

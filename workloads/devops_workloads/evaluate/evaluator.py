@@ -27,7 +27,7 @@ from typing import Any
 from ..progress import ProgressReporter
 from .engine import Request, run_fast, run_plain
 from .exams import Exam, combined_sha1, data_sha1s, load_exams
-from .prompts import PROMPT_VERSION, SYSTEM_PROMPT, encode_prompt, prompt_text, render_query
+from .prompts import PROMPT_VERSION, SYSTEM_PROMPT, encode_prompts, prompt_text, render_body, render_shots
 from .scoring import Scorer, pick
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -98,11 +98,15 @@ def build_items(exams: list[Exam], tokenizer: Any, scorer: Scorer, shots: list[i
     for exam in exams:
         for k in shots:
             dev = exam.dev[:k]
+            prefix = render_shots(dev)
+            bodies = [render_body(q) for q in exam.questions]
             for style in styles:
                 group = (exam.name, k, style)
-                queries = [render_query(q, dev) for q in exam.questions]
-                for qi, (q, query) in enumerate(zip(exam.questions, queries)):
-                    ids = encode_prompt(tokenizer, query, style, chat_template)
+                # The few-shot block tokenized once per setting, the questions in one call (same ids
+                # as tokenizing each whole prompt: prompts.encode_queries checks the seam).
+                all_ids, _shared = encode_prompts(tokenizer, prefix, bodies, style, chat_template)
+                for qi, (q, body, ids) in enumerate(zip(exam.questions, bodies, all_ids)):
+                    query = prefix + body
                     text = prompt_text(tokenizer, query, style, chat_template)
                     reqs = scorer.requests(ids, text, list(q.options), group)
                     items.append(_Item(exam, k, style, qi, text, list(range(len(requests), len(requests) + len(reqs)))))

@@ -83,12 +83,62 @@ def encode_prompt(tokenizer: Any, query: str, style: str = "base", chat_template
         return _encode(tokenizer, text)
     if chat_template != "chatml":
         raise ValueError(f"chat_template must be one of {', '.join(CHAT_TEMPLATES)} (got {chat_template!r})")
-    # Piece by piece, as QwenChatContextBuilder: special tokens by id, text pieces encoded alone.
+    lead, trail = _chatml_parts(tokenizer)
+    return lead + _encode(tokenizer, query) + trail
+
+
+def _chatml_parts(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The chatml context before and after the query's own ids. Piece by piece, as
+    QwenChatContextBuilder: special tokens by id, text pieces encoded alone."""
     start, end = [_special_id(tokenizer, IM_START)], [_special_id(tokenizer, IM_END)]
     nl = _encode(tokenizer, "\n")
-    return (start + _encode(tokenizer, "system") + nl + _encode(tokenizer, SYSTEM_PROMPT) + end
-            + nl + start + _encode(tokenizer, "user") + nl + _encode(tokenizer, query) + end
-            + nl + start + _encode(tokenizer, "assistant") + nl)
+    lead = (start + _encode(tokenizer, "system") + nl + _encode(tokenizer, SYSTEM_PROMPT) + end
+            + nl + start + _encode(tokenizer, "user") + nl)
+    return lead, end + nl + start + _encode(tokenizer, "assistant") + nl
+
+
+def _encode_many(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+    if not texts:
+        return []
+    if getattr(tokenizer, "is_fast", False):  # one call into the Rust tokenizer for all of them
+        return [list(x) for x in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+    return [list(tokenizer.encode(t, add_special_tokens=add_special_tokens)) for t in texts]
+
+
+def encode_queries(tokenizer: Any, prefix: str, bodies: Sequence[str], add_special_tokens: bool) -> tuple[list[list[int]], bool]:
+    """Token ids of ``prefix + body`` for every body, exactly as encoding each whole text, with the
+    shared prefix tokenized once and the bodies in one batched call when that gives the same ids.
+
+    The seam is safe when the tokenizer splits there (Qwen's pre-tokenizer ends a piece at the
+    header's newline): checked on the first and the longest body by encoding those whole; every
+    body starts with the same text (``问题：``), so the seam behaves alike for all. Otherwise (a
+    merge or a leading-space marker across the seam) every text is encoded whole. Returns
+    (ids per body, whether the prefix was shared)."""
+    if not bodies:
+        return [], False
+    head = list(tokenizer.encode(prefix, add_special_tokens=add_special_tokens)) if prefix else None
+    tails = _encode_many(tokenizer, list(bodies), add_special_tokens=head is None and add_special_tokens)
+    if head is not None:
+        probes = {0, max(range(len(bodies)), key=lambda i: len(bodies[i]))}
+        whole = _encode_many(tokenizer, [prefix + bodies[i] for i in sorted(probes)], add_special_tokens)
+        if all(w == head + tails[i] for w, i in zip(whole, sorted(probes))):
+            return [head + t for t in tails], True
+        return _encode_many(tokenizer, [prefix + b for b in bodies], add_special_tokens), False
+    return tails, False
+
+
+def encode_prompts(tokenizer: Any, prefix: str, bodies: Sequence[str], style: str = "base",
+                   chat_template: str = "chatml") -> tuple[list[list[int]], bool]:
+    """:func:`encode_prompt` of ``prefix + body`` for every body (the few-shot block and the
+    questions of one exam setting), with the prefix tokenized once where that is exact
+    (:func:`encode_queries`); the tokenizer's own chat template encodes each prompt whole."""
+    if style == "base":
+        return encode_queries(tokenizer, prefix, bodies, add_special_tokens=True)
+    if style == "chat" and chat_template == "chatml":
+        lead, trail = _chatml_parts(tokenizer)
+        queries, shared = encode_queries(tokenizer, prefix, bodies, add_special_tokens=False)
+        return [lead + q + trail for q in queries], shared
+    return [encode_prompt(tokenizer, prefix + b, style, chat_template) for b in bodies], False
 
 
 def prompt_text(tokenizer: Any, query: str, style: str = "base", chat_template: str = "chatml") -> str:
