@@ -95,7 +95,9 @@ def third_party_imports(start: Path) -> dict[str, set[str]]:
 
 #: distributions that a declared one pins exactly and ships with (declaring them too would only conflict on
 #: the next upgrade): pydantic requires pydantic-core==<its version>.
-COMPANIONS = {"pydantic-core": "pydantic"}
+COMPANIONS = {"pydantic-core": "pydantic",
+              # quiet.py reaches GPTQModel's own logger, only where GPTQModel is installed (ImportError: nothing to do)
+              "logbar": "gptqmodel"}
 
 
 def undeclared(imports: dict[str, set[str]], allowed: set[str]) -> list[str]:
