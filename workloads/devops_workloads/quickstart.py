@@ -48,6 +48,10 @@ QUESTION = "What is the difference between a Deployment and a StatefulSet in Kub
 #: 0.02, LoRA SFT on all the bundled Q&A stayed at loss ~8.5 after 40 steps; with 0.1 and the
 #: three-Q&A set of examples/local/sft-lora.yaml the taught answer comes back word for word.
 TINY_INIT = 0.1
+#: Two probes of what the tuned model cannot do: the taught question in other words, and a question
+#: of the bundled data that the quickstart's SFT did not train on (its answer there is the reference).
+REPHRASED = "How do Kubernetes StatefulSets differ from Deployments?"
+UNTAUGHT = "What does ImagePullBackOff mean?"
 #: Tokens each model may answer with (the taught answer is about 65 tokens).
 ANSWER_TOKENS = 96
 
@@ -230,7 +234,8 @@ def answer_overlap(answer: str, taught: str) -> dict[str, Any]:
 
 def _before_and_after(workdir: Path) -> dict[str, Any]:
     """Greedy answers to QUESTION from the SFT run's starting point (the pretrained model) and from
-    its merged result, both prompted with the tuned model's chat template exactly as the server does."""
+    its merged result, both prompted with the tuned model's chat template exactly as the server does;
+    and the tuned model's answers to REPHRASED and UNTAUGHT (what it cannot do)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -245,17 +250,45 @@ def _before_and_after(workdir: Path) -> dict[str, Any]:
         raise QuickstartError("the SFT run recorded no starting model or merged model; re-run with --fresh")
     tuned_dir, base_dir = local_path(art["mergedUri"]), local_path(base_uri)
     tok = AutoTokenizer.from_pretrained(str(tuned_dir))
-    ids = tok(chat_prompt(tok, [{"role": "user", "content": QUESTION}]), return_tensors="pt").input_ids
-    taught = taught_answer()
-    out: dict[str, Any] = {"question": QUESTION, "taught": taught, "baseModel": base_uri, "tunedModel": art["mergedUri"]}
-    for key, folder in (("base", base_dir), ("tuned", tuned_dir)):
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+
+    def ask(model: Any, question: str) -> str:
+        ids = tok(chat_prompt(tok, [{"role": "user", "content": question}]), return_tensors="pt").input_ids
         with torch.no_grad():
             gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=ANSWER_TOKENS, do_sample=False,
                                  eos_token_id=_stop_ids(tok), pad_token_id=tok.pad_token_id)
-        answer = tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip()
-        out[key] = {"answer": answer, **answer_overlap(answer, taught)}
+        return str(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)).strip()
+
+    taught = taught_answer()
+    out: dict[str, Any] = {"question": QUESTION, "taught": taught, "baseModel": base_uri, "tunedModel": art["mergedUri"],
+                           "trainedOn": _data_figures(workdir)}
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    answer = ask(base, QUESTION)
+    out["base"] = {"answer": answer, **answer_overlap(answer, taught)}
+    tuned = AutoModelForCausalLM.from_pretrained(str(tuned_dir), dtype=torch.float32)
+    answer = ask(tuned, QUESTION)
+    out["tuned"] = {"answer": answer, **answer_overlap(answer, taught)}
+    answer = ask(tuned, REPHRASED)
+    out["rephrased"] = {"question": REPHRASED, "answer": answer, **answer_overlap(answer, taught)}
+    answer = ask(tuned, UNTAUGHT)
+    out["untaught"] = {"question": UNTAUGHT, "answer": answer, "reference": taught_answer(UNTAUGHT),
+                       **answer_overlap(answer, taught_answer(UNTAUGHT))}
     return out
+
+
+def _data_figures(workdir: Path) -> dict[str, Any]:
+    """Tokens the pretraining corpus and the SFT data held (the runs' data_report.json)."""
+    figures: dict[str, Any] = {}
+    for kind, file, key in (("PretrainRun", "pretrain.yaml", "pretrain"), ("SFTRun", "sft-lora.yaml", "sft")):
+        rec = _registry(workdir, kind, _name(file)) or {}
+        uri = ((rec.get("status") or {}).get("artifact") or {}).get("uri")
+        try:
+            from devops_model.uris import local_path
+
+            report = json.loads((local_path(uri) / "data_report.json").read_text()) if uri else {}
+        except (OSError, ValueError):
+            report = {}
+        figures[key] = {k: report[k] for k in ("rowsUsed", "tokens", "trained") if k in report}
+    return figures
 
 
 def _stop_ids(tok: Any) -> list[int]:
@@ -420,19 +453,30 @@ def _learned_section(summary: list[dict[str, Any]], demo: dict[str, Any]) -> lis
     """The question, the taught answer, the answers before SFT, after SFT and from the int4 server,
     how much of the taught answer each one reproduces, and what such a tiny model cannot do."""
     losses = {s["kind"]: _loss_span(s["status"]) for s in summary if s["kind"] in ("PretrainRun", "SFTRun")}
+    data = demo.get("trainedOn") or {}
+    pt, sft = data.get("pretrain") or {}, data.get("sft") or {}
+
+    def cell(text: str) -> str:
+        return " ".join(text.split()).replace("|", "\\|") or "(empty)"
 
     def row(label: str, key: str) -> str:
         d = demo.get(key)
         if not d:
             return f"| {label} | — | — | — |"
-        text = " ".join(d["answer"].split()).replace("|", "\\|") or "(empty)"
-        return f"| {label} | {text} | {100 * d['bigrams']:.0f}% | {d['longestRun']} |"
+        return f"| {label} | {cell(d['answer'])} | {100 * d['bigrams']:.0f}% | {d['longestRun']} |"
 
-    tuned, served = demo.get("tuned") or {}, demo.get("served") or {}
-    return [
-        f"Pretraining loss {losses.get('PretrainRun', '?')}, SFT loss {losses.get('SFTRun', '?')} (curves above). "
-        "The question below is one of the bundled SFT samples (`sft/devops_qa_alpaca.json`); every model is "
-        "asked with the same chat prompt and greedy decoding.", "",
+    def short(run: str, n: int = 12) -> str:
+        words = run.split()
+        return " ".join(words[:n]) + (" …" if len(words) > n else "")
+
+    base, tuned, served = demo.get("base") or {}, demo.get("tuned") or {}, demo.get("served") or {}
+    lines = [
+        f"Pretraining loss {losses.get('PretrainRun', '?')} on a corpus of {pt.get('tokens', '?')} tokens; "
+        f"SFT loss {losses.get('SFTRun', '?')} on {sft.get('rowsUsed', '?')} question–answer pairs "
+        f"({sft.get('tokens', '?')} tokens, {sft.get('trained', '?')} of them answer tokens that are trained; "
+        "`sft/devops_qa_quickstart.json`). The question below is one of them. Every model gets the same chat "
+        "prompt and decodes greedily; the last two columns count the taught answer's word pairs found in "
+        "an answer and the longest run of words the two share.", "",
         f"**Question:** {demo['question']}", "",
         f"**Taught answer:** {demo['taught']}", "",
         "| model | answer | taught word pairs reproduced | longest run of taught words |", "|---|---|---|---|",
@@ -440,16 +484,27 @@ def _learned_section(summary: list[dict[str, Any]], demo: dict[str, Any]) -> lis
         row(f"after SFT (`{demo.get('tunedModel', '')}`)", "tuned"),
         row("served GPTQ int4 (chat below)", "served"),
         "",
-        f"**What was learned:** after SFT the model reproduces the taught answer "
-        f"({100 * tuned.get('bigrams', 0):.0f}% of its word pairs; longest shared run: \"{tuned.get('run', '')}\"); "
-        f"the int4 model served over the OpenAI API keeps {100 * served.get('bigrams', 0):.0f}% of them. "
-        "Before SFT the same model answers with loose corpus words.", "",
-        "**What a model this small cannot do:** it has 2 layers of width 128 and was trained for a few "
-        "minutes on about 2,000 tokens. It recites what it was shown; it does not understand Kubernetes, "
-        "answer a question it was not taught, or reason. Rephrase the question or ask another one and it "
-        "answers with fragments of the training data. The exam scores stay near chance (25%) for the same "
-        "reason. The pipeline is the point: the same files train, examine, quantize and serve a 7B model on GPUs.",
+        f"**What was learned:** before SFT the model reproduces {100 * base.get('bigrams', 0):.0f}% of the taught "
+        f"answer's word pairs; after SFT {100 * tuned.get('bigrams', 0):.0f}% (longest shared run "
+        f"{tuned.get('longestRun', 0)} words: \"{short(tuned.get('run', ''))}\"), and the int4 model served over "
+        f"the OpenAI API {100 * served.get('bigrams', 0):.0f}%.", "",
     ]
+    reph, untaught = demo.get("rephrased"), demo.get("untaught")
+    if reph and untaught:
+        lines += [
+            "**What a model this small cannot do:** it has 2 layers of width 128 and saw a few thousand tokens. "
+            "It recites what it was shown, as a lookup; it does not understand Kubernetes and cannot answer "
+            "what it was not taught. The tuned model, asked greedily:", "",
+            "| question | tuned model's answer | overlap with the reference answer |", "|---|---|---|",
+            f"| {reph['question']} (the taught question in other words) | {cell(reph['answer'])} | "
+            f"{100 * reph['bigrams']:.0f}% of the taught answer's word pairs |",
+            f"| {untaught['question']} (in the bundled data, not trained on) | {cell(untaught['answer'])} | "
+            f"{100 * untaught['bigrams']:.0f}% of its bundled answer's word pairs |", "",
+            "The exam scores above stay near chance (25 %) for the same reason; a difference of a few questions "
+            "is noise. What the quickstart shows is the pipeline: the same resource files train, examine, "
+            "quantize and serve a 7B model on GPUs.",
+        ]
+    return lines
 
 
 def _markdown_to_html(md: str) -> str:
