@@ -132,7 +132,14 @@ def test_tuned_model_gives_the_taught_answer_and_the_base_model_does_not(first_r
     assert f"**Question:** {QUESTION}" in learned and f"**Taught answer:** {taught}" in learned
     for key in ("base", "tuned", "served"):
         assert " ".join(demo[key]["answer"].split()).replace("|", "\\|") in learned, key
-    assert tuned["run"] in learned and "cannot" in learned
+    assert " ".join(tuned["run"].split()[:8]) in learned  # the shared run, quoted (shortened)
+    # ...and honestly what it cannot do: the tuned model's answers to the taught question rephrased and
+    # to a bundled question it was not trained on, with their overlaps.
+    assert "cannot" in learned
+    for key in ("rephrased", "untaught"):
+        probe = demo[key]
+        assert probe["question"] in learned and " ".join(probe["answer"].split()).replace("|", "\\|") in learned, key
+    assert demo["untaught"]["reference"] == taught_answer(demo["untaught"]["question"])
     assert f"**A:** {served['answer']}" in md
     assert "after SFT:" in out
 
