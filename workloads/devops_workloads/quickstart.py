@@ -7,11 +7,12 @@ Stages (each one is exactly the `devops-model run -f examples/local/<file>` a us
 chained through `fromRun`, in a work dir of its own):
 
     tiny model → pretrain → SFT (LoRA, merged) → eval base / tuned → GPTQ int4 → eval int4
-    → built-in server answers one DevOps question → report.md / report.html
+    → answers before / after SFT → built-in server answers the taught question → report.md / report.html
 
-The training stages run in this process through the function `devops-model run -f` calls
-(``runner.run_file``), so torch and transformers are imported once, not once per stage; the chat
-server is a process of its own (``devops-model run -f chat.yaml``), as a user starts it.
+The six stages from pretrain to eval int4 run in this process, through the function that
+`devops-model run -f` calls (``runner.run_file``), so that torch and transformers are imported once,
+not once per stage; the chat server is a process of its own (``devops-model run -f chat.yaml``), as a
+user starts it.
 
 The demo question is one of the bundled SFT samples, so the report can show what was taught next
 to what the model answers before SFT, after SFT and after GPTQ (greedy decoding throughout).
@@ -405,6 +406,9 @@ def write_report(workdir: Path, summary: list[dict[str, Any]], timings: dict[str
         if s["kind"] in ("PretrainRun", "SFTRun") and art:
             for png in sorted(local_path(art).rglob("training_loss*.png")):
                 plots.append((s["stage"], png))
+    if "answers" in timings:
+        lines.append(f"| answers before/after SFT | pretrained and merged models, greedy | answered | "
+                     f"{timings['answers']:.0f}s | `answers.json` |")
     lines.append(f"| chat | ChatDeployment/devops-chat (built-in engine) | answered | {timings.get('chat', 0):.0f}s | |")
     lines += ["", "## Loss curves", ""]
     for title, png in plots:
