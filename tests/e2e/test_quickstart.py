@@ -98,12 +98,61 @@ def test_report_has_curves_scores_sizes_chat_and_cluster_commands(first_run):
             pct, correct, total = float(cell[0]), int(cell[1]), int(cell[2])
             assert total > 0 and abs(pct - 100 * correct / total) < 0.06
     assert re.search(r"\| GPTQ int4 \| [\d.]+ MB \(ratio [\d.]+×", md)
-    assert "**Q:** Kubernetes" in md and "**A:**" in md
+    assert "**Q:** What is the difference between a Deployment and a StatefulSet in Kubernetes?" in md and "**A:**" in md
     assert "helm install devops-model charts/devops-model" in md and "kubectl apply -f examples/cluster/chain.yaml" in md
     html = (workdir / "report.html").read_text()
     assert html.count("<img") == len(pngs) and "<table" in html
     # The chat stage really went through the built-in server's OpenAI API.
     assert re.search(r"POST /v1/chat/completions[^\n]*200", (workdir / "serve.log").read_text())
+
+
+def test_tuned_model_gives_the_taught_answer_and_the_base_model_does_not(first_run):
+    """The newcomer sees training work: asked one of the bundled SFT questions (greedy, same prompt),
+    the model after SFT reproduces a recognisable part of the taught answer, the same model before SFT
+    does not, the int4 model served over the OpenAI API still does, and the report shows all of it."""
+    from devops_workloads.quickstart import QUESTION, answer_overlap, taught_answer
+
+    workdir, out = first_run
+    demo = json.loads((workdir / "answers.json").read_text())
+    taught = taught_answer()
+    assert demo["question"] == QUESTION and demo["taught"] == taught
+    for key in ("base", "tuned", "served"):  # the recorded figures are the answers' own
+        assert answer_overlap(demo[key]["answer"], taught) == {k: demo[key][k] for k in ("bigrams", "longestRun", "run")}
+    tuned, served, base = demo["tuned"], demo["served"], demo["base"]
+    assert tuned["bigrams"] >= 0.5 and tuned["longestRun"] >= 8, tuned
+    assert served["bigrams"] >= 0.3 and served["longestRun"] >= 5, served
+    assert base["bigrams"] <= 0.05 and base["longestRun"] <= 2, base
+    # The loss curves fall clearly.
+    for kind, name, factor in (("PretrainRun", "pretrain.yaml", 0.75), ("SFTRun", "sft-lora.yaml", 0.5)):
+        first, last = map(float, re.search(r"loss ([\d.]+) → ([\d.]+)", _record(workdir, kind, yaml_name(name))
+                                           ["status"]["message"]).groups())
+        assert last < factor * first, (kind, first, last)
+    md = (workdir / "report.md").read_text()
+    learned = md.split("## What SFT taught", 1)[1].split("\n## ", 1)[0]
+    assert f"**Question:** {QUESTION}" in learned and f"**Taught answer:** {taught}" in learned
+    for key in ("base", "tuned", "served"):
+        assert " ".join(demo[key]["answer"].split()).replace("|", "\\|") in learned, key
+    assert " ".join(tuned["run"].split()[:8]) in learned  # the shared run, quoted (shortened)
+    # ...and honestly what it cannot do: the tuned model's answers to the taught question rephrased and
+    # to a bundled question it was not trained on, with their overlaps.
+    assert "cannot" in learned
+    for key in ("rephrased", "untaught"):
+        probe = demo[key]
+        assert probe["question"] in learned and " ".join(probe["answer"].split()).replace("|", "\\|") in learned, key
+    assert demo["untaught"]["reference"] == taught_answer(demo["untaught"]["question"])
+    assert f"**A:** {served['answer']}" in md
+    assert "after SFT:" in out
+
+
+def test_answer_overlap_counts_taught_word_pairs_and_the_longest_shared_run():
+    from devops_workloads.quickstart import answer_overlap
+
+    taught = "A Deployment manages interchangeable replicas: Pods get random names."
+    assert answer_overlap(taught, taught) == {"bigrams": 1.0, "longestRun": 9, "run": "a deployment manages interchangeable replicas pods get random names"}
+    got = answer_overlap("the the, the Deployment manages pods. Pods get random", taught)
+    assert got["longestRun"] == 3 and got["run"] == "pods get random"
+    assert got["bigrams"] == round(3 / 8, 3)  # deployment manages, pods get, get random
+    assert answer_overlap("", taught) == {"bigrams": 0.0, "longestRun": 0, "run": ""}
 
 
 def test_second_run_reuses_what_succeeded_and_repeats_only_what_is_missing(first_run):

@@ -7,7 +7,15 @@ Stages (each one is exactly the `devops-model run -f examples/local/<file>` a us
 chained through `fromRun`, in a work dir of its own):
 
     tiny model → pretrain → SFT (LoRA, merged) → eval base / tuned → GPTQ int4 → eval int4
-    → built-in server answers one DevOps question → report.md / report.html
+    → answers before / after SFT → built-in server answers the taught question → report.md / report.html
+
+The six stages from pretrain to eval int4 run in this process, through the function that
+`devops-model run -f` calls (``runner.run_file``), so that torch and transformers are imported once,
+not once per stage; the chat server is a process of its own (``devops-model run -f chat.yaml``), as a
+user starts it.
+
+The demo question is one of the bundled SFT samples, so the report can show what was taught next
+to what the model answers before SFT, after SFT and after GPTQ (greedy decoding throughout).
 
 Re-running resumes: a stage whose run is recorded as Succeeded in the work dir's run registry is
 reused, not repeated (``--fresh`` starts over).
@@ -18,8 +26,8 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,9 +39,22 @@ import yaml
 
 from devops_model.yamlio import dump
 
+from .processes import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "local"
-QUESTION = "Kubernetes 中 Deployment 和 StatefulSet 有什么区别？"
+#: One question of the bundled SFT data (sft/devops_qa_alpaca.json); its answer there is what SFT teaches.
+QUESTION = "What is the difference between a Deployment and a StatefulSet in Kubernetes?"
+#: Standard deviation of the tiny model's random weights (tiny.py says why). Measured: with Qwen2's
+#: 0.02, LoRA SFT on all the bundled Q&A stayed at loss ~8.5 after 40 steps; with 0.1 and the
+#: three-Q&A set of examples/local/sft-lora.yaml the taught answer comes back word for word.
+TINY_INIT = 0.1
+#: Two probes of what the tuned model cannot do: the taught question in other words, and a question
+#: of the bundled data that the quickstart's SFT did not train on (its answer there is the reference).
+REPHRASED = "How do Kubernetes StatefulSets differ from Deployments?"
+UNTAUGHT = "What does ImagePullBackOff mean?"
+#: Tokens each model may answer with (the taught answer is about 65 tokens).
+ANSWER_TOKENS = 96
 
 
 @dataclass
@@ -92,7 +113,7 @@ def run_quickstart(workdir: Path, exams: Path | None = None, fresh: bool = False
         shutil.rmtree(workdir)
     (workdir / "resources").mkdir(parents=True, exist_ok=True)
     env = _env(workdir)
-    os.environ.update({k: env[k] for k in ("DEVOPS_MODEL_HOME", "DEVOPS_MODEL_STORAGE")})
+    os.environ.update(env)  # before torch/transformers are imported: the stages run in this process
     timings: dict[str, float] = {}
     summary: list[dict[str, Any]] = []
 
@@ -103,7 +124,8 @@ def run_quickstart(workdir: Path, exams: Path | None = None, fresh: bool = False
     if not (model_dir / "config.json").exists():
         from .tiny import build_tiny_model
 
-        build_tiny_model(model_dir, "qwen", seed=0, like="qwen2.5-base")  # a base: eos <|endoftext|>, its own template
+        # a base (eos <|endoftext|>, its own template); weights of std 0.1 so that LoRA can learn (tiny.py)
+        build_tiny_model(model_dir, "qwen", seed=0, like="qwen2.5-base", initializer_range=TINY_INIT)
         _say(f"✓ tiny model          built at {model_dir} ({time.time() - t0:.1f}s)")
     else:
         _say(f"✓ tiny model          reused {model_dir}")
@@ -133,25 +155,150 @@ def run_quickstart(workdir: Path, exams: Path | None = None, fresh: bool = False
             continue
         _say(f"▶ {stage.title:<20} devops-model run -f {dst}")
         t0 = time.time()
-        r = subprocess.run([*_cli(), "run", "-f", str(dst)], env=env)
+        code = _run_stage(dst)
         timings[stage.title] = time.time() - t0
         entry = _registry(workdir, kind, name)
-        if r.returncode != 0 or not entry or entry["status"].get("state") != "Succeeded":
-            raise QuickstartError(f"stage '{stage.title}' failed (exit {r.returncode}); see the output above. "
+        if code != 0 or not entry or entry["status"].get("state") != "Succeeded":
+            raise QuickstartError(f"stage '{stage.title}' failed (exit {code}); see the output above. "
                                   f"Re-run `make quickstart` to resume from this stage.")
         _say(f"✓ {stage.title:<20} {entry['status'].get('summary') or entry['status'].get('message') or 'done'} "
              f"({timings[stage.title]:.0f}s)")
         summary.append({"stage": stage.title, "kind": kind, "name": name, "status": entry["status"], "reused": False})
 
-    # last: serve the int4 model and ask one question ---------------------------------------------
+    # the taught answer, and what the model answered before and after SFT (same prompt, greedy) ------
+    t0 = time.time()
+    demo = _before_and_after(workdir)
+    timings["answers"] = time.time() - t0
+    _say(f"✓ {'answers':<20} before SFT: {demo['base']['answer'][:80]!r}\n{'':23}after SFT:  "
+         f"{demo['tuned']['answer'][:80]!r} ({timings['answers']:.0f}s)")
+
+    # last: serve the int4 model and ask the question ------------------------------------------------
     t0 = time.time()
     answer, info = _serve_and_ask(workdir, env)
     timings["chat"] = time.time() - t0
+    demo["served"] = {"answer": answer, **answer_overlap(answer, demo["taught"])}
     _say(f"✓ {'chat':<20} Q: {QUESTION}\n{'':23}A: {answer[:200]!r} ({timings['chat']:.0f}s)")
+    (workdir / "answers.json").write_text(json.dumps(demo, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    report = write_report(workdir, summary, timings, QUESTION, answer, info)
+    report = write_report(workdir, summary, timings, QUESTION, answer, info, demo)
     _say(f"\nreport: {report} (and report.html)")
     return report
+
+
+def _run_stage(resource_file: Path) -> int:
+    """`devops-model run -f FILE` in this process: ``runner.run_file``, the function the command calls."""
+    from .runner import run_file
+
+    try:
+        return int(run_file(resource_file))
+    except QuickstartError:
+        raise
+    except Exception as exc:  # the runner recorded the run as Failed; say where, keep the traceback
+        import traceback
+
+        traceback.print_exc()
+        raise QuickstartError(f"{resource_file.name}: {type(exc).__name__}: {exc}") from exc
+
+
+def taught_answer(question: str = QUESTION) -> str:
+    """The answer the bundled SFT data gives to ``question`` (sft/devops_qa_alpaca.json)."""
+    rows = json.loads((Path(__file__).parent / "sample_data" / "sft" / "devops_qa_alpaca.json").read_text(encoding="utf-8"))
+    for row in rows:
+        if row.get("instruction") == question and not row.get("input"):
+            return str(row["output"])
+    raise QuickstartError(f"the question {question!r} is not in the bundled SFT data (sft/devops_qa_alpaca.json)")
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def answer_overlap(answer: str, taught: str) -> dict[str, Any]:
+    """How much of the taught answer an answer reproduces, in words (case and punctuation ignored):
+    ``bigrams``: the share of the taught answer's distinct word pairs that occur in the answer;
+    ``longestRun``: the longest run of consecutive words the two share, and ``run`` that text."""
+    a, t = _words(answer), _words(taught)
+    tb = set(zip(t, t[1:]))
+    bigrams = len(tb & set(zip(a, a[1:]))) / len(tb) if tb else 0.0
+    best, end = 0, 0
+    prev = [0] * (len(t) + 1)
+    for i in range(1, len(a) + 1):
+        cur = [0] * (len(t) + 1)
+        for j in range(1, len(t) + 1):
+            if a[i - 1] == t[j - 1]:
+                cur[j] = prev[j - 1] + 1
+                if cur[j] > best:
+                    best, end = cur[j], j
+        prev = cur
+    return {"bigrams": round(bigrams, 3), "longestRun": best, "run": " ".join(t[end - best:end])}
+
+
+def _before_and_after(workdir: Path) -> dict[str, Any]:
+    """Greedy answers to QUESTION from the SFT run's starting point (the pretrained model) and from
+    its merged result, both prompted with the tuned model's chat template exactly as the server does;
+    and the tuned model's answers to REPHRASED and UNTAUGHT (what it cannot do)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from devops_model.uris import local_path
+
+    from .serve.prompts import chat_prompt
+
+    sft = _registry(workdir, "SFTRun", _name("sft-lora.yaml")) or {}
+    art = (sft.get("status") or {}).get("artifact") or {}
+    base_uri = (sft.get("status") or {}).get("resolvedModel")
+    if not base_uri or not art.get("mergedUri"):
+        raise QuickstartError("the SFT run recorded no starting model or merged model; re-run with --fresh")
+    tuned_dir, base_dir = local_path(art["mergedUri"]), local_path(base_uri)
+    tok = AutoTokenizer.from_pretrained(str(tuned_dir))
+
+    def ask(model: Any, question: str) -> str:
+        ids = tok(chat_prompt(tok, [{"role": "user", "content": question}]), return_tensors="pt").input_ids
+        with torch.no_grad():
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=ANSWER_TOKENS, do_sample=False,
+                                 eos_token_id=_stop_ids(tok), pad_token_id=tok.pad_token_id)
+        return str(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)).strip()
+
+    taught = taught_answer()
+    out: dict[str, Any] = {"question": QUESTION, "taught": taught, "baseModel": base_uri, "tunedModel": art["mergedUri"],
+                           "trainedOn": _data_figures(workdir)}
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    answer = ask(base, QUESTION)
+    out["base"] = {"answer": answer, **answer_overlap(answer, taught)}
+    tuned = AutoModelForCausalLM.from_pretrained(str(tuned_dir), dtype=torch.float32)
+    answer = ask(tuned, QUESTION)
+    out["tuned"] = {"answer": answer, **answer_overlap(answer, taught)}
+    answer = ask(tuned, REPHRASED)
+    out["rephrased"] = {"question": REPHRASED, "answer": answer, **answer_overlap(answer, taught)}
+    answer = ask(tuned, UNTAUGHT)
+    out["untaught"] = {"question": UNTAUGHT, "answer": answer, "reference": taught_answer(UNTAUGHT),
+                       **answer_overlap(answer, taught_answer(UNTAUGHT))}
+    return out
+
+
+def _data_figures(workdir: Path) -> dict[str, Any]:
+    """Tokens the pretraining corpus and the SFT data held (the runs' data_report.json)."""
+    figures: dict[str, Any] = {}
+    for kind, file, key in (("PretrainRun", "pretrain.yaml", "pretrain"), ("SFTRun", "sft-lora.yaml", "sft")):
+        rec = _registry(workdir, kind, _name(file)) or {}
+        uri = ((rec.get("status") or {}).get("artifact") or {}).get("uri")
+        try:
+            from devops_model.uris import local_path
+
+            report = json.loads((local_path(uri) / "data_report.json").read_text()) if uri else {}
+        except (OSError, ValueError):
+            report = {}
+        figures[key] = {k: report[k] for k in ("rowsUsed", "tokens", "trained") if k in report}
+    return figures
+
+
+def _stop_ids(tok: Any) -> list[int]:
+    ids = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    return [i for i in ids if isinstance(i, int) and i >= 0]
+
+
+def _name(file: str) -> str:
+    return str(yaml.safe_load((EXAMPLES / file).read_text())["metadata"]["name"])
 
 
 def _same_spec(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
@@ -164,15 +311,9 @@ def _normalise(res: dict[str, Any]) -> dict[str, Any]:
     return parse_resource(res).to_dict()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve_and_ask(workdir: Path, env: dict[str, str]) -> tuple[str, dict[str, Any]]:
     """`devops-model run -f chat.yaml` (the ChatDeployment, built-in engine) on a free port, ask
-    one question through the chat client, stop the server. Returns the answer and /v1/info."""
+    one question through the chat client (greedy), stop the server. Returns the answer and /v1/info."""
     import urllib.request
 
     src = EXAMPLES / "chat.yaml"
@@ -180,7 +321,7 @@ def _serve_and_ask(workdir: Path, env: dict[str, str]) -> tuple[str, dict[str, A
         raise QuickstartError(f"{src} is missing; the quickstart runs the examples in examples/local/")
     dst = workdir / "resources" / "chat.yaml"
     shutil.copyfile(src, dst)
-    port = _free_port()
+    port = free_port()
     log_path = workdir / "serve.log"
     _say(f"▶ {'chat':<20} devops-model run -f {dst}  (port {port})")
     with open(log_path, "w") as log:
@@ -209,7 +350,7 @@ def _serve_and_ask(workdir: Path, env: dict[str, str]) -> tuple[str, dict[str, A
             from .chat.client import ChatClient
 
             client = ChatClient(f"http://127.0.0.1:{port}")
-            response, _history = client.chat(QUESTION, [], max_tokens=48)
+            response, _history = client.chat(QUESTION, [], max_tokens=ANSWER_TOKENS, temperature=0)
             return response, info
         finally:
             from .processes import stop_group
@@ -248,7 +389,7 @@ def _score_table(summary: list[dict[str, Any]]) -> tuple[list[str], list[list[st
 
 
 def write_report(workdir: Path, summary: list[dict[str, Any]], timings: dict[str, float], question: str, answer: str,
-                 info: dict[str, Any] | None = None) -> Path:
+                 info: dict[str, Any] | None = None, demo: dict[str, Any] | None = None) -> Path:
     from devops_model.uris import local_path
 
     lines = ["# DevOps-Model quickstart report", "",
@@ -265,6 +406,9 @@ def write_report(workdir: Path, summary: list[dict[str, Any]], timings: dict[str
         if s["kind"] in ("PretrainRun", "SFTRun") and art:
             for png in sorted(local_path(art).rglob("training_loss*.png")):
                 plots.append((s["stage"], png))
+    if "answers" in timings:
+        lines.append(f"| answers before/after SFT | pretrained and merged models, greedy | answered | "
+                     f"{timings['answers']:.0f}s | `answers.json` |")
     lines.append(f"| chat | ChatDeployment/devops-chat (built-in engine) | answered | {timings.get('chat', 0):.0f}s | |")
     lines += ["", "## Loss curves", ""]
     for title, png in plots:
@@ -285,6 +429,8 @@ def write_report(workdir: Path, summary: list[dict[str, Any]], timings: dict[str
             if st.get("sizeAfterBytes"):
                 lines.append(f"| GPTQ int4 | {st['sizeAfterBytes'] / 1e6:.1f} MB (ratio {st.get('compressionRatio', 0):.2f}×; "
                              f"perplexity {st.get('perplexityBefore', 0):.1f} → {st.get('perplexityAfter', 0):.1f}) |")
+    lines += ["", "## What SFT taught", ""]
+    lines += _learned_section(summary, demo) if demo else []
     lines += ["", "## Chat", ""]
     lineage = (info or {}).get("lineage")
     if lineage:
@@ -300,6 +446,69 @@ def write_report(workdir: Path, summary: list[dict[str, Any]], timings: dict[str
     (workdir / "report.md").write_text(md)
     (workdir / "report.html").write_text(_markdown_to_html(md))
     return workdir / "report.md"
+
+
+def _loss_span(status: dict[str, Any]) -> str:
+    m = re.search(r"loss ([\d.]+) → ([\d.]+)", str(status.get("message") or ""))
+    return f"{m.group(1)} → {m.group(2)}" if m else "?"
+
+
+def _learned_section(summary: list[dict[str, Any]], demo: dict[str, Any]) -> list[str]:
+    """The question, the taught answer, the answers before SFT, after SFT and from the int4 server,
+    how much of the taught answer each one reproduces, and what such a tiny model cannot do."""
+    losses = {s["kind"]: _loss_span(s["status"]) for s in summary if s["kind"] in ("PretrainRun", "SFTRun")}
+    data = demo.get("trainedOn") or {}
+    pt, sft = data.get("pretrain") or {}, data.get("sft") or {}
+
+    def cell(text: str) -> str:
+        return " ".join(text.split()).replace("|", "\\|") or "(empty)"
+
+    def row(label: str, key: str) -> str:
+        d = demo.get(key)
+        if not d:
+            return f"| {label} | — | — | — |"
+        return f"| {label} | {cell(d['answer'])} | {100 * d['bigrams']:.0f}% | {d['longestRun']} |"
+
+    def short(run: str, n: int = 12) -> str:
+        words = run.split()
+        return " ".join(words[:n]) + (" …" if len(words) > n else "")
+
+    base, tuned, served = demo.get("base") or {}, demo.get("tuned") or {}, demo.get("served") or {}
+    lines = [
+        f"Pretraining loss {losses.get('PretrainRun', '?')} on a corpus of {pt.get('tokens', '?')} tokens; "
+        f"SFT loss {losses.get('SFTRun', '?')} on {sft.get('rowsUsed', '?')} question–answer pairs "
+        f"({sft.get('tokens', '?')} tokens, {sft.get('trained', '?')} of them answer tokens that are trained; "
+        "`sft/devops_qa_quickstart.json`). The question below is one of them. Every model gets the same chat "
+        "prompt and decodes greedily; the last two columns count the taught answer's word pairs found in "
+        "an answer and the longest run of words the two share.", "",
+        f"**Question:** {demo['question']}", "",
+        f"**Taught answer:** {demo['taught']}", "",
+        "| model | answer | taught word pairs reproduced | longest run of taught words |", "|---|---|---|---|",
+        row(f"before SFT (`{demo.get('baseModel', '')}`)", "base"),
+        row(f"after SFT (`{demo.get('tunedModel', '')}`)", "tuned"),
+        row("served GPTQ int4 (chat below)", "served"),
+        "",
+        f"**What was learned:** before SFT the model reproduces {100 * base.get('bigrams', 0):.0f}% of the taught "
+        f"answer's word pairs; after SFT {100 * tuned.get('bigrams', 0):.0f}% (longest shared run "
+        f"{tuned.get('longestRun', 0)} words: \"{short(tuned.get('run', ''))}\"), and the int4 model served over "
+        f"the OpenAI API {100 * served.get('bigrams', 0):.0f}%.", "",
+    ]
+    reph, untaught = demo.get("rephrased"), demo.get("untaught")
+    if reph and untaught:
+        lines += [
+            "**What a model this small cannot do:** it has 2 layers of width 128 and saw a few thousand tokens. "
+            "It recites what it was shown, as a lookup; it does not understand Kubernetes and cannot answer "
+            "what it was not taught. The tuned model, asked greedily:", "",
+            "| question | tuned model's answer | overlap with the reference answer |", "|---|---|---|",
+            f"| {reph['question']} (the taught question in other words) | {cell(reph['answer'])} | "
+            f"{100 * reph['bigrams']:.0f}% of the taught answer's word pairs |",
+            f"| {untaught['question']} (in the bundled data, not trained on) | {cell(untaught['answer'])} | "
+            f"{100 * untaught['bigrams']:.0f}% of its bundled answer's word pairs |", "",
+            "The exam scores above stay near chance (25 %) for the same reason; a difference of a few questions "
+            "is noise. What the quickstart shows is the pipeline: the same resource files train, examine, "
+            "quantize and serve a 7B model on GPUs.",
+        ]
+    return lines
 
 
 def _markdown_to_html(md: str) -> str:

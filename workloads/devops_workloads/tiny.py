@@ -225,8 +225,14 @@ def build_qwen25_tokenizer(like: str):
     return tok
 
 
-def build_tiny_model(out: str | Path, tokenizer: str = "qwen", seed: int = 0, like: str | None = None) -> Path:
-    """Write a tiny Qwen2 model + tokenizer to ``out`` and return the path (``like``: see the docstring)."""
+def build_tiny_model(out: str | Path, tokenizer: str = "qwen", seed: int = 0, like: str | None = None,
+                     initializer_range: float | None = None) -> Path:
+    """Write a tiny Qwen2 model + tokenizer to ``out`` and return the path (``like``: see the docstring).
+
+    ``initializer_range``: the standard deviation of the random weights (Qwen2's default 0.02). The
+    quickstart uses 0.1: with width 128 and tied embeddings of std 0.02 a logit can rise only about
+    2.6 above the rest (|h| ≈ √128 after the final norm, |e| ≈ 0.02·√128), too little to single out
+    one of 151,936 tokens, and LoRA cannot change the embeddings or the norm to fix that."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -245,6 +251,7 @@ def build_tiny_model(out: str | Path, tokenizer: str = "qwen", seed: int = 0, li
         eos_token_id=tok.convert_tokens_to_ids(tok.eos_token if like else "<|im_end|>"),
         pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
         **TINY_CONFIG,
+        **({"initializer_range": initializer_range} if initializer_range is not None else {}),
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
@@ -264,7 +271,8 @@ def build_tiny_model(out: str | Path, tokenizer: str = "qwen", seed: int = 0, li
         save_tokenizer(tok, out, tokenizer_class="Qwen2Tokenizer")
     else:
         tok.save_pretrained(out)
-    (out / "tiny-model.json").write_text(json.dumps({"tokenizer": tokenizer, "seed": seed, "like": like, **TINY_CONFIG}, indent=2))
+    (out / "tiny-model.json").write_text(json.dumps({"tokenizer": tokenizer, "seed": seed, "like": like, **TINY_CONFIG,
+                                                        "initializer_range": config.initializer_range}, indent=2))
     return out
 
 

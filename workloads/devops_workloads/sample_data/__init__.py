@@ -11,6 +11,8 @@ Contents (Chinese and English):
 
 * ``corpus/devops_corpus.jsonl`` — short DevOps documents, one ``{"text": ...}`` per line (pretraining).
 * ``sft/devops_qa_alpaca.json`` — alpaca-shaped Q&A (instruction/input/output, some with history).
+* ``sft/devops_qa_quickstart.json`` — the first three alpaca rows, which the quickstart's LoRA SFT
+  (examples/local/sft-lora.yaml) learns by heart so that its report can show what was learned.
 * ``sft/devops_qa_sharegpt.jsonl`` — sharegpt-shaped conversations, some multi-turn, some with a system turn.
 * ``dataset_info.json`` — the seed's registry format (file_name, file_sha1, columns, stage).
 """
