@@ -277,72 +277,92 @@ class _StepClock:
         selective_loss.SelectiveHeadTrainer = ClockedTrainer  # train/entry.py imports it at call time
 
 
-def section_sft(args, work: Path, plan: dict) -> list[dict]:
-    import torch
+def per_shape(emit: Callable[[dict], None], section: str, shape: str, fn: Callable[[], None]) -> None:
+    """Run one shape's measurement; a failure becomes a row (with the error) and the next shape still runs."""
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001  (recorded, not raised: the other shapes still count)
+        traceback.print_exc()
+        emit(row(f"{section}, {shape}: failed", None, "", None, "", f"{type(exc).__name__}: {str(exc)[:400]}"))
+    finally:
+        try:
+            import torch
 
-    from devops_model.api.resource import parse_resource
-    from devops_workloads import runner
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
 
+
+def section_sft(args, work: Path, plan: dict, emit: Callable[[dict], None]) -> None:
     storage = work / "storage"
     os.environ["DEVOPS_MODEL_STORAGE"] = str(storage)
     os.environ.setdefault("DEVOPS_MODEL_HOME", str(work / "home"))
     registry = _sft_registry(storage, plan["sft_repeat"])
     _StepClock.install()
-    rows = []
     peak = args.peak_tflops * 1e12
     for shape, steps in plan["sft"]:
-        model_dir, n_params = ensure_model(work, shape)
-        name = f"sft-{shape}"
-        res = {
-            "apiVersion": "devops-model.io/v1alpha1", "kind": "SFTRun", "metadata": {"name": name},
-            "spec": {
-                "model": {"uri": f"pvc://models/{shape}"},
-                "data": {"registry": registry, "datasets": [{"name": "alpaca_x"}, {"name": "sharegpt_x"}]},
-                "training": {"learningRate": "1e-5", "lrScheduler": "constant", "warmupRatio": "0", "maxSteps": steps,
-                             "perDeviceBatchSize": plan["sft_batch"], "maxLength": plan["sft_len"], "packing": True,
-                             "precision": "bf16", "gradientCheckpointing": False, "saveSteps": 100000, "loggingSteps": 5,
-                             "template": "chatml"},
-                "finetuning": {"type": "full"}, "launcher": "Job", "output": {"uri": f"pvc://runs/{name}"},
-            },
-        }
-        if device() == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        _StepClock.marks.clear()
-        t0 = time.time()
-        runner.run_resource(parse_resource(res, "bench"))
-        wall = time.time() - t0
-        marks = _StepClock.marks
-        if len(marks) < 3:
-            raise RuntimeError(f"{shape}: only {len(marks)} optimizer steps were clocked; maxSteps must be at least 3")
-        warm = max(1, min(WARM_STEPS, len(marks) - 2))
-        (ta, na, _), (tb, nb, sb) = marks[warm - 1], marks[-1]
-        tps = (nb - na) / (tb - ta)
-        state = json.loads((storage / "runs" / name / "trainer_state.json").read_text())
-        losses = [h["loss"] for h in state["log_history"] if "loss" in h]
-        mem = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device() == "cuda" else ""
-        limit = peak / (6 * n_params)
-        mfu = tps / limit
-        import importlib.util  # train/entry.py's choice: FlashAttention-2 on GPU when installed, else sdpa
+        per_shape(emit, "SFT", shape, lambda: _sft_one(args, work, plan, registry, storage, peak, shape, steps, emit))
 
-        attn = "flash_attention_2" if (device() == "cuda" and importlib.util.find_spec("flash_attn")) else "sdpa"
-        rows.append(row(
-            f"SFT tokens/s, {shape} shape ({n_params / 1e9:.2f}B), bf16, packed, selective LM head",
-            tps, f"physical limit: {args.peak_tflops:g} TFLOP/s bf16 peak as 6·N tokens/s (ratio = MFU)", limit, "tokens/s",
-            f"MFU {mfu:.1%} (6·N·tokens/s / peak, N = all {n_params:,} parameters); ours = devops-model run "
-            f"(runner.run_resource): full FT, fp32 master weights + bf16 autocast, AdamW, packed rows of "
-            f"{plan['sft_batch']}×{plan['sft_len']} tokens flattened into one, attention {attn}; steps {warm + 1}–{sb} "
-            f"timed ({nb - na:,} tokens in {tb - ta:.1f}s) after {warm} warm-up steps; loss {losses[0]:.3f} → "
-            f"{losses[-1]:.3f}; whole run incl. load and save {wall:.0f}s{mem}", digits=1))
-        rows[-1]["mfu"] = round(mfu, 4)
-        shutil.rmtree(storage / "runs" / name, ignore_errors=True)  # the saved weights: GBs on the 1.5B shape
-        if device() == "cuda":
-            torch.cuda.empty_cache()
-    return rows
+
+def _sft_one(args, work: Path, plan: dict, registry: str, storage: Path, peak: float, shape: str, steps: int,
+             emit: Callable[[dict], None]) -> None:
+    import importlib.util
+
+    import torch
+
+    from devops_model.api.resource import parse_resource
+    from devops_workloads import runner
+
+    model_dir, n_params = ensure_model(work, shape)
+    name = f"sft-{shape}"
+    res = {
+        "apiVersion": "devops-model.io/v1alpha1", "kind": "SFTRun", "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": f"pvc://models/{shape}"},
+            "data": {"registry": registry, "datasets": [{"name": "alpaca_x"}, {"name": "sharegpt_x"}]},
+            "training": {"learningRate": "1e-5", "lrScheduler": "constant", "warmupRatio": "0", "maxSteps": steps,
+                         "perDeviceBatchSize": plan["sft_batch"], "maxLength": plan["sft_len"], "packing": True,
+                         "precision": "bf16", "gradientCheckpointing": False, "saveSteps": 100000, "loggingSteps": 5,
+                         "template": "chatml"},
+            "finetuning": {"type": "full"}, "launcher": "Job", "output": {"uri": f"pvc://runs/{name}"},
+        },
+    }
+    if device() == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    _StepClock.marks.clear()
+    t0 = time.time()
+    runner.run_resource(parse_resource(res, "bench"))
+    wall = time.time() - t0
+    marks = _StepClock.marks
+    if len(marks) < 3:
+        raise RuntimeError(f"{shape}: only {len(marks)} optimizer steps were clocked; maxSteps must be at least 3")
+    warm = max(1, min(WARM_STEPS, len(marks) - 2))
+    (ta, na, _), (tb, nb, sb) = marks[warm - 1], marks[-1]
+    tps = (nb - na) / (tb - ta)
+    state = json.loads((storage / "runs" / name / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    mem = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device() == "cuda" else ""
+    limit = peak / (6 * n_params)
+    mfu = tps / limit
+    # train/entry.py's choice: FlashAttention-2 on GPU when installed, else sdpa
+    attn = "flash_attention_2" if (device() == "cuda" and importlib.util.find_spec("flash_attn")) else "sdpa"
+    r = row(
+        f"SFT tokens/s, {shape} shape ({n_params / 1e9:.2f}B), bf16, packed, selective LM head",
+        tps, f"physical limit: {args.peak_tflops:g} TFLOP/s bf16 peak as 6·N tokens/s (ratio = MFU)", limit, "tokens/s",
+        f"MFU {mfu:.1%} (6·N·tokens/s / peak, N = all {n_params:,} parameters); ours = devops-model run "
+        f"(runner.run_resource): full FT, fp32 master weights + bf16 autocast, AdamW, packed rows of "
+        f"{plan['sft_batch']}×{plan['sft_len']} tokens flattened into one, attention {attn}; steps {warm + 1}–{sb} "
+        f"timed ({nb - na:,} tokens in {tb - ta:.1f}s) after {warm} warm-up steps; loss {losses[0]:.3f} → "
+        f"{losses[-1]:.3f}; whole run incl. load and save {wall:.0f}s{mem}", digits=1)
+    r["mfu"] = _round(mfu, 4)
+    emit(r)
+    shutil.rmtree(storage / "runs" / name, ignore_errors=True)  # the saved weights: GBs on the 1.5B shape
 
 
 # ------------------------------------------------------------------------------------------ 2. exams
 
-def section_exam(args, work: Path, plan: dict) -> list[dict]:
+def section_exam(args, work: Path, plan: dict, emit: Callable[[dict], None]) -> None:
     from devops_workloads.evaluate.evaluator import EvalConfig, evaluate
 
     shape = plan["exam"]
@@ -380,7 +400,7 @@ def section_exam(args, work: Path, plan: dict) -> list[dict]:
     computed = t.get("prefix_tokens", 0) + t.get("suffix_tokens", 0)
     bound = 2 * n_params * computed / (args.peak_tflops * 1e12)
     setting = f"{desc}, {q} questions × shots 0 and 5 = {n} prompts, {shape} shape ({n_params / 1e9:.2f}B, random weights)"
-    rows = [
+    for r in [
         row(f"exam throughput, fast engine vs the plain loop, bf16 ({n} question-settings)", n / s_fast,
             "plain loop (seed: whole prompt, one question per forward pass), bf16", n / s_plain, "questions/s",
             f"{setting}; scoring {s_fast:.2f}s vs {s_plain:.2f}s; predictions equal on {same_plain}/{n}; "
@@ -394,13 +414,13 @@ def section_exam(args, work: Path, plan: dict) -> list[dict]:
             f"{setting}; fp32 scoring {s_32:.2f}s ({n / s_32:.1f} q/s); {close} of {n} fp32 predictions have a top-2 "
             f"option-logit gap < 0.05 (random weights: near ties that bf16 rounding flips); accuracy bf16 "
             f"{[o['accuracy'] for o in acc['fast']]}, fp32 {[o['accuracy'] for o in acc['fp32']]} (shots 0, 5)"),
-    ]
-    return rows
+    ]:
+        emit(r)
 
 
 # ------------------------------------------------------------------------------------------ 3. serving
 
-def section_serve(args, work: Path, plan: dict, deadline: float) -> list[dict]:
+def section_serve(args, work: Path, plan: dict, deadline: float, emit: Callable[[dict], None]) -> None:
     import statistics
 
     import httpx
@@ -460,15 +480,13 @@ def section_serve(args, work: Path, plan: dict, deadline: float) -> list[dict]:
                 times.append(time.perf_counter() - t0)
             assert out.shape[1] - ids.shape[1] == new
     seq = new / statistics.mean(times)
-    rows = []
     for c in levels:
         r = res[c]
-        rows.append(row(f"builtin serving throughput, {c} concurrent clients ({new} new tokens each), {shape} shape", r["tokens_per_s"],
+        emit(row(f"builtin serving throughput, {c} concurrent clients ({new} new tokens each), {shape} shape", r["tokens_per_s"],
                         f"sequential transformers generate ({dtype}, in-process, no HTTP)", seq, "tokens/s",
                         f"devops-model serve --device {dev} --dtype {dtype} --max-batch-size {max(levels)}, loopback HTTP+SSE, "
                         f"bench/serve.py drive(): {plan['serve_rounds'] * c} requests in {r['wall_s']:.1f}s, {r['failed']} failed; TTFT mean "
                         f"{r['ttft_mean']:.3f}s, p50 {r['ttft_p50']:.3f}s", digits=1))
-    return rows
 
 
 # ------------------------------------------------------------------------------------------ 4. Qwen-1
@@ -614,70 +632,72 @@ def _try_original(src: Path, ids: list[list[int]], dev: str) -> tuple[Any, str]:
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
 
 
-def section_qwen1(args, work: Path, plan: dict) -> list[dict]:
-    import torch
-    import transformers
-
-    from devops_workloads.models.loading import load_causal_lm
-    from devops_workloads.models.qwen1 import convert_qwen1
-
+def section_qwen1(args, work: Path, plan: dict, emit: Callable[[dict], None]) -> None:
     seed = seed_qwen1_dir()
     if seed is None:
         raise RuntimeError("qwen.tiktoken not found: run `bash bench/gpu.sh --prepare` (bench/gpu.carry/qwen1) "
                            "or set DEVOPS_MODEL_SEED_QWEN1")
     dev = device()
     texts = _qwen1_prompts(plan.get("sample_exam", False))
-    rows = []
     for shape in plan["qwen1"]:
-        src = build_qwen1(work / "qwen1" / shape, shape, seed, dev)
-        dst = work / "qwen1" / f"{shape}.qwen2"
-        t0 = time.perf_counter()
-        convert_qwen1(src, dst, progress=lambda m: None)
-        conv_s = time.perf_counter() - t0
-        n_params = sum(int(math.prod(v)) for v in _shapes(src / "model.safetensors"))
-        model, tok = load_causal_lm(dst, dtype="fp32")
-        ids = [tok.encode(t, add_special_tokens=False) for t in texts]
-        ref_ids = _tiktoken_ids(src / "qwen.tiktoken", texts)
-        tok_note = ("token ids equal tiktoken's (Qwen-1's own encoder) on all prompts" if ref_ids == ids else
-                    "token ids DIFFER from tiktoken's" if ref_ids is not None else "tiktoken not installed: ids not compared")
-        orig, why = _try_original(src, ids, dev)
-        results = {}
-        for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            if dtype_name == "bf16":
-                del model
-                model, _ = load_causal_lm(dst, dtype="bf16")
-            ref = Qwen1Reference(src, dtype, dev)
-            diff, agree, scale, total = 0.0, 0, 0.0, 0
-            with torch.no_grad():
-                for k, x in enumerate(ids):
-                    a = model(input_ids=torch.tensor([x], device=dev)).logits[0].float()
-                    b = orig[k] if (orig is not None and dtype_name == "fp32") else ref.logits(x)
-                    diff = max(diff, float((a - b).abs().max()))
-                    scale = max(scale, float(b.abs().max()))
-                    agree += int((a.argmax(-1) == b.argmax(-1)).sum())
-                    total += len(x)
-            del ref
-            results[dtype_name] = (diff, agree, total, scale)
-        del model
-        if dev == "cuda":
-            torch.cuda.empty_cache()
-        reference = ("Qwen-1's released code (remote code) under transformers " + transformers.__version__
-                     if orig is not None else
-                     f"Qwen1Reference, the plain-torch Qwen-1 forward in bench/gpu.py (the released code does not run "
-                     f"under transformers {transformers.__version__}: {why})")
-        (d32, a32, n32, s32), (d16, a16, n16, s16) = results["fp32"], results["bf16"]
-        common = (f"random Qwen-1 {shape} checkpoint ({n_params / 1e9:.3f}B, bf16 on disk as released), converted by "
-                  f"models/qwen1.py in {conv_s:.1f}s, loaded by models/loading.py on {dev}; {len(texts)} prompts "
-                  f"({n32} positions: 5-shot exam prompts and a chatml turn); reference: {reference}; {tok_note}")
-        rows.append(row(f"Qwen-1 conversion, {shape}: max |Δlogit| converted vs reference, fp32", d32,
-                        "largest |logit| of the reference", s32, "logit", f"{common}; top-1 equal at {a32}/{n32} positions",
-                        ratio=NO_RATIO, digits=6))
-        rows.append(row(f"Qwen-1 conversion, {shape}: top-1 agreement converted vs reference, bf16", 100.0 * a16 / n16,
-                        "all positions", 100.0, "% equal",
-                        f"{common}; both sides in bf16 (the reference computes like modeling_qwen: fp32 norms and rotary); "
-                        f"max |Δlogit| {d16:.4f} of logits up to {s16:.2f}"))
+        per_shape(emit, "Qwen-1 conversion", shape, lambda: _qwen1_one(work, shape, seed, dev, texts, emit))
         shutil.rmtree(work / "qwen1", ignore_errors=True)
-    return rows
+
+
+def _qwen1_one(work: Path, shape: str, seed: Path, dev: str, texts: list[str], emit: Callable[[dict], None]) -> None:
+    import torch
+    import transformers
+
+    from devops_workloads.models.loading import load_causal_lm
+    from devops_workloads.models.qwen1 import convert_qwen1
+
+    src = build_qwen1(work / "qwen1" / shape, shape, seed, dev)
+    dst = work / "qwen1" / f"{shape}.qwen2"
+    t0 = time.perf_counter()
+    convert_qwen1(src, dst, progress=lambda m: None)
+    conv_s = time.perf_counter() - t0
+    n_params = sum(int(math.prod(v)) for v in _shapes(src / "model.safetensors"))
+    model, tok = load_causal_lm(dst, dtype="fp32")
+    ids = [tok.encode(t, add_special_tokens=False) for t in texts]
+    ref_ids = _tiktoken_ids(src / "qwen.tiktoken", texts)
+    tok_note = ("token ids equal tiktoken's (Qwen-1's own encoder) on all prompts" if ref_ids == ids else
+                "token ids DIFFER from tiktoken's" if ref_ids is not None else "tiktoken not installed: ids not compared")
+    orig, why = _try_original(src, ids, dev)
+    results = {}
+    for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if dtype_name == "bf16":
+            del model
+            model, _ = load_causal_lm(dst, dtype="bf16")
+        ref = Qwen1Reference(src, dtype, dev)
+        diff, agree, scale, total = 0.0, 0, 0.0, 0
+        with torch.no_grad():
+            for k, x in enumerate(ids):
+                a = model(input_ids=torch.tensor([x], device=dev)).logits[0].float()
+                b = orig[k] if (orig is not None and dtype_name == "fp32") else ref.logits(x)
+                diff = max(diff, float((a - b).abs().max()))
+                scale = max(scale, float(b.abs().max()))
+                agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+                total += len(x)
+        del ref
+        results[dtype_name] = (diff, agree, total, scale)
+    del model
+    if dev == "cuda":
+        torch.cuda.empty_cache()
+    reference = ("Qwen-1's released code (remote code) under transformers " + transformers.__version__
+                 if orig is not None else
+                 f"Qwen1Reference, the plain-torch Qwen-1 forward in bench/gpu.py (the released code does not run "
+                 f"under transformers {transformers.__version__}: {why})")
+    (d32, a32, n32, s32), (d16, a16, n16, s16) = results["fp32"], results["bf16"]
+    common = (f"random Qwen-1 {shape} checkpoint ({n_params / 1e9:.3f}B, bf16 on disk as released), converted by "
+              f"models/qwen1.py in {conv_s:.1f}s, loaded by models/loading.py on {dev}; {len(texts)} prompts "
+              f"({n32} positions: 5-shot exam prompts and a chatml turn); reference: {reference}; {tok_note}")
+    emit(row(f"Qwen-1 conversion, {shape}: largest logit difference, converted vs reference, fp32", d32,
+                    "largest |logit| of the reference", s32, "logit", f"{common}; top-1 equal at {a32}/{n32} positions",
+                    ratio=NO_RATIO, digits=6))
+    emit(row(f"Qwen-1 conversion, {shape}: top-1 agreement converted vs reference, bf16", 100.0 * a16 / n16,
+                    "all positions", 100.0, "% equal",
+                    f"{common}; both sides in bf16 (the reference computes like modeling_qwen: fp32 norms and rotary); "
+                    f"largest logit difference {d16:.4f}, logits up to {s16:.2f}"))
 
 
 def _shapes(path: Path) -> list[list[int]]:
@@ -695,14 +715,19 @@ def child(args) -> int:
     plan = PLAN[mode]
     work = Path(args.work)
     deadline = time.time() + args.box
-    fn: dict[str, Callable[[], list[dict]]] = {
-        "sft": lambda: section_sft(args, work, plan),
-        "exam": lambda: section_exam(args, work, plan),
-        "serve": lambda: section_serve(args, work, plan, deadline),
-        "qwen1": lambda: section_qwen1(args, work, plan),
+    rows: list[dict] = []
+
+    def emit(r: dict) -> None:  # written at once: a section stopped later keeps what it measured
+        rows.append(r)
+        Path(args.rows_out).write_text(json.dumps(rows, ensure_ascii=False, indent=2))
+
+    fn: dict[str, Callable[[], None]] = {
+        "sft": lambda: section_sft(args, work, plan, emit),
+        "exam": lambda: section_exam(args, work, plan, emit),
+        "serve": lambda: section_serve(args, work, plan, deadline, emit),
+        "qwen1": lambda: section_qwen1(args, work, plan, emit),
     }
-    rows = fn[args.child]()
-    Path(args.rows_out).write_text(json.dumps(rows, ensure_ascii=False, indent=2))
+    fn[args.child]()
     return 0
 
 
@@ -756,6 +781,7 @@ def main() -> int:
         log = work / f"{sec}.log"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", sec, "--work", str(work), "--rows-out", str(rows_out),
                "--box", str(box), "--peak-tflops", str(args.peak_tflops)] + (["--smoke"] if args.smoke else [])
+        rows_out.unlink(missing_ok=True)
         say(f"section {sec}: time box {box:.0f}s")
         t0 = time.time()
         status, error = "ok", None
@@ -771,12 +797,16 @@ def main() -> int:
         tail = log.read_text(errors="replace")[-2500:]
         if status == "ok" and (rc != 0 or not rows_out.is_file()):
             status = "failed"
+        partial = json.loads(rows_out.read_text()) if rows_out.is_file() else []
+        result["rows"].extend(partial)  # what the section measured, also when it failed or ran out of time later
         if status != "ok":
             error = f"exit {rc}" if status == "failed" else f"stopped after its {box:.0f}s time box"
-            result["rows"].append(row(f"{sec}: section {status}", None, "", None, "", f"{error}; log tail: {tail[-600:]}"))
+            result["rows"].append(row(f"{sec}: section {status}", None, "", None, "",
+                                      f"{error} after {len(partial)} rows; log tail: {tail[-600:]}"))
             print(tail, flush=True)
-        else:
-            result["rows"].extend(json.loads(rows_out.read_text()))
+        elif any(r["ours"] is None for r in partial):
+            status = "partly failed"
+            error = "; ".join(r["notes"] for r in partial if r["ours"] is None)[:600]
         result["sections"][sec] = {"status": status, "seconds": round(time.time() - t0, 1), "error": error}
         say(f"section {sec}: {status} in {time.time() - t0:.0f}s")
         write()

@@ -49,10 +49,10 @@ def render(results_dir: Path = HERE / "results") -> str:
                     + ".", ""]
         out += ["| figure | ours | anchor | anchor value | ratio | unit | notes |", "|---|---|---|---|---|---|---|"]
         for r in data.get("rows", []):
-            out.append("| " + " | ".join([
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in [
                 r.get("figure", ""), _fmt(r.get("ours")), r.get("anchor_name", "") or "—", _fmt(r.get("anchor")),
                 (f"{r['ratio']:.2f}×" if isinstance(r.get("ratio"), (int, float)) else "—"),
-                r.get("unit", ""), (r.get("notes") or "").replace("|", "\\|"),
+                r.get("unit", ""), r.get("notes") or "",
             ]) + " |")
         out.append("")
     if not files:

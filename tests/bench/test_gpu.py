@@ -57,4 +57,20 @@ def test_gpu_bench_smoke_writes_every_section(tmp_path):
     (tmp_path / "results" / "gpu.json").write_text(out.read_text())
     text = report.render(tmp_path / "results")
     assert "## gpu" in text and data["machine"] in text and "Sections: sft ok" in text
-    assert sum(line.startswith("| ") for line in text.splitlines()) == 2 + len(rows)  # header, rule, one per row
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(rows)  # header, rule, one line per row
+    assert all(line.count(" | ") == 6 for line in table[2:])  # 7 cells: a "|" inside a cell is escaped
+
+
+def test_gpu_bench_records_a_section_out_of_time_and_runs_the_next(tmp_path):
+    """A section past its time box is stopped and recorded (with its log tail); the next one still runs."""
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in ("", "operator", "workloads", "cli"))}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), "--smoke", "--sections", "exam,qwen1",
+                           "--box-scale", "0.02", "--out", str(out), "--work", str(tmp_path / "work")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
+    data = json.loads(out.read_text())
+    assert [(k, v["status"]) for k, v in data["sections"].items()] == [("exam", "timeout"), ("qwen1", "timeout")]
+    assert [r["figure"] for r in data["rows"]] == ["exam: section timeout", "qwen1: section timeout"]
+    assert all(r["ours"] is None and "time box" in r["notes"] for r in data["rows"])
