@@ -9,7 +9,8 @@
 #       run(command="bash bench/gpu.sh", carry=["bench/gpu.carry"], timeout_s=540)
 #   bash bench/gpu.sh --smoke       # here, on CPU: tiny shapes, every code path, < 3 minutes
 #
-# Writes bench/results/gpu.json; with $OUT set (the device machine) also $OUT/gpu.json and $OUT/gpu.log.
+# Writes bench/results/gpu.json; with $OUT set (the device machine) $OUT/gpu.json, $OUT/gpu.log and each
+# section's log $OUT/section-<name>.log instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARRY=bench/gpu.carry
@@ -67,12 +68,14 @@ export PYTHONPATH="${SITE:+$SITE:}$PWD:$PWD/operator:$PWD/workloads:$PWD/cli${CA
 status=0
 if [ -n "${OUT:-}" ]; then
   set -o pipefail
-  "$PY" bench/gpu.py "$@" 2>&1 | tee "$OUT/gpu.log" || status=$?
-  [ -f bench/results/gpu.json ] && cp bench/results/gpu.json "$OUT/gpu.json"
-  echo "fetch: gpu.json and gpu.log come back under the run reply's files_at;"
+  work=/tmp/gpu-bench-work; rm -rf "$work"
+  "$PY" bench/gpu.py --work "$work" --out "$OUT/gpu.json" "$@" 2>&1 | tee "$OUT/gpu.log" || status=$?
+  for f in "$work"/*.log; do [ -f "$f" ] && tail -c 4000000 "$f" > "$OUT/section-$(basename "$f")"; done  # each section's own log
+  rm -rf "$work"
+  echo "fetch: gpu.json, gpu.log and section-*.log come back under the run reply's files_at;"
   echo "       cp <files_at>/gpu.json bench/results/gpu.json && python bench/report.py   # -> bench/RESULTS.md"
 else
   "$PY" bench/gpu.py "$@" || status=$?
-  echo "results: bench/results/gpu.json (python bench/report.py puts them into bench/RESULTS.md)"
+  echo "results: the JSON named by 'wrote' above (by default bench/results/gpu.json; python bench/report.py puts it into bench/RESULTS.md)"
 fi
 exit $status
