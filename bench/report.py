@@ -42,16 +42,24 @@ def render(results_dir: Path = HERE / "results") -> str:
                 f"Machine: {data.get('machine', '?')}. Date: {data.get('date', '?')}.", ""]
         if data.get("summary"):
             out += [data["summary"], ""]
+        if data.get("versions"):  # bench/gpu.py: what ran on the machine
+            out += ["Versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()) + ".", ""]
+        if data.get("sections"):  # bench/gpu.py: each section's status, time-boxed
+            out += ["Sections: " + ", ".join(f"{k} {v['status']} ({v['seconds']:.0f} s)" for k, v in data["sections"].items())
+                    + ".", ""]
         out += ["| figure | ours | anchor | anchor value | ratio | unit | notes |", "|---|---|---|---|---|---|---|"]
         for r in data.get("rows", []):
-            out.append("| " + " | ".join([
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in [
                 r.get("figure", ""), _fmt(r.get("ours")), r.get("anchor_name", "") or "—", _fmt(r.get("anchor")),
                 (f"{r['ratio']:.2f}×" if isinstance(r.get("ratio"), (int, float)) else "—"),
-                r.get("unit", ""), (r.get("notes") or "").replace("|", "\\|"),
+                r.get("unit", ""), r.get("notes") or "",
             ]) + " |")
         out.append("")
     if not files:
         out.append("No results yet: run `make bench`.")
+    if not (results_dir / "gpu.json").is_file():
+        out += ["## gpu", "", "Not measured yet: no session with a GPU machine has run `bash bench/gpu.sh` "
+                "(bench/gpu.py says how, with the device tool's `run` command and `carry`).", ""]
     return "\n".join(out) + "\n"
 
 
