@@ -28,13 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchenv import HERE, REPO  # noqa: E402  (offline hubs, the repository on sys.path)
+from benchenv import HERE, REPO, write_result  # noqa: E402  (offline hubs, the repository on sys.path)
 SHARED_EXAMS = REPO.parent / "shared" / "data" / "exams"
 
 # lm-evaluation-harness's cmmlu template (lm_eval/tasks/cmmlu/_default_template_yaml), with the
@@ -180,11 +179,7 @@ def main() -> int:
                   f"(max |logit difference| {max_diff:.1e}); accuracy {fast['overall'][0]['accuracy']:.4f} fast, "
                   f"{plain['overall'][0]['accuracy']:.4f} plain"},
     ]
-    result = {"area": "eval", "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()} (CPU only)",
-              "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(json.dumps(rows, indent=2, ensure_ascii=False))
+    write_result("eval", rows, args.out)
     if mismatches:
         print(f"error: the fast path changed {mismatches} seed-mode predictions", file=sys.stderr)
         return 1

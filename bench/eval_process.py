@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchenv import HERE, REPO  # noqa: E402  (offline hubs, the repository on sys.path)
+from benchenv import HERE, REPO, write_result  # noqa: E402  (offline hubs, the repository on sys.path)
 
 SHARED_EXAMS = REPO.parent / "shared" / "data" / "exams"
 
@@ -137,11 +136,7 @@ def main() -> int:
          "notes": "process start to the first question's logits: interpreter, imports, model load, exam reading, "
                   f"tokenizing every prompt and the first exam's prefix; {t.get('head_columns', -1)} head rows computed per question"},
     ]
-    result = {"area": "eval_process", "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()} (CPU only)",
-              "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(json.dumps(rows, indent=2, ensure_ascii=False))
+    write_result("eval_process", rows, args.out)
     if any(mismatch.values()):
         print(f"error: predictions differ: {mismatch}", file=sys.stderr)
         return 1

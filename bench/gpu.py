@@ -423,7 +423,6 @@ def section_exam(args, work: Path, plan: dict, emit: Callable[[dict], None]) -> 
 def section_serve(args, work: Path, plan: dict, deadline: float, emit: Callable[[dict], None]) -> None:
     import statistics
 
-    import httpx
     import torch
 
     import serve as serve_bench  # bench/serve.py: its client driver
@@ -446,15 +445,8 @@ def section_serve(args, work: Path, plan: dict, deadline: float, emit: Callable[
     url = f"http://127.0.0.1:{port}"
     res: dict[int, dict] = {}
     try:
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline - 20:
-                raise RuntimeError(f"the server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        if not serve_bench.wait_healthy(url, proc, deadline - 20):
+            raise RuntimeError(f"the server did not start:\n{log.read_text()[-3000:]}")
         serve_bench.drive(url, 4, 8)  # warm-up
         for c in levels:
             res[c] = serve_bench.drive(url, c, plan["serve_rounds"] * c)

@@ -179,6 +179,21 @@ def peak_rss_mib(pid: int) -> float:
     return total / 1024
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, deadline: float) -> bool:
+    """Poll ``url``/health until it answers 200 (True), or the process exits or the deadline passes (False)."""
+    import httpx
+
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            return False
+        time.sleep(0.5)
+
+
 def serve_and_drive(cmd: list[str], log_path: Path, label: str, model: str | None, requests: dict) -> dict:
     """Start a server, wait for /health, drive every level, note its peak memory, stop it."""
     import httpx
@@ -189,16 +204,8 @@ def serve_and_drive(cmd: list[str], log_path: Path, label: str, model: str | Non
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 600
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise SystemExit(f"{label} did not start; see {log_path}")
-            time.sleep(0.5)
+        if not wait_healthy(url, proc, time.time() + 600):
+            raise SystemExit(f"{label} did not start; see {log_path}")
         drive(url, 2, 4, model)  # warm-up (and the anchor's lazy first load)
         out: dict = {}
         for c in LEVELS:
