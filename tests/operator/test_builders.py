@@ -372,6 +372,7 @@ def test_vllm_and_tgi_get_the_web_chat_sidecar_in_front_of_them():
         assert {m["name"] for m in web["volumeMounts"]} == {"spec", "tmp"}
         assert web["resources"]["requests"]["memory"] == web["resources"]["limits"]["memory"]
         assert web["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}  # ready when the engine is
+        assert web["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}  # not killed when it is not
     chat = parse_resource({"apiVersion": "devops-model.io/v1alpha1", "kind": "ChatDeployment", "metadata": {"name": "c"},
                            "spec": {"model": {"uri": "pvc://m/x"}, "engine": {"name": "vllm"}, "ui": "disabled",
                                     "resources": {"gpusPerNode": 1}}})

@@ -562,7 +562,11 @@ def test_proxy_serves_page_and_lineage_in_front_of_another_engine(bpe_server, st
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == direct
     bad = httpx.post(proxy.url + CHAT, json={"messages": USER, "temperature": 9}, timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "temperature"
-    assert re.search(r'devops_model_proxy_requests_total\{status="200"\} [1-9]', httpx.get(proxy.url + "/metrics").text)
+    metrics = httpx.get(proxy.url + "/metrics").text
+    assert re.search(r'devops_model_proxy_requests_total\{status="200"\} [1-9]', metrics)
+    # the engine's own metrics come first, so a scraper of the Service still sees them
+    assert re.search(r"^devops_model_generation_tokens_total [1-9]", metrics, re.M)
+    assert httpx.get(proxy.url + "/livez").json() == {"status": "ok"}
 
 
 def test_proxy_in_front_of_a_keyed_engine_shows_the_lineage_only_with_the_key(qwen_server, start_server, tmp_path):

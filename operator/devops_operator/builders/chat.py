@@ -137,10 +137,10 @@ def web_chat_container(chat: ChatDeployment, config: OperatorConfig,
     the page at /, /v1/info with the lineage file of the spec ConfigMap, every other route passed to
     the engine unchanged (the API key too, so the engine still checks it; /v1/info asks the engine's
     /v1/models with the caller's key first). Readiness is the engine's /health through the sidecar,
-    so the pod is ready when both are; liveness is the sidecar's own /metrics."""
+    so the pod is ready when both are; liveness is the sidecar's own /livez."""
     spec = chat.spec
     period = config.serving.probe_period_seconds
-    local = {"httpGet": {"path": "/metrics", "port": "http"}}
+    local = {"httpGet": {"path": "/livez", "port": "http"}}
     return {
         "name": "web",
         "image": config.images.serve,

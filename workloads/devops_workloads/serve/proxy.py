@@ -6,7 +6,8 @@ vLLM and TGI have no web chat and know nothing of the model's lineage. Run this 
 sidecar in the same pod): it serves the page at ``/``, ``/v1/info`` with the lineage and exam
 scores, and forwards every API route (``/v1/...``, ``/generate``, ``/generate_stream``) to the
 upstream, streaming responses through as they come. ``/health`` is the upstream's health, so the
-same probes keep working; ``/metrics`` counts the proxied requests. No model is loaded here.
+same probes keep working; ``/metrics`` is the engine's metrics followed by the proxied-request
+counter, ``/livez`` the proxy's own liveness. No model is loaded here.
 """
 
 from __future__ import annotations
@@ -85,7 +86,22 @@ def create_proxy_app(upstream: str, served_model_name: str | None = None, lineag
 
     @app.get("/metrics")
     async def metrics():
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        # The engine's own metrics (vLLM's and TGI's, what a scraper of the Service expects) followed by
+        # this proxy's counter; the proxy's alone when the engine does not answer.
+        own = generate_latest(registry)
+        try:
+            r = await client.get("/metrics", timeout=10)
+        except httpx.HTTPError:
+            return Response(own, media_type=CONTENT_TYPE_LATEST)
+        engine_text = r.content if r.status_code == 200 else b""
+        if engine_text and not engine_text.endswith(b"\n"):
+            engine_text += b"\n"
+        return Response(engine_text + own, media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/livez")
+    async def livez():
+        """The proxy itself is alive (the pod's liveness probe); /health is the engine's readiness."""
+        return {"status": "ok"}
 
     if ui:
         @app.get("/", response_class=HTMLResponse)
