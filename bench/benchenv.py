@@ -18,14 +18,14 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-def write_result(area: str, rows: list[dict], out: Path) -> None:
-    """bench/results/<area>.json as bench/report.py reads it (machine, date, rows), and the rows on stdout."""
+def write_result(area: str, rows: list[dict], out: Path, summary: str | None = None) -> None:
+    """bench/results/<area>.json as bench/report.py reads it (machine, date, summary, rows), and the rows on stdout."""
     import json
     import platform
     import time
 
     result = {"area": area, "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()} (CPU only)",
-              "date": time.strftime("%Y-%m-%d"), "rows": rows}
+              "date": time.strftime("%Y-%m-%d"), **({"summary": summary} if summary else {}), "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(json.dumps(rows, indent=2, ensure_ascii=False))
