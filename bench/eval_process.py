@@ -1,6 +1,6 @@
 """Exams as a user runs them: `devops-model eval` as a whole process vs the loops a user would write.
 
-    .venv/bin/python bench/eval_process.py           # writes bench/results/eval_process.json (~2 min)
+    .venv/bin/python bench/eval_process.py           # writes bench/results/eval_process.json (~5 min on 2 cores)
 
 Same machine, same run, the tiny Qwen2 model with the real Qwen tokenizer (151k vocabulary, built
 offline), the seed's six exams (``../shared/data/exams``, preset devops-574) at 0 and 5 shots,

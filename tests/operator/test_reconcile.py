@@ -109,11 +109,16 @@ class OldTrainerKube(FakeKube):
         return super().create_if_absent(manifest)
 
 
-def test_a_trainjob_whose_runtime_patch_the_crd_drops_is_deleted_and_the_run_fails_saying_why():
-    kube = OldTrainerKube()
+def trainjob_pass(kube):
+    """One reconcile pass of an SFTRun launched as a TrainJob."""
     body = sft()
     body["spec"]["launcher"] = "TrainJob"
-    out = reconcile(body, kube, OperatorConfig(), now=NOW)
+    return reconcile(body, kube, OperatorConfig(), now=NOW)
+
+
+def test_a_trainjob_whose_runtime_patch_the_crd_drops_is_deleted_and_the_run_fails_saying_why():
+    kube = OldTrainerKube()
+    out = trainjob_pass(kube)
     assert out.status["state"] == "Failed"
     cond = next(c for c in out.status["conditions"] if c["type"] == "Succeeded")
     assert cond["reason"] == "InvalidSpec"
@@ -123,9 +128,7 @@ def test_a_trainjob_whose_runtime_patch_the_crd_drops_is_deleted_and_the_run_fai
 
 def test_a_trainjob_child_carries_the_runtime_patch():
     kube = FakeKube()
-    body = sft()
-    body["spec"]["launcher"] = "TrainJob"
-    out = reconcile(body, kube, OperatorConfig(), now=NOW)
+    out = trainjob_pass(kube)
     assert out.status["state"] == "Pending"
     (patch,) = kube.objects[("TrainJob", "ns", "s-train")]["spec"]["runtimePatches"]
     assert patch["manager"] == "devops-model-operator"

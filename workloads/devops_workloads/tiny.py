@@ -31,7 +31,6 @@ Fixtures like real models (``--like``), so that conventions are tested, not assu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import lzma
 import os
@@ -40,6 +39,7 @@ import tempfile
 from pathlib import Path
 
 from devops_model.conventions import CHATML_TEMPLATE  # noqa: E402  (the seed's chatml, one home)
+from devops_model.digests import file_sha256
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 LIKE = ("qwen2.5-base", "qwen2.5-instruct", "qwen1-base", "qwen1-chat")
@@ -116,14 +116,6 @@ QWEN_TOKENIZER_DIR = Path(__file__).parent / "qwen_tokenizer"
 QWEN_TOKENIZER_SHA256 = "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def qwen_tokenizer_cache() -> Path:
     """Where the vendored tokenizer is decompressed: ~/.cache/devops-model/qwen-tokenizer/<sha256 prefix>."""
     return Path.home() / ".cache" / "devops-model" / "qwen-tokenizer" / QWEN_TOKENIZER_SHA256[:16]
@@ -137,7 +129,7 @@ def qwen_tokenizer_dir() -> Path:
     """
     d = qwen_tokenizer_cache()
     target = d / "tokenizer.json"
-    if target.is_file() and _sha256(target) == QWEN_TOKENIZER_SHA256:
+    if target.is_file() and file_sha256(target) == QWEN_TOKENIZER_SHA256:
         return d
     source = QWEN_TOKENIZER_DIR / "tokenizer.json.xz"
     if not source.is_file():
@@ -148,7 +140,7 @@ def qwen_tokenizer_dir() -> Path:
     try:
         with os.fdopen(fd, "wb") as out, lzma.open(source) as xz:
             shutil.copyfileobj(xz, out, 1 << 20)
-        got = _sha256(Path(tmp))
+        got = file_sha256(tmp)
         if got != QWEN_TOKENIZER_SHA256:
             raise RuntimeError(f"{source} decompresses to sha256 {got}, expected {QWEN_TOKENIZER_SHA256} "
                                "(a damaged install: reinstall devops-model)")
