@@ -36,8 +36,23 @@ COPY images/requirements/workload.txt /tmp/requirements.txt
 # GPTQModel compiles CUDA kernels against the installed torch, so it builds without isolation;
 # TORCH_CUDA_ARCH_LIST covers A100 (8.0), L40S/4090 (8.9), H100/H200 (9.0) and B200 (10.0).
 ENV TORCH_CUDA_ARCH_LIST="8.0;8.9;9.0;10.0" MAX_JOBS=8
-RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python \
-        -r /tmp/requirements.txt --no-build-isolation-package gptqmodel
+RUN grep -v '^deepspeed==' /tmp/requirements.txt > /tmp/requirements-but-deepspeed.txt \
+    && /opt/venv/bin/uv pip install --python /opt/venv/bin/python \
+        -r /tmp/requirements-but-deepspeed.txt --no-build-isolation-package gptqmodel
+# DeepSpeed builds against the installed torch. DS_PREBUILD_OPS=1 compiles the ops of the seed's recipe
+# now, so that no pod compiles anything: CPU Adam (ZeRO's optimizer offload) and, for the CPU
+# accelerator, the shared-memory communication op. DeepSpeed compiles them with -march=native, so a
+# prebuilt op only suits CPUs like the build machine's: the CPU variant of the local node (built and run
+# on the same machine) prebuilds; the GPU default leaves them to DeepSpeed's first use in the pod (into
+# $HOME=/tmp), on the cluster's own CPU. DS_ACCELERATOR: the accelerator the prebuilt ops are for.
+ARG DS_ACCELERATOR=cuda
+ARG DS_PREBUILD_OPS=0
+RUN if [ "${DS_PREBUILD_OPS}" = 1 ]; then export DS_BUILD_OPS=0 DS_BUILD_CPU_ADAM=1 DS_BUILD_SHM_COMM=1; fi \
+    && DS_ACCELERATOR=${DS_ACCELERATOR} /opt/venv/bin/uv pip install --python /opt/venv/bin/python \
+        --no-build-isolation --no-deps "$(grep '^deepspeed==' /tmp/requirements.txt)" \
+    && /opt/venv/bin/python -c "from deepspeed.git_version_info import installed_ops as o, accelerator_name as a; \
+built = sorted(k for k, v in o.items() if v); assert built or '${DS_PREBUILD_OPS}' != '1', o; \
+print('deepspeed ops prebuilt for', a, built)"
 COPY pyproject.toml README.md /src/
 COPY devops_model /src/devops_model
 COPY operator /src/operator
@@ -55,8 +70,8 @@ LABEL org.opencontainers.image.title="devops-model workload" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV DEBIAN_FRONTEND=noninteractive
 # The interpreter (the venv links to it), libgomp for torch's CPU ops, and a C++ compiler with
-# Python's headers: DeepSpeed compiles its CPU Adam op (ZeRO optimizer offload, the seed's recipe) and,
-# on CPU, its shared-memory communication op the first time a pod uses them (into $HOME=/tmp).
+# Python's headers: DeepSpeed compiles an op that was not prebuilt (CPU Adam for ZeRO's optimizer
+# offload, the seed's recipe, unless DS_PREBUILD_OPS=1) the first time a pod uses it (into $HOME=/tmp).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ${PYTHON} ${PYTHON}-dev g++ libgomp1 ca-certificates \
     && rm -rf /var/lib/apt/lists/*

@@ -133,7 +133,10 @@ def build_args(name: str, hashes: dict[str, str]) -> dict[str, str]:
         return {"PYTHON_IMAGE": base}
     return {"BASE_DEVEL_IMAGE": base, "BASE_RUNTIME_IMAGE": base, "PYTHON": PYTHON,
             # Wheels through the machine's uv cache (mounted at /uv-cache); the default is --no-cache.
-            "UV_NO_CACHE": "0", "UV_CACHE_DIR": "/uv-cache", "UV_LINK_MODE": "copy"}
+            "UV_NO_CACHE": "0", "UV_CACHE_DIR": "/uv-cache", "UV_LINK_MODE": "copy",
+            # DeepSpeed's ops prebuilt for this machine's CPU (the workload image; ignored by the others):
+            # a training pod of the 2-core node would otherwise spend minutes compiling CPU Adam.
+            **({"DS_ACCELERATOR": "cpu", "DS_PREBUILD_OPS": "1"} if name == "workload" else {})}
 
 
 def input_hashes() -> dict[str, str]:
