@@ -45,11 +45,12 @@ RUN grep -v '^deepspeed==' /tmp/requirements.txt > /tmp/requirements-but-deepspe
 # prebuilt op only suits CPUs like the build machine's: the CPU variant of the local node (built and run
 # on the same machine) prebuilds; the GPU default leaves them to DeepSpeed's first use in the pod (into
 # $HOME=/tmp), on the cluster's own CPU. DS_ACCELERATOR: the accelerator the prebuilt ops are for.
+# --no-cache: a wheel uv built earlier (other flags, other torch) must not stand in for this build.
 ARG DS_ACCELERATOR=cuda
 ARG DS_PREBUILD_OPS=0
 RUN if [ "${DS_PREBUILD_OPS}" = 1 ]; then export DS_BUILD_OPS=0 DS_BUILD_CPU_ADAM=1 DS_BUILD_SHM_COMM=1; fi \
     && DS_ACCELERATOR=${DS_ACCELERATOR} /opt/venv/bin/uv pip install --python /opt/venv/bin/python \
-        --no-build-isolation --no-deps "$(grep '^deepspeed==' /tmp/requirements.txt)" \
+        --no-build-isolation --no-deps --no-cache "$(grep '^deepspeed==' /tmp/requirements.txt)" \
     && /opt/venv/bin/python -c "from deepspeed.git_version_info import installed_ops as o, accelerator_name as a; \
 built = sorted(k for k, v in o.items() if v); assert built or '${DS_PREBUILD_OPS}' != '1', o; \
 print('deepspeed ops prebuilt for', a, built)"
