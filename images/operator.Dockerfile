@@ -14,18 +14,24 @@ FROM ${PYTHON_IMAGE} AS build
 ARG SSL_CERT_FILE
 ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install uv==0.13.9
+# uv lives outside the venv the image ships (/opt/tools, build stages only).
+RUN python -m venv /opt/venv && python -m venv /opt/tools && /opt/tools/bin/pip install uv==0.13.9
 COPY images/requirements/operator.txt /tmp/requirements.txt
-RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python --no-cache -r /tmp/requirements.txt
+RUN /opt/tools/bin/uv pip install --python /opt/venv/bin/python --no-cache -r /tmp/requirements.txt \
+    # Bytecode now, so nothing is written at run time (read-only root file system).
+    && /opt/venv/bin/python -m compileall -q /opt/venv
+
+# The project as a wheel, in a stage of its own: a change to the code rebuilds this small stage and the
+# small layers below, while the dependency layers above (and their cached build layers) stay as they are.
+FROM build AS project
+ARG SSL_CERT_FILE
+ARG PIP_CERT
 COPY pyproject.toml README.md /src/
 COPY devops_model /src/devops_model
 COPY operator /src/operator
 COPY workloads /src/workloads
-# --no-deps: everything it needs is in the lock file above; nothing unpinned is resolved here.
-RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python --no-cache --no-deps /src \
-    && /opt/venv/bin/pip uninstall -y uv \
-    # Bytecode now, so nothing is written at run time (read-only root file system).
-    && /opt/venv/bin/python -m compileall -q /opt/venv
+COPY cli /src/cli
+RUN /opt/tools/bin/uv build --wheel --out-dir /wheels /src
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="devops-model operator" \
@@ -33,6 +39,13 @@ LABEL org.opencontainers.image.title="devops-model operator" \
       org.opencontainers.image.source="https://github.com/devops-model/devops-model" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/venv /opt/venv
+COPY --from=project /wheels /opt/devops-model/wheels
+# --no-deps: everything it needs is in the lock file above; nothing unpinned is resolved here.
+# Bytecode now, so nothing is written at run time (read-only root file system).
+RUN PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/venv/bin/python -m pip install --no-deps --no-index \
+        --no-compile /opt/devops-model/wheels/*.whl \
+    && SITE=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
+    && /opt/venv/bin/python -m compileall -q "$SITE"/devops_model "$SITE"/devops_operator "$SITE"/devops_workloads "$SITE"/devops_cli
 # UID 10001: the chart's operator.runAsUser; no login shell, no home outside /tmp.
 RUN groupadd --gid 10001 devops-model \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin devops-model

@@ -31,19 +31,28 @@ ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CH
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ${PYTHON} ${PYTHON}-venv ${PYTHON}-dev build-essential ninja-build \
     && rm -rf /var/lib/apt/lists/*
-RUN ${PYTHON} -m venv /opt/venv && /opt/venv/bin/pip install uv==0.13.9
+# uv lives outside the venv the image ships (/opt/tools, build stages only).
+RUN ${PYTHON} -m venv /opt/venv && ${PYTHON} -m venv /opt/tools && /opt/tools/bin/pip install uv==0.13.9
 COPY images/requirements/serve.txt /tmp/requirements.txt
 ENV TORCH_CUDA_ARCH_LIST="8.0;8.9;9.0;10.0" MAX_JOBS=8
-RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python \
-        -r /tmp/requirements.txt --no-build-isolation-package gptqmodel
+RUN /opt/tools/bin/uv pip install --python /opt/venv/bin/python \
+        -r /tmp/requirements.txt --no-build-isolation-package gptqmodel --compile-bytecode
+
+
+# The project as a wheel, in a stage of its own: a change to the code rebuilds this small stage and the
+# small layers below, while the dependency layers above (and their cached build layers) stay as they are.
+FROM build AS project
+ARG SSL_CERT_FILE
+ARG PIP_CERT
+ARG UV_NO_CACHE=1
+ARG UV_CACHE_DIR
+ARG UV_LINK_MODE
 COPY pyproject.toml README.md /src/
 COPY devops_model /src/devops_model
 COPY operator /src/operator
 COPY workloads /src/workloads
-RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python --no-cache --no-deps /src \
-    && /opt/venv/bin/pip uninstall -y uv \
-    && SITE=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
-    && /opt/venv/bin/python -m compileall -q "$SITE/devops_model" "$SITE/devops_workloads"
+COPY cli /src/cli
+RUN /opt/tools/bin/uv build --wheel --out-dir /wheels /src
 
 FROM ${BASE_RUNTIME_IMAGE}
 ARG PYTHON
@@ -56,6 +65,13 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ${PYTHON} libgomp1 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
+COPY --from=project /wheels /opt/devops-model/wheels
+# --no-deps: everything it needs is in the lock file above; nothing unpinned is resolved here.
+# Bytecode now, so nothing is written at run time (read-only root file system).
+RUN PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/venv/bin/python -m pip install --no-deps --no-index \
+        --no-compile /opt/devops-model/wheels/*.whl \
+    && SITE=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
+    && /opt/venv/bin/python -m compileall -q "$SITE"/devops_model "$SITE"/devops_operator "$SITE"/devops_workloads "$SITE"/devops_cli
 RUN if getent passwd 1000 >/dev/null; then \
         usermod --login devops-model --home /tmp --shell /usr/sbin/nologin "$(getent passwd 1000 | cut -d: -f1)" \
         && groupmod --new-name devops-model "$(getent group 1000 | cut -d: -f1)"; \

@@ -31,14 +31,15 @@ ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CH
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ${PYTHON} ${PYTHON}-venv ${PYTHON}-dev build-essential ninja-build git \
     && rm -rf /var/lib/apt/lists/*
-RUN ${PYTHON} -m venv /opt/venv && /opt/venv/bin/pip install uv==0.13.9
+# uv lives outside the venv the image ships (/opt/tools, build stages only).
+RUN ${PYTHON} -m venv /opt/venv && ${PYTHON} -m venv /opt/tools && /opt/tools/bin/pip install uv==0.13.9
 COPY images/requirements/workload.txt /tmp/requirements.txt
 # GPTQModel compiles CUDA kernels against the installed torch, so it builds without isolation;
 # TORCH_CUDA_ARCH_LIST covers A100 (8.0), L40S/4090 (8.9), H100/H200 (9.0) and B200 (10.0).
 ENV TORCH_CUDA_ARCH_LIST="8.0;8.9;9.0;10.0" MAX_JOBS=8
 RUN grep -v '^deepspeed==' /tmp/requirements.txt > /tmp/requirements-but-deepspeed.txt \
-    && /opt/venv/bin/uv pip install --python /opt/venv/bin/python \
-        -r /tmp/requirements-but-deepspeed.txt --no-build-isolation-package gptqmodel
+    && /opt/tools/bin/uv pip install --python /opt/venv/bin/python \
+        -r /tmp/requirements-but-deepspeed.txt --no-build-isolation-package gptqmodel --compile-bytecode
 # DeepSpeed builds against the installed torch. DS_PREBUILD_OPS=1 compiles the ops of the seed's recipe
 # now, so that no pod compiles anything: CPU Adam (ZeRO's optimizer offload) and, for the CPU
 # accelerator, the shared-memory communication op. DeepSpeed compiles them with -march=native, so a
@@ -49,19 +50,27 @@ RUN grep -v '^deepspeed==' /tmp/requirements.txt > /tmp/requirements-but-deepspe
 ARG DS_ACCELERATOR=cuda
 ARG DS_PREBUILD_OPS=0
 RUN if [ "${DS_PREBUILD_OPS}" = 1 ]; then export DS_BUILD_OPS=0 DS_BUILD_CPU_ADAM=1 DS_BUILD_SHM_COMM=1; fi \
-    && DS_ACCELERATOR=${DS_ACCELERATOR} /opt/venv/bin/uv pip install --python /opt/venv/bin/python \
+    && DS_ACCELERATOR=${DS_ACCELERATOR} /opt/tools/bin/uv pip install --python /opt/venv/bin/python \
         --no-build-isolation --no-deps --no-cache "$(grep '^deepspeed==' /tmp/requirements.txt)" \
     && /opt/venv/bin/python -c "from deepspeed.git_version_info import installed_ops as o, accelerator_name as a; \
 built = sorted(k for k, v in o.items() if v); assert built or '${DS_PREBUILD_OPS}' != '1', o; \
 print('deepspeed ops prebuilt for', a, built)"
+
+
+# The project as a wheel, in a stage of its own: a change to the code rebuilds this small stage and the
+# small layers below, while the dependency layers above (and their cached build layers) stay as they are.
+FROM build AS project
+ARG SSL_CERT_FILE
+ARG PIP_CERT
+ARG UV_NO_CACHE=1
+ARG UV_CACHE_DIR
+ARG UV_LINK_MODE
 COPY pyproject.toml README.md /src/
 COPY devops_model /src/devops_model
 COPY operator /src/operator
 COPY workloads /src/workloads
-RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python --no-cache --no-deps /src \
-    && /opt/venv/bin/pip uninstall -y uv \
-    && SITE=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
-    && /opt/venv/bin/python -m compileall -q "$SITE/devops_model" "$SITE/devops_workloads"
+COPY cli /src/cli
+RUN /opt/tools/bin/uv build --wheel --out-dir /wheels /src
 
 FROM ${BASE_RUNTIME_IMAGE}
 ARG PYTHON
@@ -77,6 +86,13 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ${PYTHON} ${PYTHON}-dev g++ libgomp1 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
+COPY --from=project /wheels /opt/devops-model/wheels
+# --no-deps: everything it needs is in the lock file above; nothing unpinned is resolved here.
+# Bytecode now, so nothing is written at run time (read-only root file system).
+RUN PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/venv/bin/python -m pip install --no-deps --no-index \
+        --no-compile /opt/devops-model/wheels/*.whl \
+    && SITE=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
+    && /opt/venv/bin/python -m compileall -q "$SITE"/devops_model "$SITE"/devops_operator "$SITE"/devops_workloads "$SITE"/devops_cli
 # UID 1000: the operator config's workloads.runAsUser. Ubuntu's images already have UID 1000 (ubuntu):
 # it is renamed rather than duplicated; the Debian base has none, so it is made.
 RUN if getent passwd 1000 >/dev/null; then \

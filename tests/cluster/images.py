@@ -236,7 +236,7 @@ def build_busybox(digest: str) -> None:
 
 def build_dockerfile(name: str, digest: str, hashes: dict[str, str]) -> None:
     args = build_args(name, hashes)
-    cmd = ["bud", "--isolation", "chroot", "--layers=false", "--omit-history",
+    cmd = ["bud", "--isolation", "chroot", "--layers", "--omit-history",
            "-f", str(IMAGES_DIR / f"{name}.Dockerfile"), "--ignorefile", str(IMAGES_DIR / f"{name}.Dockerfile.dockerignore"),
            "-t", ref(name, "in-" + digest), "-t", ref(name)]
     for k, v in args.items():

@@ -278,9 +278,10 @@ def test_each_image_installs_its_lock_and_the_project_without_deps(image):
     for pkg, _ in held_back:
         assert any(f"grep '^{pkg}==' /tmp/requirements.txt" in r and "--no-deps" in r for r in runs), \
             f"{name}: {pkg} is held back from the lock's install but never installed from the lock"
-    project_installs = [r for r in runs if "/src" in r and "install" in r]
-    assert project_installs and all("--no-deps" in r for r in project_installs), \
-        f"{name}: the project must be installed with --no-deps (its dependencies are the lock's)"
+    assert any("uv build --wheel" in r and "/src" in r for r in runs), f"{name}: builds no wheel of the project"
+    project_installs = [r for r in runs if "/opt/devops-model/wheels" in r and "install" in r]
+    assert project_installs and all("--no-deps" in r and "--no-index" in r for r in project_installs), \
+        f"{name}: the project must be installed from its wheel with --no-deps (its dependencies are the lock's)"
     # No other pip/uv install of an unpinned package.
     for r in runs:
         for m in re.finditer(r"(?:pip|uv pip) install ([^&;]+)", r):
@@ -391,3 +392,19 @@ def test_serve_image_loads_what_the_chain_produces():
     lock = image_requirements.pins((IMAGES_DIR / "requirements" / "serve.txt").read_text().splitlines())
     assert "peft" in lock, "LoRA adapters"
     assert "gptqmodel" in lock and "optimum" in lock, "GPTQ int4 models (transformers dispatches to GPTQModel's kernels)"
+
+
+def test_each_image_copies_every_package_directory_of_the_project(image):
+    """The wheel holds every package pyproject.toml finds (an image without ``cli/`` had no
+    ``devops_cli``, and its ``devops-model`` entry point died at import in every pod)."""
+    import tomllib
+
+    name, instrs = image
+    wheres = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["where"]
+    copies = [rest for word, rest in instrs if word == "COPY"]
+    ignore = (DOCKERFILES[name].parent / f"{DOCKERFILES[name].name}.dockerignore").read_text().split()
+    for where in wheres:
+        for pkg in sorted((REPO / where).glob("devops_*/__init__.py")):
+            d = pkg.parent.parent.relative_to(REPO).as_posix() if where != "." else pkg.parent.name
+            assert any(c.split()[0].rstrip("/") == d for c in copies), f"{name}: {d}/ is not copied (package {pkg.parent.name})"
+            assert f"!{d}/" in ignore, f"{name}: its .dockerignore keeps {d}/ out of the build context"
