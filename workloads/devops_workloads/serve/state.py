@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .engine import BatchingEngine
 from .protocol import RequestError
+from .streaming import EventRelay
 
 log = logging.getLogger("devops_model.serve")
 
@@ -78,6 +79,7 @@ class ServerState:
         self.lock = threading.Lock()
         self.metrics = Metrics()
         self.created = int(time.time())
+        self.relay = EventRelay()  # engine events → the event loop (streaming.py)
         self._grammars = None  # guided.Grammars, built on the first constrained request
 
     @property
@@ -100,6 +102,7 @@ class ServerState:
     def attach(self, engine: BatchingEngine) -> None:
         m = self.metrics
         engine.stats.on_step = m.batch_size.observe
+        engine.after_step.append(self.relay.flush)
         m.queue_depth.set_function(lambda: engine.queue_depth)
         m.running.set_function(lambda: engine.running)
         m.in_flight.set_function(lambda: self.in_flight)
