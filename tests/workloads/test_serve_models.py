@@ -268,3 +268,145 @@ def test_requests_joining_a_running_batch_get_exactly_generates_answers(tiny_bpe
     assert [got[i][0] for i in range(len(prompts))] == expected
     assert [got[i][1] for i in range(len(prompts))] == lengths
     assert max(batch_sizes) > 1 and max(batch_sizes) <= 4
+
+
+def _greedy_events(engine, prompts, max_tokens, **params):
+    """Every event of greedy, ignore_eos answers to ``prompts``, all submitted at once (one batch)."""
+    from devops_workloads.serve.engine import SamplingParams
+
+    events = {i: [] for i in range(len(prompts))}
+    finished = threading.Event()
+    left = [len(prompts)]
+
+    def sink_for(i):
+        def sink(ev):
+            events[i].append(ev)
+            if ev.finish_reason:
+                left[0] -= 1
+                if not left[0]:
+                    finished.set()
+        return sink
+
+    for i, p in enumerate(prompts):
+        engine.submit(engine.tokenizer(p).input_ids,
+                      SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True, **params), sink_for(i))
+    assert finished.wait(120)
+    return [events[i] for i in range(len(prompts))]
+
+
+def test_greedy_logprobs_are_log_softmax_of_the_logits_and_optional(tiny_bpe):
+    """A greedy token's processed log-probability is exactly log_softmax of the model's logits at
+    that token (what it was before the sampling was made cheaper); turned off (as the OpenAI routes
+    do) it is None, and the tokens and raw log-probabilities do not change."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from devops_workloads.serve.engine import BatchingEngine
+
+    tok = AutoTokenizer.from_pretrained(tiny_bpe)
+    model = AutoModelForCausalLM.from_pretrained(tiny_bpe, dtype=torch.float32).eval()
+    engine = BatchingEngine(model, tok, max_batch_size=4)
+    engine.start()
+    try:
+        on = _greedy_events(engine, PROMPTS, 6, logprobs=0)
+        off = _greedy_events(engine, PROMPTS, 6, logprobs=0, sampled_logprob=False)
+    finally:
+        engine.stop()
+    assert [[e.token_id for e in evs] for evs in on] == [[e.token_id for e in evs] for evs in off]
+    assert [[e.raw_logprob for e in evs] for evs in on] == [[e.raw_logprob for e in evs] for evs in off]
+    assert all(e.logprob is None for evs in off for e in evs)
+    with torch.inference_mode():  # the first token of each answer, from a plain forward of its prompt alone
+        for p, evs in zip(PROMPTS, on):
+            logits = model(tok(p, return_tensors="pt").input_ids).logits[0, -1].float()
+            logits[len(tok):] = -float("inf")
+            expected = torch.log_softmax(logits, -1)[evs[0].token_id].item()
+            assert evs[0].token_id == int(logits.argmax())
+            assert evs[0].logprob == pytest.approx(expected, abs=1e-5)
+            assert evs[0].logprob == evs[0].raw_logprob  # greedy, no penalties: the same distribution
+
+
+def test_nan_and_infinite_logits_are_still_sampled(tiny_bpe):
+    """A broken checkpoint's NaN or ±inf logits: NaN counts as 0, +inf as the largest float and
+    -inf as the smallest, so every row still gets a token and a finite log-probability; the finite
+    rows of the same batch get exactly what they get alone."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from devops_workloads.serve.engine import BatchingEngine, GenerationRequest, SamplingParams
+
+    tok = AutoTokenizer.from_pretrained(tiny_bpe)
+    model = AutoModelForCausalLM.from_pretrained(tiny_bpe, dtype=torch.float32).eval()
+    engine = BatchingEngine(model, tok, max_batch_size=4)
+    vocab = model.config.vocab_size
+    torch.manual_seed(0)
+    clean = torch.randn(vocab)
+    nan_row = torch.randn(vocab)
+    nan_row[7] = float("nan")
+    nan_row[8] = 50.0  # the largest finite logit wins; the NaN counts as 0
+    inf_row = torch.randn(vocab)
+    inf_row[11] = float("inf")
+    dead_row = torch.full((vocab,), float("-inf"))  # nothing allowed: every column is equally (un)likely
+
+    def requests(n, **params):
+        return [GenerationRequest([1, 2, 3], SamplingParams(temperature=0, logprobs=2, **params), lambda ev: None)
+                for _ in range(n)]
+
+    alone = engine._sample(clean[None].clone(), requests(1))
+    got = engine._sample(torch.stack([clean, nan_row, inf_row, dead_row]), requests(4))
+    assert got[0] == alone[0]
+    assert got[1][0] == 8 and got[2][0] == 11 and got[3][0] == 0
+    for tok_id, lp, raw, top in got:
+        assert lp is not None and lp == lp and abs(lp) != float("inf")
+        assert raw == raw and abs(raw) != float("inf")
+        assert all(v == v and abs(v) != float("inf") for _, v in top)
+    assert got[2][1] == 0.0  # +inf became the largest float: all the mass on that token
+    # sampled (not greedy) rows come through too
+    sampled = engine._sample(torch.stack([nan_row, inf_row, dead_row]),
+                             [GenerationRequest([1], SamplingParams(temperature=1.0, top_p=0.9), lambda ev: None)
+                              for _ in range(3)])
+    assert all(0 <= t < len(tok) for t, *_ in sampled)
+    assert sampled[1][0] == 11
+
+
+def test_event_relay_hands_a_whole_step_over_at_once():
+    """The engine's events of one step reach the event loop in one call, in order, each in its
+    request's queue; nothing crosses before the step ends."""
+    import asyncio
+
+    from devops_workloads.serve.engine import Event
+    from devops_workloads.serve.streaming import EventRelay
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        relay = EventRelay()
+        queues = [asyncio.Queue(), asyncio.Queue()]
+        sinks = [relay.sink(loop, q, i) for i, q in enumerate(queues)]
+        wakeups = []
+        real = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda f, *a: (wakeups.append(f) if f.__name__ == "_deliver" else None, real(f, *a))
+
+        def engine_step():  # what the engine's thread does: emit per row, then flush once
+            for n in range(3):
+                for i, sink in enumerate(sinks):
+                    sink(Event(token_id=10 * i + n))
+                relay.flush()
+                assert len(wakeups) == n + 1
+        await asyncio.to_thread(engine_step)
+        await asyncio.sleep(0.05)
+        for i, q in enumerate(queues):
+            got = [q.get_nowait() for _ in range(q.qsize())]
+            assert got and all(index == i for index, _ in got)
+            assert [ev.token_id for _, ev in got] == [10 * i + n for n in range(3)]
+        relay.flush()  # nothing held: no wake-up
+        assert len(wakeups) == 3
+
+    asyncio.run(main())
+
+
+def test_sse_events_are_single_data_lines():
+    from devops_workloads.serve.streaming import sse_bytes
+
+    assert sse_bytes("[DONE]") == b"data: [DONE]\r\n\r\n"
+    raw = sse_bytes({"choices": [{"delta": {"content": "第一行\n第二行"}}]})
+    assert raw.startswith(b"data: ") and raw.endswith(b"\r\n\r\n") and raw.count(b"\n") == 2
+    assert json.loads(raw[6:].decode())["choices"][0]["delta"]["content"] == "第一行\n第二行"

@@ -54,6 +54,9 @@ def register(sub) -> None:
                    help="sequences decoded together per forward step (default: min(16, N))")
     p.add_argument("--max-model-len", type=int, default=None, metavar="TOKENS",
                    help="prompt + answer tokens (default: the model's max_position_embeddings)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads for a model on the CPU (default: OMP_NUM_THREADS when set, else the "
+                   "usable cores minus one, which is left to the HTTP event loop)")
     key = p.add_mutually_exclusive_group()
     key.add_argument("--api-key-file", type=Path, default=None,
                      help="require 'Authorization: Bearer KEY', KEY being this file's content "
@@ -98,6 +101,8 @@ def config_from_args(args):
         raise SystemExit("error: --max-concurrency must be at least 1")
     if args.max_batch_size is not None and args.max_batch_size < 1:
         raise SystemExit("error: --max-batch-size must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit("error: --threads must be at least 1")
     return ServerConfig(
         model_dir=model,
         served_model_name=args.served_model_name or Path(model).resolve().name,
@@ -111,6 +116,7 @@ def config_from_args(args):
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,
         strict_model_name=args.strict_model_name,
+        threads=args.threads,
     )
 
 

@@ -17,8 +17,9 @@ Requests go into a queue. One loop thread owns the model and repeats:
 
 This is continuous (step-level) batching in the spirit of vLLM/TGI, written against plain
 ``transformers`` models so that it serves plain, LoRA-merged and GPTQ checkpoints alike on CPUs and
-small GPUs. Results are delivered to each request's ``sink`` callback from the loop thread (the
-HTTP layer forwards them to its event loop).
+small GPUs. Results are delivered to each request's ``sink`` callback from the loop thread; after
+every step the ``after_step`` callbacks run, so that the HTTP layer can hand a whole step's events
+to its event loop at once (streaming.py).
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ class SamplingParams:
     #: Constrained decoding: an object with ``mask(logits_row)`` (disallowed ids to -inf in place),
     #: ``accept(token_id) -> bool`` and ``finished`` (see guided.py); None = free text.
     constraint: Any = None
+    #: Put each sampled token's log-probability under the processed distribution in ``Event.logprob``
+    #: (TGI's token details show it). For a greedy row that costs a log_softmax over the whole
+    #: vocabulary every step (151k columns with Qwen's tokenizer), so routes that never show it
+    #: (the OpenAI ones report raw log-probabilities, see ``logprobs``) turn it off.
+    sampled_logprob: bool = True
 
     @property
     def greedy(self) -> bool:
@@ -77,7 +83,7 @@ class Event:
 
     token_id: int | None = None
     text: str = ""
-    logprob: float | None = None
+    logprob: float | None = None  # None with ``SamplingParams.sampled_logprob`` off
     finish_reason: str | None = None  # "stop" | "length" | "error"
     full_text: str | None = None
     prompt_tokens: int = 0
@@ -170,6 +176,9 @@ class BatchingEngine:
         self._logits_to_keep = "logits_to_keep" in forward_params
         self.waiting: queue.Queue[GenerationRequest] = queue.Queue()
         self.stats = EngineStats()
+        #: Called on the loop thread after each step (prefill, decode step or failure), once every
+        #: event of that step went to its sink.
+        self.after_step: list[Callable[[], None]] = []
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.failed: str | None = None
@@ -242,6 +251,12 @@ class BatchingEngine:
                 if not req.cancelled:
                     req.cancelled = True
                     req.sink(Event(finish_reason="error", error=why))
+        finally:
+            for callback in self.after_step:
+                try:
+                    callback()
+                except Exception:  # a broken listener must not stop the loop that serves everyone
+                    log.exception("after-step callback failed")
 
     def _take_waiting(self) -> list[GenerationRequest]:
         """Waiting requests that fit into the batch now."""
@@ -402,10 +417,16 @@ class BatchingEngine:
     # ------------------------------------------------------------------ sampling
     def _sample(self, logits, reqs: list[GenerationRequest]) -> list[tuple]:
         """For each row, with that row's own parameters: (token, log-probability under the processed
-        distribution, raw log-probability or None, top alternatives or None)."""
+        distribution or None when the row does not report it, raw log-probability or None, top
+        alternatives or None)."""
         torch = self.torch
-        logits = logits.float()
-        logits = torch.nan_to_num(logits, nan=0.0, posinf=torch.finfo(logits.dtype).max, neginf=torch.finfo(logits.dtype).min)
+        logits = logits.float()  # no copy when the model computes in float32; the rows are ours to change
+        # A broken checkpoint can produce NaN or ±inf logits: those become finite so that every row
+        # still samples a token. The sum is finite exactly when no entry is NaN or ±inf (or when it
+        # overflows, which only sends us down the careful path); one read instead of a full copy.
+        if not bool(torch.isfinite(logits.sum())):
+            logits = torch.nan_to_num(logits, nan=0.0, posinf=torch.finfo(logits.dtype).max,
+                                      neginf=torch.finfo(logits.dtype).min)
         if logits.shape[-1] > self.vocab_limit:
             logits[:, self.vocab_limit:] = -math.inf
         # logprobs are reported from the model's raw distribution (as vLLM), before any processing
@@ -426,14 +447,22 @@ class BatchingEngine:
                 p.constraint.mask(logits[i])
         # Greedy rows in one call each (argmax over 151k columns one row at a time was ~45 % of a
         # 16-row decode step on CPU); row-wise kernels, so every row gets the numbers it got alone.
+        # The log_softmax behind a greedy token's log-probability is a second pass over the
+        # vocabulary as long as the argmax, so it runs only for the rows that report it.
         greedy_rows = [i for i, r in enumerate(reqs) if r.params.greedy]
-        chosen: dict[int, tuple[int, float]] = {}
+        chosen: dict[int, tuple[int, float | None]] = {}
         if greedy_rows:
             g = logits if len(greedy_rows) == len(reqs) else logits.index_select(
                 0, torch.tensor(greedy_rows, device=logits.device))
             g_tok = g.argmax(-1)
-            g_lp = torch.log_softmax(g, -1).gather(-1, g_tok[:, None]).squeeze(-1)
-            chosen = dict(zip(greedy_rows, zip(g_tok.tolist(), g_lp.tolist())))
+            chosen = {i: (t, None) for i, t in zip(greedy_rows, g_tok.tolist())}
+            scored = [j for j, i in enumerate(greedy_rows) if reqs[i].params.sampled_logprob]
+            if scored:
+                if len(scored) < len(greedy_rows):
+                    pick = torch.tensor(scored, device=logits.device)
+                    g, g_tok = g.index_select(0, pick), g_tok.index_select(0, pick)
+                g_lp = torch.log_softmax(g, -1).gather(-1, g_tok[:, None]).squeeze(-1)
+                chosen.update((greedy_rows[j], (t, lp)) for j, t, lp in zip(scored, g_tok.tolist(), g_lp.tolist()))
         out = []
         for i, r in enumerate(reqs):
             p = r.params
@@ -454,7 +483,7 @@ class BatchingEngine:
                 probs = torch.softmax(row, -1)
                 gen = r.generator
                 tok = int(torch.multinomial(probs.cpu() if gen is not None else probs, 1, generator=gen)[0])
-                lp = torch.log(probs[tok].clamp_min(1e-30))
+                lp = float(torch.log(probs[tok].clamp_min(1e-30))) if p.sampled_logprob else None
             raw_lp, top = None, None
             if p.logprobs is not None:
                 raw_lp = float(raw[i, tok])
@@ -463,11 +492,11 @@ class BatchingEngine:
                     top = list(zip(idx.tolist(), vals.tolist()))
                 else:
                     top = []
-            out.append((tok, float(lp), raw_lp, top))
+            out.append((tok, lp, raw_lp, top))
         return out
 
     # ------------------------------------------------------------------ output
-    def _emit(self, r: GenerationRequest, token: int, logprob: float, raw_logprob: float | None = None,
+    def _emit(self, r: GenerationRequest, token: int, logprob: float | None, raw_logprob: float | None = None,
               top: list | None = None) -> bool:
         """Record a sampled token and send what became visible; True when the request finished."""
         if r.cancelled:

@@ -65,6 +65,7 @@ def sampling(eng: BatchingEngine, body, max_tokens: int) -> SamplingParams:
         seed=body.seed,
         ignore_eos=body.ignore_eos,
         logit_bias=bias,
+        sampled_logprob=False,  # OpenAI's logprobs are the raw distribution's (``logprobs`` below)
     )
 
 

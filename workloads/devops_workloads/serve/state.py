@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -21,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .engine import BatchingEngine
 from .protocol import RequestError
+from .streaming import EventRelay
 
 log = logging.getLogger("devops_model.serve")
 
@@ -43,10 +47,45 @@ class ServerConfig:
     #: Refuse (404) a request naming another model. Off by default: with one model served, any
     #: name is taken to mean it, as TGI does (huggingface_hub's InferenceClient sends a placeholder).
     strict_model_name: bool = False
+    #: torch threads for a model on the CPU; None = :func:`cpu_threads`' default.
+    threads: int | None = None
 
     @property
     def batch_size(self) -> int:
         return self.max_batch_size or min(16, self.max_concurrency)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a Kubernetes
+    CPU limit), which ``os.cpu_count()`` and torch's default thread count both ignore."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+def cpu_threads(requested: int | None) -> int | None:
+    """torch's intra-op threads for a model on the CPU (None: leave torch's setting alone).
+
+    The server runs two busy threads of its own, the batching loop and the HTTP event loop, which
+    encodes and sends a chunk per token per client. If torch also takes every core, its parallel
+    regions wait at their barriers whenever the event loop holds one of those cores, and every
+    operator of every step pays for it: on 2 busy cores, 16 streaming clients got 2-4x the
+    throughput with one torch thread instead of two. So one core is left to the event loop (as
+    vLLM's CPU backend reserves one for its front end). ``--threads`` or OMP_NUM_THREADS decide instead.
+    """
+    if requested is not None:
+        return requested
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None  # torch already follows it
+    return max(1, usable_cpus() - 1)
 
 
 class Metrics:
@@ -78,6 +117,7 @@ class ServerState:
         self.lock = threading.Lock()
         self.metrics = Metrics()
         self.created = int(time.time())
+        self.relay = EventRelay()  # engine events → the event loop (streaming.py)
         self._grammars = None  # guided.Grammars, built on the first constrained request
 
     @property
@@ -91,6 +131,9 @@ class ServerState:
             engine = BatchingEngine.load(self.config.model_dir, device=self.config.device, dtype=self.config.dtype,
                                          trust_remote_code=self.config.trust_remote_code,
                                          max_batch_size=self.config.batch_size, max_model_len=self.config.max_model_len)
+            if engine.device.type == "cpu" and (threads := cpu_threads(self.config.threads)) is not None:
+                engine.torch.set_num_threads(threads)
+                log.info("torch uses %d thread(s) on the CPU", threads)
             self.attach(engine)
             log.info("model %s loaded in %.1fs; serving as %r", self.config.model_dir, time.time() - t0, self.name)
         except Exception as exc:  # reported by /health (503 failed) and in the log
@@ -100,6 +143,7 @@ class ServerState:
     def attach(self, engine: BatchingEngine) -> None:
         m = self.metrics
         engine.stats.on_step = m.batch_size.observe
+        engine.after_step.append(self.relay.flush)
         m.queue_depth.set_function(lambda: engine.queue_depth)
         m.running.set_function(lambda: engine.running)
         m.in_flight.set_function(lambda: self.in_flight)
