@@ -445,8 +445,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "serializeImagePulls": False,
             # Images are loaded, never pulled; do not garbage-collect them on a busy disk.
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-            "evictionHard": {"memory.available": "200Mi", "nodefs.available": "1%", "imagefs.available": "1%",
-                             "nodefs.inodesFree": "1%"},
+            # No disk-based eviction (as kind): under disk pressure the kubelet deletes unused images to
+            # reclaim space, and a loaded image (the sandbox image too) cannot be pulled back; the machine's
+            # disk is shared with the image builds, so a transient dip would also taint the node for 5 min.
+            "evictionHard": {"memory.available": "200Mi", "nodefs.available": "0%", "imagefs.available": "0%",
+                             "nodefs.inodesFree": "0%", "imagefs.inodesFree": "0%"},
             "maxPods": 50, "podPidsLimit": 4096,
             "registerNode": True,
             "rotateCertificates": False, "serverTLSBootstrap": False,
