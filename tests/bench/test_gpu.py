@@ -21,8 +21,11 @@ def test_gpu_bench_smoke_writes_every_section(tmp_path):
     out = tmp_path / "gpu.json"
     env = {**os.environ, "PYTHON": sys.executable,
            "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in ("", "operator", "workloads", "cli"))}
-    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh"), "--smoke", "--out", str(out), "--work", str(tmp_path / "work")],
-                          env=env, capture_output=True, text=True, timeout=900)
+    # The smoke run checks code paths, not speed: its time boxes are scaled up so that a busy 2-core
+    # machine (the serve section ran out of its 60 s box once in CI) cannot fail it.
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh"), "--smoke", "--box-scale", "4", "--out", str(out),
+                           "--work", str(tmp_path / "work")],
+                          env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     data = json.loads(out.read_text())
     assert data["area"] == "gpu" and data["smoke"] is True and data["machine"] and data["date"]

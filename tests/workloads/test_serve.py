@@ -603,3 +603,24 @@ def test_proxy_says_when_the_engine_is_unreachable():
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+def test_usable_cpus_honours_a_cgroup_v2_or_v1_quota(tmp_path):
+    """A Kubernetes CPU limit caps the default thread count on cgroup v2 and v1 nodes alike."""
+    from devops_workloads.serve.state import usable_cpus
+
+    affinity = len(os.sched_getaffinity(0))
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")   # limits.cpu: 1500m
+    assert usable_cpus(str(v2)) == min(affinity, 2)
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus(str(v2)) == affinity
+    v1 = tmp_path / "v1" / "cpu,cpuacct"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("50000\n")    # limits.cpu: 500m
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cpus(str(tmp_path / "v1")) == 1
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")       # no limit
+    assert usable_cpus(str(tmp_path / "v1")) == affinity
+    assert usable_cpus(str(tmp_path / "none")) == affinity
