@@ -303,8 +303,9 @@ def loaded(socket: Path, name: str, digest: str) -> bool:
 def load(names: list[str], socket: Path | None = None) -> dict[str, float]:
     """Imports each image into the node's containerd under both its tags, building what neither the
     node nor the buildah store has. The node's store (~/.cache/devops-model/node/containerd) is the
-    cache of the large images: once one is imported, its buildah copy is removed (a torch image is ~7 GB
-    twice otherwise)."""
+    cache of the large images: once one is imported, its buildah image is removed; the cached
+    intermediate layers of its build (``--layers``) stay, so a code change rebuilds only the small
+    layers (they cost disk: docs/control-plane.md, "Disk is the limit here")."""
     if socket is None:
         sys.path.insert(0, str(HERE))
         import node
