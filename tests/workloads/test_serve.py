@@ -624,3 +624,17 @@ def test_usable_cpus_honours_a_cgroup_v2_or_v1_quota(tmp_path):
     (v1 / "cpu.cfs_quota_us").write_text("-1\n")       # no limit
     assert usable_cpus(str(tmp_path / "v1")) == affinity
     assert usable_cpus(str(tmp_path / "none")) == affinity
+
+
+def test_cpu_threads_default_is_every_usable_core_unless_told(monkeypatch):
+    """--threads wins, OMP_NUM_THREADS is left to torch, else every usable core (two threads beat one
+    on a quiet 2-core machine: bench/serve.py)."""
+    from devops_workloads.serve import state
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(state, "usable_cpus", lambda: 6)
+    assert state.cpu_threads(None) == 6
+    assert state.cpu_threads(3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert state.cpu_threads(None) is None
+    assert state.cpu_threads(2) == 2

@@ -56,7 +56,7 @@ def register(sub) -> None:
                    help="prompt + answer tokens (default: the model's max_position_embeddings)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch threads for a model on the CPU (default: OMP_NUM_THREADS when set, else the "
-                   "usable cores minus one, which is left to the HTTP event loop)")
+                   "usable cores: the CPU affinity capped by a cgroup CPU limit such as a pod's limits.cpu)")
     key = p.add_mutually_exclusive_group()
     key.add_argument("--api-key-file", type=Path, default=None,
                      help="require 'Authorization: Bearer KEY', KEY being this file's content "

@@ -87,18 +87,18 @@ def _cgroup_cpu_quota(root: Path) -> int | None:
 def cpu_threads(requested: int | None) -> int | None:
     """torch's intra-op threads for a model on the CPU (None: leave torch's setting alone).
 
-    The server runs two busy threads of its own, the batching loop and the HTTP event loop, which
-    encodes and sends a chunk per token per client. If torch also takes every core, its parallel
-    regions wait at their barriers whenever the event loop holds one of those cores, and every
-    operator of every step pays for it: on 2 busy cores, 16 streaming clients got 2-4x the
-    throughput with one torch thread instead of two. So one core is left to the event loop (as
-    vLLM's CPU backend reserves one for its front end). ``--threads`` or OMP_NUM_THREADS decide instead.
+    Every usable core: the affinity mask capped by a cgroup CPU limit, which torch's own default
+    ignores (a 2-CPU pod on a 64-core node would otherwise run 64 threads and be throttled). Measured
+    on a quiet 2-core machine (bench/serve.py, 16 streaming clients): 717 tokens/s with two threads
+    against 484 with one, although the HTTP event loop and the batching loop share those cores; one
+    thread only looked better while other jobs kept the cores busy. ``--threads`` or OMP_NUM_THREADS
+    decide instead.
     """
     if requested is not None:
         return requested
     if os.environ.get("OMP_NUM_THREADS"):
         return None  # torch already follows it
-    return max(1, usable_cpus() - 1)
+    return usable_cpus()
 
 
 class Metrics:
