@@ -27,6 +27,8 @@ twice. Set DEVOPS_MODEL_IMAGES_STORAGE_DRIVER=vfs where overlay is not available
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import fnmatch
 import hashlib
 import json
@@ -49,7 +51,7 @@ DEBIAN_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certifica
 # The Dockerfiles' build arguments for the CPU variant on the Debian base (their defaults are the CUDA images).
 PYTHON = "python3.13"
 # Recipe versions: bump to rebuild an image whose inputs did not change but whose recipe here did.
-RECIPE = {"debian": "1", "busybox": "2", "operator": "1", "workload": "1", "serve": "1"}
+RECIPE = {"debian": "2", "busybox": "3", "operator": "1", "workload": "1", "serve": "1"}
 ORDER = ("debian", "busybox", "operator", "workload", "serve")
 DOCKERFILE_IMAGES = ("operator", "workload", "serve")
 
@@ -76,7 +78,8 @@ def log(msg: str) -> None:
 
 def buildah(*args: str, check: bool = True, capture: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
     driver = os.environ.get("DEVOPS_MODEL_IMAGES_STORAGE_DRIVER", "overlay")
-    cmd = ["buildah", "--root", str(cache_root() / "storage"), "--runroot", "/run/devops-model-buildah",
+    runroot = os.environ.get("DEVOPS_MODEL_IMAGES_RUNROOT", "/run/devops-model-buildah")
+    cmd = ["buildah", "--root", str(cache_root() / "storage"), "--runroot", runroot,
            "--storage-driver", driver, *args]
     r = subprocess.run(cmd, capture_output=capture, text=True, timeout=timeout)
     if check and r.returncode != 0:
@@ -171,10 +174,65 @@ def _loaded_marker(name: str, digest: str) -> Path:
     return root / "loaded" / f"{name}-{digest}"
 
 
+@contextlib.contextmanager
+def store_lock():
+    """One image build at a time per buildah store: a second build waits (loading a cached image does not),
+    and the holder removes the working containers that a killed build left behind (each can hold
+    gigabytes of a half-built layer): no other build is running, so none of them is in use."""
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with open(cache_root() / ".lock", "w") as fd:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another image build ({cache_root() / '.lock'})")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        remove_stale_containers()
+        yield
+
+
+def remove_stale_containers() -> None:
+    """Working containers of builds that did not finish (killed, out of disk). Only called under the lock."""
+    stale = buildah("containers", "--quiet", check=False).stdout.split()
+    if stale:
+        log(f"removing {len(stale)} working container(s) a build left behind")
+        buildah("rm", *stale, check=False)
+
+
+def diff_ids(image: str) -> list[str]:
+    """The image's layers, bottom first (uncompressed digests); [] when there is no such image."""
+    r = buildah("inspect", "--type", "image", image, check=False)
+    if r.returncode != 0:
+        return []
+    return list((json.loads(r.stdout).get("OCIv1") or {}).get("rootfs", {}).get("diff_ids") or [])
+
+
+def drop_runtime_stage(image: str, base: str, *tags: str) -> int:
+    """Removes an image that the node now holds from the buildah store together with the cached layers of
+    its last (runtime) stage: the images whose layers are a prefix of the final image's, beyond the base.
+    The other stages' cached layers stay (the dependency install, ~7 GB and the longest step), so a code
+    change still rebuilds only the project wheel and the runtime stage. Without this the store kept the
+    venv twice (build-stage cache and runtime copy) next to containerd's copy, and the second torch image
+    did not fit on an 80 GB disk. Returns how many images were removed."""
+    final, below = diff_ids(image), diff_ids(base)
+    if not final or final[:len(below)] != below:
+        return 0
+    drop = []
+    for image_id in buildah("images", "--all", "--noheading", "--no-trunc", "--format", "{{.ID}}", check=False).stdout.split():
+        ids = diff_ids(image_id)
+        if len(below) < len(ids) <= len(final) and final[:len(ids)] == ids:
+            drop.append(image_id)
+    buildah("rmi", image, *tags, check=False)
+    if drop:
+        buildah("rmi", "--force", *drop, check=False)
+    return len(drop)
+
+
 # --- builders -------------------------------------------------------------------------------------
 
 def _commit(container: str, name: str, digest: str) -> None:
-    buildah("commit", "--rm", "--omit-history", container, ref(name, "in-" + digest))
+    # With its history: buildah's layer cache (--layers) matches a step only when the image's history
+    # accounts for every layer, base included; with --omit-history no step was ever reused (measured).
+    buildah("commit", "--rm", container, ref(name, "in-" + digest))
     buildah("tag", ref(name, "in-" + digest), ref(name))
 
 
@@ -234,11 +292,15 @@ def build_busybox(digest: str) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def build_dockerfile(name: str, digest: str, hashes: dict[str, str]) -> None:
-    args = build_args(name, hashes)
-    cmd = ["bud", "--isolation", "chroot", "--layers", "--omit-history",
-           "-f", str(IMAGES_DIR / f"{name}.Dockerfile"), "--ignorefile", str(IMAGES_DIR / f"{name}.Dockerfile.dockerignore"),
-           "-t", ref(name, "in-" + digest), "-t", ref(name)]
+def bud_command(dockerfile: Path, ignorefile: Path | None, tags: list[str], args: dict[str, str], context: Path) -> list[str]:
+    """`buildah bud` as the images are built. --layers: every step is cached, matched through the images'
+    history (so no --omit-history: with it no step was ever reused), and a code change rebuilds the project
+    stage and what follows it, not the dependency install."""
+    cmd = ["bud", "--isolation", "chroot", "--layers", "-f", str(dockerfile)]
+    if ignorefile is not None:
+        cmd += ["--ignorefile", str(ignorefile)]
+    for t in tags:
+        cmd += ["-t", t]
     for k, v in args.items():
         cmd += ["--build-arg", f"{k}={v}"]
     if "UV_CACHE_DIR" in args:
@@ -251,7 +313,12 @@ def build_dockerfile(name: str, digest: str, hashes: dict[str, str]) -> None:
     if ca:
         cmd += ["-v", f"{os.path.realpath(ca)}:/run/build-ca.crt:ro",
                 "--build-arg", "SSL_CERT_FILE=/run/build-ca.crt", "--build-arg", "PIP_CERT=/run/build-ca.crt"]
-    cmd.append(str(REPO))
+    return cmd + [str(context)]
+
+
+def build_dockerfile(name: str, digest: str, hashes: dict[str, str]) -> None:
+    cmd = bud_command(IMAGES_DIR / f"{name}.Dockerfile", IMAGES_DIR / f"{name}.Dockerfile.dockerignore",
+                      [ref(name, "in-" + digest), ref(name)], build_args(name, hashes), REPO)
     log(f"buildah {' '.join(cmd)}")
     buildah(*cmd, capture=False)
 
@@ -271,14 +338,18 @@ def build(names: list[str]) -> dict[str, float]:
         if _loaded_marker(name, digest).exists() and name in DOCKERFILE_IMAGES:
             log(f"{name}: cached in the node's containerd store ({ref(name, 'in-' + digest)})")
             continue
-        t = time.monotonic()
-        log(f"{name}: building (inputs {digest})")
-        if name == "debian":
-            build_debian(digest)
-        elif name == "busybox":
-            build_busybox(digest)
-        else:
-            build_dockerfile(name, digest, hashes)
+        with store_lock():
+            if cached(name, digest):  # built by the process we waited for
+                log(f"{name}: cached ({ref(name, 'in-' + digest)})")
+                continue
+            t = time.monotonic()
+            log(f"{name}: building (inputs {digest})")
+            if name == "debian":
+                build_debian(digest)
+            elif name == "busybox":
+                build_busybox(digest)
+            else:
+                build_dockerfile(name, digest, hashes)
         times[name] = time.monotonic() - t
         size = buildah("images", "--format", "{{.Size}}", ref(name), check=False).stdout.strip().splitlines()
         log(f"{name}: built in {times[name]:.0f}s" + (f" ({size[0]})" if size else ""))
@@ -303,9 +374,9 @@ def loaded(socket: Path, name: str, digest: str) -> bool:
 def load(names: list[str], socket: Path | None = None) -> dict[str, float]:
     """Imports each image into the node's containerd under both its tags, building what neither the
     node nor the buildah store has. The node's store (~/.cache/devops-model/node/containerd) is the
-    cache of the large images: once one is imported, its buildah image is removed; the cached
-    intermediate layers of its build (``--layers``) stay, so a code change rebuilds only the small
-    layers (they cost disk: docs/control-plane.md, "Disk is the limit here")."""
+    cache of the large images: once one is imported, its buildah image is removed with its runtime
+    stage's cached layers (drop_runtime_stage); the other stages' cached layers (``--layers``) stay, so a
+    code change does not reinstall the dependencies (docs/control-plane.md, "Disk is the limit here")."""
     if socket is None:
         sys.path.insert(0, str(HERE))
         import node
@@ -334,7 +405,8 @@ def load(names: list[str], socket: Path | None = None) -> dict[str, float]:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{ref(name, 'in-' + digest)}\n")
         if name in DOCKERFILE_IMAGES:
-            buildah("rmi", ref(name, "in-" + digest), ref(name), check=False)
+            dropped = drop_runtime_stage(ref(name, "in-" + digest), ref("debian", "in-" + hashes["debian"]), ref(name))
+            log(f"{name}: removed from the buildah store with its runtime stage's {dropped} cached layer image(s)")
         times[f"{name} (load)"] = time.monotonic() - t
         log(f"{name}: loaded into the node in {times[f'{name} (load)']:.0f}s")
     log(f"images ready in the node in {time.monotonic() - t0:.0f}s: " + ", ".join(ref(n) for n in names))

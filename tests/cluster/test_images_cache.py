@@ -1,0 +1,101 @@
+"""The image builds' layer cache (tests/cluster/images.py), on a real buildah store with a tiny base.
+
+A torch image's dependency install takes ~20 minutes here; a code change must not repeat it. Two things
+broke that before: the base committed with --omit-history (buildah matches a cached step through the
+image's history, so no step was ever reused), and the disk: after an image is loaded into the node, its
+runtime stage's cached layers are dropped while the other stages' stay. Both are checked here with a
+three-stage Dockerfile shaped like images/*.Dockerfile (dependencies, project, runtime).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import images  # noqa: E402  (tests/cluster/images.py)
+
+pytestmark = [pytest.mark.node, pytest.mark.timeout(300)]
+
+
+def _prerequisites() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the image builds need root (buildah with chroot isolation)")
+    for tool in ("buildah", "busybox"):
+        if not shutil.which(tool):
+            pytest.fail(f"{tool} is missing: make node-deps")
+
+
+def _steps(log: str) -> dict[str, bool]:
+    """Each RUN/COPY step of a `buildah bud` log -> whether it came from the cache."""
+    out, step = {}, None
+    for line in log.splitlines():
+        if " STEP " in line or line.startswith("STEP "):  # "[2/3] STEP 1/2: ..." (a stage is built when needed)
+            step = line.split(": ", 1)[1].strip()
+            if step.startswith(("RUN ", "COPY ")):
+                out[step] = False
+            else:
+                step = None
+        elif step and line.startswith("--> Using cache"):
+            out[step] = True
+    return out
+
+
+def test_a_code_change_after_the_runtime_stage_was_dropped_reuses_the_dependency_step(tmp_path, monkeypatch):
+    _prerequisites()
+    monkeypatch.setenv("DEVOPS_MODEL_IMAGES_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DEVOPS_MODEL_IMAGES_RUNROOT", str(tmp_path / "run"))  # a store of its own
+    images.cache_root().mkdir(parents=True)
+    try:
+        images.build_busybox("t0")  # committed like the Debian base (images._commit)
+        base = images.ref("busybox", "in-t0")
+        ctx = tmp_path / "ctx"
+        ctx.mkdir()
+        (ctx / "code.txt").write_text("v1\n")
+        dockerfile = ctx / "Dockerfile"
+        dockerfile.write_text(
+            f"FROM {base} AS build\n"
+            "USER 0:0\n"  # the busybox image runs as nobody
+            "RUN echo deps > /deps\n"
+            "FROM build AS project\n"
+            "COPY code.txt /code\n"
+            f"FROM {base}\n"
+            "USER 0:0\n"
+            "COPY --from=build /deps /deps\n"
+            "COPY --from=project /code /code\n"
+            "RUN cat /deps /code > /both\n")
+
+        def bud(tag: str) -> dict[str, bool]:
+            return _steps(images.buildah(*images.bud_command(dockerfile, None, [tag], {}, ctx)).stdout)
+
+        first = bud("localhost/t/app:1")
+        assert first and not any(first.values()), first
+        again = bud("localhost/t/app:1")
+        assert again and all(again.values()), f"an unchanged rebuild must reuse every step: {again}"
+
+        final = images.diff_ids("localhost/t/app:1")
+        dropped = images.drop_runtime_stage("localhost/t/app:1", base)
+        assert dropped >= 1
+        assert images.diff_ids("localhost/t/app:1") == []
+        below = images.diff_ids(base)
+        left = [images.diff_ids(i) for i in images.buildah("images", "--all", "-q", "--no-trunc").stdout.split()]
+        assert not [ids for ids in left if len(below) < len(ids) <= len(final) and final[:len(ids)] == ids], \
+            "the runtime stage's cached layers must be gone"
+        assert any(len(ids) > len(below) and ids[:len(below)] == below for ids in left), \
+            "the dependency stage's cached layer must stay"
+
+        (ctx / "code.txt").write_text("v2\n")
+        changed = bud("localhost/t/app:2")
+        assert changed["RUN echo deps > /deps"], f"the dependency step must come from the cache: {changed}"
+        assert not changed["COPY code.txt /code"] and not changed["RUN cat /deps /code > /both"], changed
+        c = images.buildah("from", "localhost/t/app:2").stdout.strip()
+        try:
+            out = images.buildah("run", "--isolation", "chroot", c, "--", "/bin/cat", "/both").stdout
+        finally:
+            images.buildah("rm", c, check=False)
+        assert out == "deps\nv2\n"
+    finally:
+        images.buildah("rmi", "--all", "--force", check=False)
