@@ -56,6 +56,22 @@ RUN if [ "${DS_PREBUILD_OPS}" = 1 ]; then export DS_BUILD_OPS=0 DS_BUILD_CPU_ADA
 built = sorted(k for k, v in o.items() if v); assert built or '${DS_PREBUILD_OPS}' != '1', o; \
 print('deepspeed ops prebuilt for', a, built)"
 
+# GPTQModel compiles its CPU torch.ops extensions (int4 packing; the int4 kernel on CPUs with AVX512-BF16) the
+# first time a process needs them: minutes of a pod's CPU, in every pod (its cache is an emptyDir), and the
+# serve image has no compiler. They are built here with GPTQModel's own loader and flags (explicit -m flags,
+# not -march=native: they suit any CPU with those features; the AVX512-BF16 kernel only when the build CPU
+# has it, as GPTQModel itself decides), and a process copies them into GPTQModel's cache before importing
+# it (devops_workloads/gptq_ops.py). GPTQMODEL_PREBUILD_CPU_OPS=0 leaves them to the first use.
+ARG GPTQMODEL_PREBUILD_CPU_OPS=1
+RUN mkdir -p /opt/gptqmodel-ops \
+    && if [ "${GPTQMODEL_PREBUILD_CPU_OPS}" = 1 ]; then \
+        GPTQMODEL_TORCH_EXTENSIONS_DIR=/opt/gptqmodel-ops /opt/venv/bin/python -c "\
+from gptqmodel import extension as e; from gptqmodel.utils.cpu_features import has_avx512_bf16; \
+names = ['pack_block_cpu'] + (['int4_qzero_group_scaled_cpu'] if has_avx512_bf16() else []); \
+built = {n: e.is_available(n) for n in names}; print('gptqmodel CPU ops prebuilt:', built); \
+assert all(built.values()), {n: e.error(n) for n in names}" \
+        && find /opt/gptqmodel-ops -type f ! -name '*.so' -delete; \
+    fi
 
 # The project as a wheel, in a stage of its own: a change to the code rebuilds this small stage and the
 # small layers below, while the dependency layers above (and their cached build layers) stay as they are.
@@ -86,6 +102,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ${PYTHON} ${PYTHON}-dev g++ libgomp1 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/gptqmodel-ops /opt/gptqmodel-ops
 COPY --from=project /wheels /opt/devops-model/wheels
 # --no-deps: everything it needs is in the lock file above; nothing unpinned is resolved here.
 # Bytecode now, so nothing is written at run time (read-only root file system).
@@ -106,7 +123,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
-    HF_HUB_DISABLE_TELEMETRY=1
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    DEVOPS_MODEL_GPTQMODEL_OPS=/opt/gptqmodel-ops
 USER 1000:1000
 WORKDIR /tmp
 ENTRYPOINT ["devops-model"]

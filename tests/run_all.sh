@@ -23,7 +23,7 @@ if [ "${DEVOPS_MODEL_TEST_NODE:-0}" = 1 ]; then
   bash tests/cluster/build.sh --node
   wait "$images_pid" || { tail -n 40 .images-build.log; echo "error: building the images failed (.images-build.log)"; exit 1; }
   tail -n 1 .images-build.log
-  exec .venv/bin/python -m pytest -p no:cacheprovider -m node tests/e2e/test_real_pods.py "$@"
+  exec .venv/bin/python -m pytest -p no:cacheprovider -m node tests/cluster/test_images_cache.py tests/e2e/test_real_pods.py "$@"
 fi
 if [ -x tests/cluster/build.sh ]; then
   echo "== control plane binaries (cached after the first build)"

@@ -213,6 +213,18 @@ def test_helm_install_and_examples_kind_run_every_stage_in_real_pods_through_fau
         return all(_cond(r, "Ready" if k.startswith("ChatDeployment/") else "Succeeded") == "True" for k, r in runs.items())
     fx.wait_for(done, 2400, lambda: f"the chain to complete:\n{_chain_state(fx)}", interval=5)
 
+    # No pod compiled anything: DeepSpeed's and GPTQModel's CPU ops come prebuilt in the images (a quantize
+    # pod compiled GPTQModel's int4 kernel for more than ten minutes of its CPU, and the serve image has no
+    # compiler at all).
+    compiled = {}
+    for pod in fx.pods(CHAIN_NS):
+        name = pod["metadata"]["name"]
+        out = fx.kubectl("logs", "-n", CHAIN_NS, name, "--all-containers", check=False).stdout
+        hits = [m for m in ("Compiling extension", "Building extension module", "Emitting ninja build file") if m in out]
+        if hits:
+            compiled[name] = hits
+    assert not compiled, f"pods compiled extensions at run time: {compiled}"
+
     # `kubectl get devops-model` lists the five runs (the category of the CRDs).
     listed = fx.kubectl("get", "devops-model", "-n", CHAIN_NS).stdout
     for name in ("kind-pt", "kind-sft", "kind-eval", "kind-int4", "kind-chat"):

@@ -67,9 +67,11 @@ def load_causal_lm(model_dir: str | Path, *, device: str = "auto", dtype: str = 
         config = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").exists() else {}
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": wanted}
         if (config.get("quantization_config") or {}).get("quant_method") == "gptq":
+            from ..gptq_ops import seed_prebuilt_ops
             from ..quiet import quiet_gptqmodel
 
             quiet_gptqmodel()  # transformers imports gptqmodel (through optimum) for this checkpoint
+            seed_prebuilt_ops()  # the image's compiled CPU kernels: a server must not compile them at start
             kwargs["dtype"] = torch.float16 if device == "cuda" else torch.float32
             kwargs["device_map"] = device
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
