@@ -371,6 +371,23 @@ def loaded(socket: Path, name: str, digest: str) -> bool:
     return ref(name, "in-" + digest) in out and ref(name) in out
 
 
+def remove_stale_node_images(socket: Path, name: str, digest: str) -> list[str]:
+    """Removes the node's older builds of an image (other ``in-<hash>`` tags) before a new one is imported:
+    each torch image takes ~10 GB in containerd (compressed content and its unpacked snapshot), and every
+    code change makes a new hash, so they would pile up until the disk is full. Nothing runs them any more: the
+    chart and the tests name ``:local``, which is moved to the new build (and removed first when it names an
+    older one, so that the old build's layers are free before the new ones land). containerd's garbage collector
+    frees their content and snapshots (``--sync`` waits for it)."""
+    current = ref(name, "in-" + digest)
+    out = _ctr(socket, "images", "ls", "-q", check=False).stdout.split()
+    stale = [r for r in out if r.startswith(f"{REGISTRY}/{name}:in-") and r != current]
+    if current not in out and ref(name) in out:
+        stale.append(ref(name))  # :local names an older build too; it is tagged again after the import
+    if stale:
+        _ctr(socket, "images", "rm", "--sync", *stale, check=False)
+    return stale
+
+
 def load(names: list[str], socket: Path | None = None) -> dict[str, float]:
     """Imports each image into the node's containerd under both its tags, building what neither the
     node nor the buildah store has. The node's store (~/.cache/devops-model/node/containerd) is the
@@ -394,6 +411,9 @@ def load(names: list[str], socket: Path | None = None) -> dict[str, float]:
         times.update(build([name]))
         digest = hashes[name]
         t = time.monotonic()
+        stale = remove_stale_node_images(socket, name, digest)
+        if stale:
+            log(f"{name}: removed {len(stale)} older build(s) from the node's containerd: {', '.join(stale)}")
         with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
             archive = Path(tmp) / f"{name}.tar"
             # zstd: fast, and about half the size of the raw layers in containerd's content store.
