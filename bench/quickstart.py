@@ -58,7 +58,7 @@ def main() -> int:
         return 1
     base, tuned, served = (answers[k]["bigrams"] for k in ("base", "tuned", "served"))
     rows = [
-        {"figure": "quickstart, whole process (fresh work dir, tiny model already cached by the set-up)",
+        {"figure": "quickstart, whole process (`--fresh`: tiny model built anew; venv and GPTQModel's compiled CPU extensions from the first run)",
          "ours": round(wall, 1), "anchor_name": "the README's budget", "anchor": BUDGET_S,
          "ratio": round(BUDGET_S / wall, 3), "unit": "s (lower is better)",
          "notes": "`devops-model quickstart --fresh`: tiny model, pretrain, LoRA SFT, 3 exams, GPTQ, answers, server"},
