@@ -10,7 +10,7 @@ EXTRAS ?= operator,train,eval,quantize,serve,dev,bench
 
 help:
 	@echo "make quickstart   the whole life cycle on this machine with a tiny model (sets up .venv)"
-	@echo "make test         every test: unit, workload, control plane, browser (sets up what it needs)"
+	@echo "make test         every test: unit, workload, control plane, browser, real pods (sets up what it needs)"
 	@echo "make test-unit    the pure tests only (API, builders, conditions, reconcile): under a minute"
 	@echo "make crds         regenerate crds/ from the typed API"
 
@@ -37,7 +37,7 @@ test: venv
 	bash tests/run_all.sh
 
 # The real-pods tests: a one-node cluster here (containerd, kubelet, Kubeflow), images built from
-# images/ (cached by input hash), examples/kind in pods (docs/control-plane.md). Not part of make test yet.
+# images/ (cached by input hash), examples/kind in pods (docs/control-plane.md). Part of make test; this runs them alone.
 test-node: venv
 	DEVOPS_MODEL_TEST_NODE=1 bash tests/run_all.sh
 

@@ -9,25 +9,20 @@ export DEVOPS_MODEL_NO_PROGRESS=1
 # Quantization on CPU: GPTQModel needs to know how many CPU workers to use on a small machine.
 export GPTQMODEL_CPU_WORKERS="${GPTQMODEL_CPU_WORKERS:-$(nproc)}"
 
-if [ "${DEVOPS_MODEL_TEST_NODE:-0}" = 1 ]; then
-  # `make test-node`: the node of tests/e2e/test_real_pods.py. Debian's containerd, runc, CNI plugins,
-  # buildah, debootstrap (apt), then the control plane and node binaries (kubelet, kube-proxy,
-  # kube-scheduler, CoreDNS, Kubeflow's training-operator); the images build (cached by input hash)
-  # while Go compiles.
-  echo "== node packages (apt, once per machine)"
-  bash tests/cluster/node-deps.sh
-  echo "== images from images/ (cached by input hash; log: .images-build.log)"
-  python3 tests/cluster/images.py build > .images-build.log 2>&1 &
-  images_pid=$!
-  echo "== control plane and node binaries (cached after the first build)"
-  bash tests/cluster/build.sh --node
-  wait "$images_pid" || { tail -n 40 .images-build.log; echo "error: building the images failed (.images-build.log)"; exit 1; }
-  tail -n 1 .images-build.log
+# The real-pods tests (marker `node`) are part of the suite: their node needs Debian's containerd, runc,
+# CNI plugins, buildah and debootstrap (apt), the node binaries, and the images, which build (cached by
+# input hash) while Go compiles.
+echo "== node packages (apt, once per machine)"
+bash tests/cluster/node-deps.sh
+echo "== images from images/ (cached by input hash; log: .images-build.log)"
+python3 tests/cluster/images.py build > .images-build.log 2>&1 &
+images_pid=$!
+echo "== control plane and node binaries (cached after the first build)"
+bash tests/cluster/build.sh --node
+wait "$images_pid" || { tail -n 40 .images-build.log; echo "error: building the images failed (.images-build.log)"; exit 1; }
+tail -n 1 .images-build.log
+if [ "${DEVOPS_MODEL_TEST_NODE:-0}" = 1 ]; then  # `make test-node`: the real-pods tests alone
   exec .venv/bin/python -m pytest -p no:cacheprovider -m node tests/cluster/test_images_cache.py tests/e2e/test_real_pods.py "$@"
-fi
-if [ -x tests/cluster/build.sh ]; then
-  echo "== control plane binaries (cached after the first build)"
-  bash tests/cluster/build.sh
 fi
 if ! command -v chromium >/dev/null 2>&1; then
   echo "== installing Debian's chromium for the browser tests"
@@ -40,7 +35,4 @@ echo "== import layers (import-linter) and types (mypy --strict on devops_model 
 .venv/bin/mypy
 
 echo "== tests"
-# The real-pods tests (marker `node`) run with `make test-node`: their chain in examples/kind does not
-# pass yet (docs/control-plane.md), so `make test` leaves them out, and says so.
-echo "note: tests marked 'node' (tests/e2e/test_real_pods.py) run with make test-node, not here"
-exec .venv/bin/python -m pytest -p no:cacheprovider -m "not node" "$@"
+exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
