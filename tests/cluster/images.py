@@ -385,7 +385,14 @@ def remove_stale_node_images(socket: Path, name: str, digest: str) -> list[str]:
         stale.append(ref(name))  # :local names an older build too; it is tagged again after the import
     if stale:
         _ctr(socket, "images", "rm", "--sync", *stale, check=False)
-    return stale
+    # The kubelet's CRI also names every image it used by its config digest (`sha256:...`); such a name
+    # keeps an old build's layers alive after its tags are gone. Those that no named image shares go too.
+    rows = [line.split() for line in _ctr(socket, "images", "ls", check=False).stdout.splitlines()[1:]]
+    named = {r[2] for r in rows if len(r) > 2 and not r[0].startswith("sha256:")}
+    orphans = [r[0] for r in rows if len(r) > 2 and r[0].startswith("sha256:") and r[2] not in named]
+    if orphans:
+        _ctr(socket, "images", "rm", "--sync", *orphans, check=False)
+    return stale + orphans
 
 
 def load(names: list[str], socket: Path | None = None) -> dict[str, float]:
