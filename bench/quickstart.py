@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -22,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from devops_workloads.quickstart import QUESTION
+from benchenv import REPO, write_result  # noqa: E402  (offline hubs, the repository on sys.path)
 
-REPO = Path(__file__).resolve().parents[1]
+from devops_workloads.quickstart import QUESTION
 BUDGET_S = 240.0  # the README's "≤ 4 minutes on 2 cores after the first set-up"
 
 
@@ -74,16 +73,9 @@ def main() -> int:
          "notes": f"greedy; the int4 model behind the built-in server: {served}; "
                   + ("the base reproduces none, so no ratio" if not base else "")},
     ]
-    out = {"area": "quickstart", "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()} (CPU only)",
-           "date": time.strftime("%Y-%m-%d"),
-           "summary": f"The question: {QUESTION!r}. Tuned answer: {answers['tuned']['answer'][:160]!r}. "
-                      f"Base answer: {answers['base']['answer'][:80]!r}.",
-           "rows": rows}
-    dst = REPO / "bench" / "results" / "quickstart.json"
-    dst.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
-    for row in rows:
-        print(f"{row['figure']:<75} ours {row['ours']:>8} anchor {row['anchor']:>8} ratio {row['ratio']}")
-    print(f"wrote {dst}")
+    summary = (f"The question: {QUESTION!r}. Tuned answer: {answers['tuned']['answer'][:160]!r}. "
+               f"Base answer: {answers['base']['answer'][:80]!r}.")
+    write_result("quickstart", rows, REPO / "bench" / "results" / "quickstart.json", summary)
     return 0
 
 
