@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, as `make test` and CI run it. Sets up what the tests need first:
-# the control-plane binaries (cached in ~/.cache/devops-model, built once per machine) and
-# Debian's Chromium for the browser tests. A missing prerequisite is a failure, never a skip.
+# The whole test suite, as `make test` and CI run it. Sets up what the tests need first: the control-plane
+# and node binaries (cached in ~/.cache/devops-model, built once per machine), the node's Debian packages,
+# the images (cached by input hash) and Debian's Chromium for the browser tests. A missing prerequisite is
+# a failure, never a skip. DEVOPS_MODEL_TEST_NODE=1 (`make test-node`) runs the real-pods tests alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false

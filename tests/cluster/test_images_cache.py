@@ -90,3 +90,34 @@ def test_a_code_change_after_the_runtime_stage_was_dropped_reuses_the_dependency
         assert _read("localhost/t/app:2", "/both") == deps + "v2\n"
     finally:
         images.buildah("rmi", "--all", "--force", check=False)
+
+
+def test_loading_a_new_build_removes_the_older_builds_and_the_cri_names_that_kept_them(monkeypatch):
+    """The CRI's `sha256:<config>` names kept ~20 GB of replaced builds alive until the disk was full."""
+    listing = [
+        "REF TYPE DIGEST SIZE PLATFORMS LABELS",
+        "localhost/devops-model/serve:in-old application/vnd.oci.image.manifest.v1+json sha256:m-old 3.0 GiB linux/amd64 -",
+        "localhost/devops-model/serve:local application/vnd.oci.image.manifest.v1+json sha256:m-old 3.0 GiB linux/amd64 -",
+        "localhost/devops-model/busybox:local application/vnd.oci.image.manifest.v1+json sha256:m-bb 1.1 MiB linux/amd64 -",
+        "sha256:c-old application/vnd.oci.image.manifest.v1+json sha256:m-old 3.0 GiB linux/amd64 -",
+        "sha256:c-bb application/vnd.oci.image.manifest.v1+json sha256:m-bb 1.1 MiB linux/amd64 -",
+    ]
+    removed: list[str] = []
+
+    class R:
+        def __init__(self, out):
+            self.stdout = out
+
+    def ctr(socket, *args, check=True, timeout=0):
+        rows = [l for l in listing[1:] if l.split()[0] not in removed]
+        if args[:2] == ("images", "ls"):
+            return R("\n".join(l.split()[0] for l in rows) if "-q" in args else "\n".join([listing[0], *rows]))
+        if args[:2] == ("images", "rm"):
+            removed.extend(a for a in args[2:] if a != "--sync")
+            return R("")
+        raise AssertionError(args)
+
+    monkeypatch.setattr(images, "_ctr", ctr)
+    gone = images.remove_stale_node_images(images.Path("/run/containerd.sock"), "serve", "new")
+    assert sorted(gone) == sorted(removed) == sorted(
+        ["localhost/devops-model/serve:in-old", "localhost/devops-model/serve:local", "sha256:c-old"])

@@ -3,7 +3,7 @@
 GPTQModel compiles its CPU extensions (int4 packing, and the AVX512-BF16 int4 kernel on CPUs that have it)
 with torch's JIT the first time a process needs them, into ``~/.cache/gptqmodel/torch_extensions``. In a
 pod that cache is an emptyDir, so every quantize pod (and every server of a GPTQ model on the CPU) paid
-for it again: more than ten minutes of a 1-CPU pod on the local node, and the serve image has no compiler
+for it again: 15 minutes of a 500m quantize pod on the local node, and the serve image has no compiler
 at all. The images build them with GPTQModel's own loader and flags (images/*.Dockerfile) into the folder
 named by ``DEVOPS_MODEL_GPTQMODEL_OPS``; :func:`seed_prebuilt_ops` copies the libraries into GPTQModel's
 cache before it is imported. GPTQModel then finds them under the same fingerprint (sources, flags, torch)
