@@ -342,6 +342,7 @@ def build(names: list[str]) -> dict[str, float]:
             if cached(name, digest):  # built by the process we waited for
                 log(f"{name}: cached ({ref(name, 'in-' + digest)})")
                 continue
+            make_room(name, hashes)
             t = time.monotonic()
             log(f"{name}: building (inputs {digest})")
             if name == "debian":
@@ -395,6 +396,170 @@ def remove_stale_node_images(socket: Path, name: str, digest: str) -> list[str]:
     return stale + orphans
 
 
+# --- disk -------------------------------------------------------------------------------------------
+
+# Free disk (GiB) that building each image needs at its peak, from df sampled every 10 s while building
+# cold on 2026-12-03 (see docs/control-plane.md, "Disk is the limit here"), with a margin: a torch image
+# writes its venv (~7 GB) in the build stage, copies it in the runtime stage and commits each as a layer.
+# A cached dependency stage needs less, but which steps will be reused is only known once buildah runs.
+BUILD_NEED_GIB = {"debian": 2, "busybox": 1, "operator": 4, "workload": 24, "serve": 24}
+
+
+def free_gib(path: Path | None = None) -> float:
+    path = path or cache_root()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free / 2**30
+
+
+def _marker_dir() -> Path:
+    return _loaded_marker("x", "y").parent
+
+
+def stale_markers(hashes: dict[str, str]) -> list[Path]:
+    """Markers of builds that the node's containerd got and that are no longer current: the node still
+    holds those images (~10 GB each for the torch ones) until a load replaces them."""
+    d = _marker_dir()
+    if not d.is_dir():
+        return []
+    current = {f"{n}-{h}" for n, h in hashes.items()}
+    return sorted(p for p in d.iterdir() if p.name not in current and p.name.rsplit("-", 1)[0] in ORDER)
+
+
+@contextlib.contextmanager
+def node_store(socket: Path | None = None, root: Path | None = None, timeout: float = 30):
+    """A containerd socket on the node's image store: the node's own while it runs, else a private
+    containerd started on the store for as long as the block lasts (no CRI, no network: it only edits
+    images), so old builds can be removed while the node is down. Yields None when there is no store or
+    it is in use by something else (a mount under it, or a containerd that does not answer)."""
+    sys.path.insert(0, str(HERE))
+    import node
+    socket = socket or node.containerd_socket()
+    root = root or node.containerd_root()
+    if socket.exists() and _ctr(socket, "version", check=False, timeout=10).returncode == 0:
+        yield socket
+        return
+    if not root.is_dir():
+        yield None
+        return
+    if any(m.startswith(str(root)) for m in node._mounts()) or node._pids_with(str(root)):
+        log(f"the node's image store {root} is in use (mounts or a process) but its containerd does not answer")
+        yield None
+        return
+    run = Path(tempfile.mkdtemp(prefix="devops-model-images-containerd-", dir="/run"))
+    sock = run / "containerd.sock"
+    (run / "config.toml").write_text(f"""version = 2
+root = "{root}"
+state = "{run / 'state'}"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",
+                    "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+                    "io.containerd.snapshotter.v1.devmapper", "io.containerd.internal.v1.opt",
+                    "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{run / 'containerd.ttrpc.sock'}"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+""")
+    with open(run / "containerd.log", "w") as out:
+        proc = subprocess.Popen(["containerd", "--config", str(run / "config.toml")], stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (sock.exists() and _ctr(sock, "version", check=False, timeout=10).returncode == 0):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log(f"could not start a containerd on {root}: {(run / 'containerd.log').read_text()[-800:]}")
+                sock = None
+                break
+            time.sleep(0.2)
+        yield sock
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def prune_node_store(hashes: dict[str, str], socket: Path | None = None, root: Path | None = None) -> list[str]:
+    """Removes the node's older builds (those stale_markers names) from its containerd, running or not."""
+    stale = stale_markers(hashes)
+    if not stale:
+        return []
+    removed: list[str] = []
+    with node_store(socket, root) as socket:
+        if socket is None:
+            return []
+        for name in sorted({p.name.rsplit("-", 1)[0] for p in stale}):
+            removed += remove_stale_node_images(socket, name, hashes[name])
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return removed
+
+
+def unneeded_images(rows: list[tuple[str, list[str], list[str]]], keep: set[str]) -> list[str]:
+    """The buildah store's images that no current build uses: rows are (id, names, diff_ids). Kept: the
+    images named in `keep` and every image whose layers are a prefix of a kept one's (its base and the
+    cached steps below it). Everything else is a cached step of an older build, or of a stage whose
+    result is not named (a dependency stage: rebuilt, from uv's cache, when it is needed again)."""
+    kept = [ids for _, names, ids in rows if keep & set(names)]
+    return [i for i, names, ids in rows
+            if not keep & set(names) and not any(k[:len(ids)] == ids for k in kept)]
+
+
+def prune_build_store(hashes: dict[str, str]) -> list[str]:
+    keep = {ref(n, "in-" + h) for n, h in hashes.items()}
+    rows = []
+    for image in json.loads(buildah("images", "--all", "--json", check=False).stdout or "[]"):
+        rows.append((image["id"], list(image.get("names") or []), diff_ids(image["id"])))
+    drop = unneeded_images(rows, keep)
+    if drop:
+        buildah("rmi", "--force", *drop, check=False)
+    return drop
+
+
+def _usage(paths: list[Path]) -> str:
+    out = []
+    for p in paths:
+        if p.exists():
+            r = subprocess.run(["du", "-sxh", str(p)], capture_output=True, text=True, timeout=300)
+            out.append((r.stdout.split() or ["?"])[0] + f" {p}")
+    return "; ".join(out)
+
+
+def make_room(name: str, hashes: dict[str, str]) -> None:
+    """Before a build: enough free disk for it, freeing the node's older builds first, then the buildah
+    store's unused cached steps; else a clear error (a half-written layer helps nobody). A build that
+    ran out of disk in CI had ~20 GB of replaced images in the node's store, which only a load removed."""
+    need = BUILD_NEED_GIB.get(name, 4)
+    if free_gib() >= need:
+        return
+    log(f"{name}: {free_gib():.0f} GiB free, building it needs ~{need} GiB: removing older builds")
+    removed = prune_node_store(hashes)
+    if removed:
+        log(f"removed {len(removed)} older build(s) from the node's containerd: {', '.join(removed)}")
+    if free_gib() < need:
+        dropped = prune_build_store(hashes)
+        log(f"removed {len(dropped)} cached image layer(s) of older builds from the buildah store")
+    free = free_gib()
+    if free < need:
+        sys.path.insert(0, str(HERE))
+        import node
+        home = Path.home() / ".cache"
+        raise ImageError(
+            f"building {name} needs ~{need} GiB free on the disk of {cache_root()}, and only {free:.1f} GiB is "
+            f"after removing older builds. Largest caches: "
+            + _usage([cache_root() / "storage", node.containerd_root(), uv_cache(), home / "go-build",
+                      Path(os.environ.get("GOMODCACHE") or Path.home() / "go" / "pkg" / "mod")])
+            + ". Free some space (uv cache clean; go clean -cache; or remove the checkout's other clones) and run again.")
+    log(f"{name}: {free:.0f} GiB free now")
+
+
 def load(names: list[str], socket: Path | None = None) -> dict[str, float]:
     """Imports each image into the node's containerd under both its tags, building what neither the
     node nor the buildah store has. The node's store (~/.cache/devops-model/node/containerd) is the
@@ -419,6 +584,9 @@ def load(names: list[str], socket: Path | None = None) -> dict[str, float]:
         digest = hashes[name]
         t = time.monotonic()
         stale = remove_stale_node_images(socket, name, digest)
+        for p in stale_markers(hashes):
+            if p.name.rsplit("-", 1)[0] == name:
+                p.unlink(missing_ok=True)
         if stale:
             log(f"{name}: removed {len(stale)} older build(s) from the node's containerd: {', '.join(stale)}")
         with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:

@@ -121,3 +121,59 @@ def test_loading_a_new_build_removes_the_older_builds_and_the_cri_names_that_kep
     gone = images.remove_stale_node_images(images.Path("/run/containerd.sock"), "serve", "new")
     assert sorted(gone) == sorted(removed) == sorted(
         ["localhost/devops-model/serve:in-old", "localhost/devops-model/serve:local", "sha256:c-old"])
+
+
+def test_older_builds_leave_the_node_store_while_the_node_is_down(tmp_path, monkeypatch):
+    """make_room frees the node's replaced builds before a build, when only a load did so before: the
+    node is down then (CI builds the images while Go compiles), so a private containerd edits its store."""
+    _prerequisites()
+    for tool in ("containerd", "ctr"):
+        if not shutil.which(tool):
+            pytest.fail(f"{tool} is missing: make node-deps")
+    import node  # tests/cluster/node.py
+
+    monkeypatch.setenv("DEVOPS_MODEL_IMAGES_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DEVOPS_MODEL_IMAGES_RUNROOT", str(tmp_path / "run"))
+    monkeypatch.setenv("DEVOPS_MODEL_NODE_CACHE", str(tmp_path / "node"))
+    images.cache_root().mkdir(parents=True)
+    down = tmp_path / "no-node.sock"  # the node's socket: absent, the node is down
+    root = node.containerd_root()
+    try:
+        images.build_busybox("t0")
+        c = images.buildah("from", images.ref("busybox", "in-t0")).stdout.strip()
+        (tmp_path / "big").write_bytes(os.urandom(1 << 20))
+        images.buildah("copy", c, str(tmp_path / "big"), "/big")
+        images.buildah("commit", "--rm", c, images.ref("serve", "in-old"))
+
+        def layers(sock) -> set[str]:
+            return set(images._ctr(sock, "content", "ls", "-q").stdout.split())
+
+        with images.node_store(down, root) as sock:  # no store: nothing to start on
+            assert sock is None
+        root.mkdir(parents=True)
+        # Seed the store as load() does, through a private containerd on it.
+        with images.node_store(down, root) as sock:
+            assert sock is not None and sock != down
+            for image in (images.ref("busybox", "in-t0"), images.ref("serve", "in-old")):
+                archive = tmp_path / "a.tar"
+                images.buildah("push", image, f"oci-archive:{archive}:{image}")
+                images._ctr(sock, "images", "import", str(archive))
+                archive.unlink()
+            images._ctr(sock, "images", "tag", "--force", images.ref("serve", "in-old"), images.ref("serve"))
+            before = layers(sock)
+        marks = images._marker_dir()
+        marks.mkdir(parents=True)
+        for m in ("busybox-t0", "serve-old"):
+            (marks / m).write_text("x\n")
+
+        removed = images.prune_node_store({"busybox": "t0", "serve": "new"}, down, root)
+        assert sorted(removed) == sorted([images.ref("serve"), images.ref("serve", "in-old")])
+        assert sorted(p.name for p in marks.iterdir()) == ["busybox-t0"]
+        assert not node._pids_with(str(root)), "the private containerd must be gone"
+        assert not [m for m in node._mounts() if m.startswith(str(root))]
+        with images.node_store(down, root) as sock:
+            names = images._ctr(sock, "images", "ls", "-q").stdout.split()
+            assert names == [images.ref("busybox", "in-t0")]
+            assert len(layers(sock)) < len(before), "the old build's content must be garbage-collected"
+    finally:
+        images.buildah("rmi", "--all", "--force", check=False)
