@@ -221,3 +221,38 @@ def test_status_patcher_patches_the_owner_with_a_service_account(control_plane, 
     # the same token may not touch another kind's status
     other = StatusPatcher(f"evalruns/{k8s_namespace}/sft", host, port, sa)
     assert not other.patch({"progress": {"step": 1}})
+
+
+def test_a_run_uses_the_cpus_of_its_pod_not_of_the_node(monkeypatch):
+    """torch starts a thread per core of the node; a run limits them to what its cgroup allows
+    (usable_cpus), unless OMP_NUM_THREADS (torchrun's, or the user's) says otherwise."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from devops_workloads import runner
+
+    # A pod's process: set before torch is imported, so OpenMP's pool is that size from the start.
+    code = ("from devops_workloads import runner; runner.usable_cpus = lambda: 1; print(runner.limit_cpu_threads()); "
+            "import os, torch; print(os.environ['OMP_NUM_THREADS'], torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "1", "1"]
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_NUM_THREADS": "2"}, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["None", "2", "2"]
+
+    # In-process, with torch already imported: its pool, and nothing leaks into the environment.
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(runner, "usable_cpus", lambda: 1)  # a 500m or 1-CPU limit
+        assert runner.limit_cpu_threads() == 1
+        assert torch.get_num_threads() == 1 and "OMP_NUM_THREADS" not in os.environ
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # told: left alone
+        torch.set_num_threads(2)
+        assert runner.limit_cpu_threads() is None and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -39,7 +39,7 @@ import yaml
 
 from devops_model.yamlio import dump
 
-from .processes import free_port
+from .processes import free_port, usable_cpus
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "local"
@@ -88,7 +88,7 @@ def _env(workdir: Path) -> dict[str, str]:
         TRANSFORMERS_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
-        GPTQMODEL_CPU_WORKERS=env.get("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1)),
+        GPTQMODEL_CPU_WORKERS=env.get("GPTQMODEL_CPU_WORKERS", str(usable_cpus())),
     )
     return env
 

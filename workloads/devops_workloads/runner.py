@@ -45,6 +45,7 @@ from devops_model.lineage import resolve_parent as resolve_lineage_parent
 from devops_model.registry import LocalRegistry, home, registry_path, write_entry
 from devops_model.uris import UriError, local_path, parse_uri
 
+from .processes import usable_cpus
 from .ranks import is_rank0
 
 #: kind -> "module:function" implementing it.
@@ -128,6 +129,22 @@ def resolve_parent(resource: Any, spec_dir: Path | None = None) -> tuple[str | N
                         exit_code=ExitCode.BAD_INPUT)
 
 
+def limit_cpu_threads() -> int | None:
+    """Threads for the CPUs this process may use, unless OMP_NUM_THREADS says (torchrun sets it to 1
+    per rank). torch starts one intra-op thread per core of the node, whatever the pod's CPU limit: in a
+    500m pod on a 64-core node that is 64 threads throttled to half a core. Set before torch is imported
+    (OpenMP reads it once), or on torch itself when it already is. Returns the count, or None."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    n = usable_cpus()
+    torch = sys.modules.get("torch")
+    if torch is None:  # a pod's process: the workload imports torch next
+        os.environ["OMP_NUM_THREADS"] = str(n)
+    elif torch.get_num_threads() > n:  # in-process (tests, the quickstart): only this process's pool
+        torch.set_num_threads(n)
+    return n
+
+
 def run_resource(resource: Any, spec_path: Path | None = None, workdir: Path | None = None) -> dict[str, Any]:
     """Run one resource's workload here; returns the status it ended with.
 
@@ -136,6 +153,7 @@ def run_resource(resource: Any, spec_path: Path | None = None, workdir: Path | N
     kind = resource.kind
     target = RUNNERS[kind]
     module_name, func_name = target.split(":")
+    limit_cpu_threads()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

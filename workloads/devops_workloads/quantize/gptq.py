@@ -25,13 +25,15 @@ from typing import Any, Sequence
 from devops_model.contract import Reason
 
 from ..gptq_ops import seed_prebuilt_ops
+from ..processes import usable_cpus
 from ..quiet import quiet_gptqmodel
 from ..runner import WorkloadError
 
 
 def configure_environment() -> None:
     """Defaults GPTQModel needs before it is imported (never overriding the user's)."""
-    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
+    # The CPUs this pod may use (its CPU limit), not the node's: os.cpu_count() is the node's cores.
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(usable_cpus()))
     seed_prebuilt_ops()  # the image's compiled CPU extensions, so that no pod compiles them
     # GPTQModel prints a wide banner, INFO chatter and a GIL advisory; the workload's own progress is
     # enough (its warnings and errors still show).
