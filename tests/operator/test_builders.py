@@ -121,6 +121,16 @@ def test_multinode_pytorchjob_has_master_workers_and_torchrun():
     assert yaml.safe_load(cm["data"]["parent.yaml"])["status"]["artifact"]["uri"] == "pvc://models/devops-pt/final"
 
 
+def test_a_trainjob_gets_the_credentials_secret_as_optional_env_entries():
+    """Trainer's spec.trainer has env but no envFrom: the Secret's keys that the sources read come one by
+    one, optional (a Secret with only HF_TOKEN must not keep the pods from starting)."""
+    *_, job = render_case("sft-trainjob")
+    env = {e["name"]: e for e in job["spec"]["trainer"]["env"]}
+    for key in ("HF_TOKEN", "MODELSCOPE_API_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "modelscope-token", "key": key, "optional": True}
+    assert "value" not in env["HF_TOKEN"]
+
+
 def test_vllm_gets_tensor_parallel_flags():
     _, deploy, svc, netpol = render_case("chat-vllm-gptq")
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]

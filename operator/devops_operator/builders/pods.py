@@ -123,6 +123,22 @@ def secret_env_from(resource: Resource) -> list[dict[str, Any]]:
     return [{"secretRef": {"name": secret}}] if secret else []
 
 
+#: What a credentials Secret may hold for the model sources (workloads/devops_workloads/sources.py;
+#: boto3 also reads the session token and the region).
+CREDENTIAL_KEYS = ("HF_TOKEN", "MODELSCOPE_API_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                   "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def secret_env(resource: Resource) -> list[dict[str, Any]]:
+    """The same credentials as env entries, each optional: for Kubeflow Trainer's ``spec.trainer``,
+    which takes ``env`` but no ``envFrom`` (the runtime patch of its container cannot add one either)."""
+    secret = next((s["secretRef"]["name"] for s in secret_env_from(resource)), None)
+    if secret is None:
+        return []
+    return [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+            for key in CREDENTIAL_KEYS]
+
+
 def compute_resources(res: Resources) -> dict[str, Any]:
     """requests == limits (Guaranteed QoS for training; GPUs can only be given as limits anyway)."""
     limits: dict[str, str] = {}

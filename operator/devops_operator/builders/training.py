@@ -22,6 +22,7 @@ from .pods import (
     container_security_context,
     pod_security_context,
     pod_template,
+    secret_env,
     secret_env_from,
     volumes_and_mounts,
     workload_env,
@@ -142,7 +143,7 @@ def build_trainjob(resource: Resource, config: OperatorConfig, claims: list[str]
         "command": worker_command(res.nodes, procs, "TrainJob"),
         "numNodes": res.nodes,
         "numProcPerNode": procs,
-        "env": workload_env(resource, config, attempt),
+        "env": workload_env(resource, config, attempt) + secret_env(resource),
     }
     compute = compute_resources(res)
     if compute:
