@@ -256,3 +256,12 @@ def test_a_run_uses_the_cpus_of_its_pod_not_of_the_node(monkeypatch):
         assert runner.limit_cpu_threads() is None and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_quickstart_report_keeps_a_pipe_inside_a_table_cell():
+    """A model's answer may contain `|` (a shell pipeline): the Markdown escapes it, the HTML keeps it in its cell."""
+    from devops_workloads.quickstart import _markdown_to_html
+
+    page = _markdown_to_html("| question | answer |\n|---|---|\n| logs? | kubectl logs pod \\| grep error |\n| a | b\n")
+    assert "<td>kubectl logs pod | grep error</td>" in page
+    assert page.count("<td>") == 4 and "<th>answer</th>" in page

@@ -523,7 +523,9 @@ def _markdown_to_html(md: str) -> str:
             out.append(html.escape(line))
             continue
         if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
+            # Cells split on unescaped pipes only: a model's answer in a cell has its own as `\|`.
+            row = re.sub(r"(?<!\\)\|$", "", line.strip()[1:])
+            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", row)]
             if all(set(c) <= {"-"} for c in cells):
                 continue
             if not in_table:
