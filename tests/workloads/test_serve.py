@@ -638,3 +638,19 @@ def test_cpu_threads_default_is_every_usable_core_unless_told(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "4")
     assert state.cpu_threads(None) is None
     assert state.cpu_threads(2) == 2
+
+
+def test_the_event_stream_overrides_a_method_the_installed_sse_starlette_still_calls():
+    """EventStream replaces sse-starlette's private per-chunk send (its cancel scope cost a seventh of the
+    event loop at 16 clients). A release that renames or reshapes it must fail here, not in production."""
+    import inspect
+
+    from sse_starlette.sse import EventSourceResponse
+
+    from devops_workloads.serve.streaming import EventStream
+
+    base = getattr(EventSourceResponse, "_send_with_timeout", None)
+    assert base is not None, "sse-starlette no longer has _send_with_timeout: drop or port EventStream's override"
+    assert list(inspect.signature(base).parameters) == ["self", "send", "message"]
+    assert "self._send_with_timeout(" in inspect.getsource(EventSourceResponse), "the base class must still call it"
+    assert EventStream._send_with_timeout is not base
