@@ -93,7 +93,8 @@ def pod_problem(pods: list[dict[str, Any]]) -> Optional[ChildState]:
                                             f"pod {name} cannot be scheduled: {cond.get('message', '')}".strip())))
         if status.get("reason") in ("Evicted", "Preempting", "Preempted"):
             found.append((2, ChildState("Failed", Reason.PREEMPTED, f"pod {name}: {status.get('message') or status['reason']}")))
-        for cs in status.get("containerStatuses") or []:
+        # Init containers first in the pod's life (a vLLM/TGI pod's model check), so in its problems too.
+        for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
             waiting = (cs.get("state") or {}).get("waiting") or {}
             reason = waiting.get("reason")
             if reason in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
@@ -101,8 +102,9 @@ def pod_problem(pods: list[dict[str, Any]]) -> Optional[ChildState]:
                                             f"pod {name} cannot pull image {cs.get('image', '')}: {waiting.get('message', reason)}")))
             elif reason == "CrashLoopBackOff":
                 last = (cs.get("lastState") or {}).get("terminated") or {}
+                fields, text = parse_termination_message(last.get("message"))
                 why = "OOMKilled: raise resources.memory" if last.get("reason") == "OOMKilled" else (
-                    last.get("message") or f"exit code {last.get('exitCode')}")
+                    fields.get("message") or text or f"exit code {last.get('exitCode')}")
                 found.append((5, ChildState("Running", Reason.CRASH_LOOP_BACKOFF, f"pod {name} keeps crashing ({why})")))
             term = (cs.get("state") or {}).get("terminated")
             if term and term.get("exitCode", 0) != 0:

@@ -133,3 +133,18 @@ def test_deployment_states():
     pulling = [pod(waiting={"reason": "ErrImagePull", "message": "not found"})]
     st = deployment_state(loading, pulling, 1)
     assert (st.ready, st.reason) == (False, "ImagePullBackOff")
+
+
+def test_a_vllm_pod_whose_model_check_fails_says_so():
+    """The init container of a vLLM/TGI pod (the parent artifact's digests) fails before the engine starts:
+    the ChatDeployment shows its message, not "loading the model"."""
+    loading = {"metadata": {"generation": 1}, "status": {"observedGeneration": 1}}
+    msg = json.dumps({"status": {"state": "Failed", "reason": "ArtifactMismatch", "message":
+                                 "QuantizeRun/devops-int4's artifact pvc://models/devops-int4: model.safetensors was changed"}})
+    p = pod(phase="Pending")
+    p["status"]["initContainerStatuses"] = [{"name": "verify-model", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                                             "lastState": {"terminated": {"exitCode": 3, "message": msg}}}]
+    st = deployment_state(loading, [p], 1)
+    assert (st.ready, st.reason) == (False, "CrashLoopBackOff")
+    assert st.message.endswith("keeps crashing (QuantizeRun/devops-int4's artifact pvc://models/devops-int4: "
+                               "model.safetensors was changed)"), st.message

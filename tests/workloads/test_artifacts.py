@@ -144,3 +144,60 @@ def test_local_eval_of_a_tampered_sft_artifact_fails_before_loading(tiny_qwen, l
                              f"that produced it finished (artifact digest {status['artifact']['digest']}); recreate "
                              "the producing run or restore the file")
     assert not (storage / "results" / "sft-lora-eval").exists()
+
+
+def test_a_vllm_pod_checks_the_parents_artifact_before_the_engine_starts(tmp_path, monkeypatch):
+    """vLLM and TGI load the model themselves: the operator gives their pods an init container that makes
+    the check every run makes (the parent's digests). Here its rendered command runs against the rendered
+    ConfigMap, as the pod would: a sealed artifact passes; a changed weight file stops the pod, named."""
+    import os
+    import subprocess
+    import sys
+
+    from devops_model.api.resource import parse_resource
+    from devops_operator.builders import render_children
+    from devops_operator.config import OperatorConfig
+    from devops_workloads.runner import seal_artifact
+
+    storage = tmp_path / "storage"
+    root = storage / "models" / "devops-int4"
+    root.mkdir(parents=True)
+    (root / "model.safetensors").write_bytes(b"int4 weights")
+    (root / "config.json").write_text("{}")
+    status = {"state": "Succeeded", "artifact": {"uri": "pvc://models/devops-int4", "format": "gptq"}}
+    monkeypatch.setenv("DEVOPS_MODEL_STORAGE", str(storage))
+    seal_artifact(status)
+    env = {**os.environ, "DEVOPS_MODEL_TERMINATION_LOG": str(tmp_path / "term")}
+    parent = {"apiVersion": "devops-model.io/v1alpha1", "kind": "QuantizeRun",
+              "metadata": {"name": "devops-int4", "namespace": "ml"}, "status": status}
+    chat = parse_resource({"apiVersion": "devops-model.io/v1alpha1", "kind": "ChatDeployment",
+                           "metadata": {"name": "devops-chat", "namespace": "ml", "uid": "u1"},
+                           "spec": {"model": {"fromRun": {"kind": "QuantizeRun", "name": "devops-int4"}},
+                                    "engine": {"name": "vllm"}, "resources": {"gpusPerNode": 1}}})
+    cm, deploy, *_ = render_children(chat, OperatorConfig(), resolved_model="pvc://models/devops-int4", parent=parent,
+                                     artifact_format="gptq")
+    (init,) = deploy["spec"]["template"]["spec"]["initContainers"]
+    assert init["name"] == "verify-model" and "resources" not in init  # no GPU for a checksum
+    spec_dir = tmp_path / "etc"
+    spec_dir.mkdir()
+    for key, text in cm["data"].items():
+        (spec_dir / key).write_text(text)
+    cmd = [sys.executable if c == "python" else c for c in init["command"]]
+    cmd[cmd.index("/etc/devops-model/resource.yaml")] = str(spec_dir / "resource.yaml")
+
+    ok = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "pvc://models/devops-int4 is the artifact its parent sealed" in ok.stdout
+
+    (root / "model.safetensors").write_bytes(b"backdoored")
+    bad = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 3
+    assert "model.safetensors was changed" in bad.stderr
+    assert "ArtifactMismatch" in (tmp_path / "term").read_text()
+
+    # The built-in server checks in its own process (it runs the worker entry point): no init container.
+    builtin = parse_resource({**chat.to_dict(), "spec": {**chat.to_dict()["spec"], "engine": {"name": "builtin"},
+                                                         "resources": {}}})
+    _, deploy, *_ = render_children(builtin, OperatorConfig(), resolved_model="pvc://models/devops-int4",
+                                    parent=parent, artifact_format="gptq")
+    assert "initContainers" not in deploy["spec"]["template"]["spec"]

@@ -295,8 +295,36 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="devops_workloads.runner", description=__doc__.split("\n\n")[0])
     ap.add_argument("-f", "--file", required=True, help="resource YAML (one document)")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--verify-only", action="store_true",
+                    help="only check that the parent run's artifact is the one it sealed (its digests), then exit: "
+                         "what a vLLM or TGI pod's init container runs before the engine loads the model")
     args = ap.parse_args(argv)
+    if args.verify_only:
+        return verify_file(Path(args.file))
     return run_file(Path(args.file), args.workdir)
+
+
+def verify_file(path: Path) -> int:
+    """For engines that load the model themselves (vLLM, TGI): the checks a run makes before using its
+    parent's artifact (verify_parent_artifact), without the run. Exit 3 (bad input) when it differs."""
+    from devops_model.api.resource import InvalidResource
+
+    try:
+        resources = [parse_resource(d, str(path)) for d in load_documents(path)]
+    except InvalidResource as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    for res in resources:
+        label = f"{res.kind}/{res.metadata.name}"
+        try:
+            uri, parent = resolve_parent(res, path.parent)
+            verify_parent_artifact(uri, parent)
+        except WorkloadError as exc:
+            print(f"✗ {label}: {exc}", file=sys.stderr)
+            report_final({"state": State.FAILED.value, "reason": exc.reason.value, "message": str(exc)})
+            return exc.exit_code
+        print(f"✓ {label}: {uri} " + ("is the artifact its parent sealed" if parent else "(not from a run: nothing to verify)"))
+    return ExitCode.OK
 
 
 def run_file(path: Path, workdir: Path | None = None, only: str | None = None) -> int:

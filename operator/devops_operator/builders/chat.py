@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 from devops_model.api.chat import ChatDeployment
-from devops_model.contract import SPEC_DIR
+from devops_model.contract import SPEC_DIR, SPEC_FILE, TERMINATION_LOG
 from devops_model.conventions import engine_settings
 from devops_model.engines import ENGINES, engine_port, web_chat_sidecar
 
@@ -110,6 +110,8 @@ def build_deployment(chat: ChatDeployment, config: OperatorConfig, *, model_uri:
                             automount_token=False,
                             annotations={"devops-model.io/config-hash": config_hash})
     template["metadata"]["labels"].update(selector_labels(chat))
+    if engine.loads_hub_ids and artifact:
+        template["spec"]["initContainers"] = [verify_container(chat, config, mounts)]
     if sidecar:
         template["spec"]["containers"].append(web_chat_container(chat, config, mounts))
     gpus = spec.resources.gpus_per_node > 0
@@ -129,6 +131,29 @@ def build_deployment(chat: ChatDeployment, config: OperatorConfig, *, model_uri:
             "template": template,
         },
     }
+
+
+def verify_container(chat: ChatDeployment, config: OperatorConfig, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    """vLLM and TGI load the model themselves, so nothing in them checks that a run's artifact is the one
+    it sealed, as every run and the built-in server do before using it. This init container (the serve
+    image) makes that check (``devops_workloads.runner --verify-only``: the parent's digests) and fails
+    the pod with the differing file named, before the engine reads a byte. It gets the server's CPU and
+    memory (hashing a 7B model takes a while; init containers do not add to the pod's request) but no GPU."""
+    res = compute_resources(chat.spec.resources.model_copy(update={"gpus_per_node": 0}))
+    container: dict[str, Any] = {
+        "name": "verify-model",
+        "image": config.images.serve,
+        "imagePullPolicy": config.images.pull_policy,
+        "command": ["python", "-m", "devops_workloads.runner", "-f", SPEC_FILE, "--verify-only"],
+        "env": workload_env(chat, config, 0),  # the storage root, the cache; no engine setting, no API key
+        "volumeMounts": [dict(m) for m in mounts],
+        "securityContext": container_security_context(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if res:
+        container["resources"] = res
+    return container
 
 
 def web_chat_container(chat: ChatDeployment, config: OperatorConfig,
