@@ -12,11 +12,12 @@ export GPTQMODEL_CPU_WORKERS="${GPTQMODEL_CPU_WORKERS:-$(nproc)}"
 
 # The real-pods tests (marker `node`) are part of the suite: their node needs Debian's containerd, runc,
 # CNI plugins, buildah and debootstrap (apt), the node binaries, and the images, which build (cached by
-# input hash) while Go compiles.
+# input hash) and go into the node's image store (the node need not run) while Go compiles: each image is
+# loaded as soon as it is built, so the disk never holds both torch images' build outputs at once.
 echo "== node packages (apt, once per machine)"
 bash tests/cluster/node-deps.sh
-echo "== images from images/ (cached by input hash; log: .images-build.log)"
-python3 tests/cluster/images.py build > .images-build.log 2>&1 &
+echo "== images from images/, into the node's store (cached by input hash; log: .images-build.log)"
+python3 tests/cluster/images.py load > .images-build.log 2>&1 &
 images_pid=$!
 echo "== control plane and node binaries (cached after the first build)"
 bash tests/cluster/build.sh --node

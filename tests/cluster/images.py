@@ -323,7 +323,8 @@ def build_dockerfile(name: str, digest: str, hashes: dict[str, str]) -> None:
     buildah(*cmd, capture=False)
 
 
-def build(names: list[str]) -> dict[str, float]:
+def build(names: list[str], socket: Path | None = None) -> dict[str, float]:
+    """Builds what the buildah store lacks (socket: the node's containerd, when the caller has one open)."""
     cache_root().mkdir(parents=True, exist_ok=True)
     hashes = input_hashes()
     # A Dockerfile image needs the base first.
@@ -342,7 +343,7 @@ def build(names: list[str]) -> dict[str, float]:
             if cached(name, digest):  # built by the process we waited for
                 log(f"{name}: cached ({ref(name, 'in-' + digest)})")
                 continue
-            make_room(name, hashes)
+            make_room(name, hashes, socket=socket)
             t = time.monotonic()
             log(f"{name}: building (inputs {digest})")
             if name == "debian":
@@ -403,6 +404,8 @@ def remove_stale_node_images(socket: Path, name: str, digest: str) -> list[str]:
 # writes its venv (~7 GB) in the build stage, copies it in the runtime stage and commits each as a layer.
 # A cached dependency stage needs less, but which steps will be reused is only known once buildah runs.
 BUILD_NEED_GIB = {"debian": 2, "busybox": 1, "operator": 4, "workload": 24, "serve": 24}
+# Loading: the zstd archive, then containerd's compressed copy and its unpacked snapshot.
+LOAD_NEED_GIB = {"debian": 1, "busybox": 1, "operator": 2, "workload": 14, "serve": 14}
 
 
 def free_gib(path: Path | None = None) -> float:
@@ -532,27 +535,52 @@ def _usage(paths: list[Path]) -> str:
     return "; ".join(out)
 
 
-def make_room(name: str, hashes: dict[str, str]) -> None:
-    """Before a build: enough free disk for it, freeing the node's older builds first, then the buildah
-    store's unused cached steps; else a clear error (a half-written layer helps nobody). A build that
-    ran out of disk in CI had ~20 GB of replaced images in the node's store, which only a load removed."""
-    need = BUILD_NEED_GIB.get(name, 4)
+def drop_stale_builds(hashes: dict[str, str]) -> list[str]:
+    """Removes the buildah store's finished builds of older inputs (``in-<hash>`` tags that are not current)
+    with their runtime stage's cached layers, as drop_runtime_stage does after a load; the dependency
+    stages' cached layers stay."""
+    base = ref("debian", "in-" + hashes["debian"])
+    current = {ref(n, "in-" + h) for n, h in hashes.items()}
+    stale = {ref(n, "in-") for n in DOCKERFILE_IMAGES}
+    dropped = []
+    for image in json.loads(buildah("images", "--json", check=False).stdout or "[]"):
+        names = list(image.get("names") or [])
+        old = [n for n in names if any(n.startswith(p) for p in stale) and n not in current]
+        if old and not current & set(names):
+            drop_runtime_stage(old[0], base, *[n for n in names if n != old[0]])
+            dropped += old
+    return dropped
+
+
+def make_room(name: str, hashes: dict[str, str], need: float | None = None, what: str = "building",
+              socket: Path | None = None) -> None:
+    """Before a build or a load: enough free disk for it. Frees, in this order and only while short of
+    space: the node's replaced builds; the buildah store's finished builds of older inputs; then every
+    cached step that no current image uses (the dependency stages too: the next build reinstalls from
+    uv's cache). Still short: a clear error before anything is written. A CI run once died half-way
+    through a layer with ~20 GB of replaced images in the node's store, which only a load removed."""
+    need = need if need is not None else BUILD_NEED_GIB.get(name, 4)
     if free_gib() >= need:
         return
-    log(f"{name}: {free_gib():.0f} GiB free, building it needs ~{need} GiB: removing older builds")
-    removed = prune_node_store(hashes)
+    log(f"{name}: {free_gib():.0f} GiB free, {what} it needs ~{need} GiB: removing older builds")
+    removed = prune_node_store(hashes, socket)
     if removed:
         log(f"removed {len(removed)} older build(s) from the node's containerd: {', '.join(removed)}")
     if free_gib() < need:
-        dropped = prune_build_store(hashes)
-        log(f"removed {len(dropped)} cached image layer(s) of older builds from the buildah store")
+        dropped = drop_stale_builds(hashes)
+        if dropped:
+            log(f"removed {len(dropped)} older build(s) from the buildah store: {', '.join(dropped)}")
+    if free_gib() < need:
+        pruned = prune_build_store(hashes)
+        log(f"removed {len(pruned)} cached image layer(s) that no current build uses from the buildah store "
+            "(a later build reinstalls the dependencies from uv's cache)")
     free = free_gib()
     if free < need:
         sys.path.insert(0, str(HERE))
         import node
         home = Path.home() / ".cache"
         raise ImageError(
-            f"building {name} needs ~{need} GiB free on the disk of {cache_root()}, and only {free:.1f} GiB is "
+            f"{what} {name} needs ~{need} GiB free on the disk of {cache_root()}, and only {free:.1f} GiB is "
             f"after removing older builds. Largest caches: "
             + _usage([cache_root() / "storage", node.containerd_root(), uv_cache(), home / "go-build",
                       Path(os.environ.get("GOMODCACHE") or Path.home() / "go" / "pkg" / "mod")])
@@ -565,13 +593,22 @@ def load(names: list[str], socket: Path | None = None) -> dict[str, float]:
     node nor the buildah store has. The node's store (~/.cache/devops-model/node/containerd) is the
     cache of the large images: once one is imported, its buildah image is removed with its runtime
     stage's cached layers (drop_runtime_stage); the other stages' cached layers (``--layers``) stay, so a
-    code change does not reinstall the dependencies (docs/control-plane.md, "Disk is the limit here")."""
+    code change does not reinstall the dependencies (docs/control-plane.md, "Disk is the limit here").
+    The node need not run: a private containerd on its store imports them (node_store), so `make test`
+    loads each image as soon as it is built, while Go compiles, and the buildah store never holds both
+    torch images' runtime stages at once."""
+    sys.path.insert(0, str(HERE))
+    import node
     if socket is None:
-        sys.path.insert(0, str(HERE))
-        import node
-        socket = node.containerd_socket()
-    if not socket.exists():
-        raise ImageError(f"the node's containerd is not running ({socket} is missing): `make cluster-up NODE=1` first")
+        node.containerd_root().mkdir(parents=True, exist_ok=True)
+    with node_store(socket) as sock:
+        if sock is None:
+            raise ImageError(f"no containerd answers on the node's image store {node.containerd_root()} "
+                             "(see the messages above); `make cluster-down` stops a node that is half up")
+        return _load(names, sock)
+
+
+def _load(names: list[str], socket: Path) -> dict[str, float]:
     t0 = time.monotonic()
     hashes = input_hashes()
     todo = [n for n in ORDER if n in names and not loaded(socket, n, hashes[n])]
@@ -580,7 +617,7 @@ def load(names: list[str], socket: Path | None = None) -> dict[str, float]:
     times: dict[str, float] = {}
     for name in todo:
         _loaded_marker(name, hashes[name]).unlink(missing_ok=True)  # containerd lacks it after all
-        times.update(build([name]))
+        times.update(build([name], socket))
         digest = hashes[name]
         t = time.monotonic()
         stale = remove_stale_node_images(socket, name, digest)
@@ -589,6 +626,7 @@ def load(names: list[str], socket: Path | None = None) -> dict[str, float]:
                 p.unlink(missing_ok=True)
         if stale:
             log(f"{name}: removed {len(stale)} older build(s) from the node's containerd: {', '.join(stale)}")
+        make_room(name, hashes, LOAD_NEED_GIB.get(name, 2), "loading", socket)
         with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
             archive = Path(tmp) / f"{name}.tar"
             # zstd: fast, and about half the size of the raw layers in containerd's content store.

@@ -48,10 +48,15 @@ def test_a_build_without_room_frees_old_builds_then_fails_naming_what_it_needs(t
     calls: list[str] = []
     monkeypatch.setattr(images, "free_gib", lambda path=None: free["gib"])
 
-    def prune_node(hashes):
+    def prune_node(hashes, socket=None):
         calls.append("node")
-        free["gib"] += 5
+        free["gib"] += 3
         return ["localhost/devops-model/serve:in-old"]
+
+    def drop_stale(hashes):
+        calls.append("stale")
+        free["gib"] += 2
+        return ["localhost/devops-model/serve:in-older"]
 
     def prune_build(hashes):
         calls.append("build")
@@ -59,12 +64,13 @@ def test_a_build_without_room_frees_old_builds_then_fails_naming_what_it_needs(t
         return ["sha256:x"]
 
     monkeypatch.setattr(images, "prune_node_store", prune_node)
+    monkeypatch.setattr(images, "drop_stale_builds", drop_stale)
     monkeypatch.setattr(images, "prune_build_store", prune_build)
     monkeypatch.setattr(images, "_usage", lambda paths: "7.0G /root/.cache/uv")
     with pytest.raises(images.ImageError) as e:
         images.make_room("serve", {"serve": "new"})
     msg = str(e.value)
-    assert calls == ["node", "build"]
+    assert calls == ["node", "stale", "build"]
     assert f"~{images.BUILD_NEED_GIB['serve']} GiB" in msg and "12.0 GiB" in msg and "/root/.cache/uv" in msg
 
     # Enough once the node's older builds are gone: the build store's cache is left alone.
@@ -77,3 +83,26 @@ def test_a_build_without_room_frees_old_builds_then_fails_naming_what_it_needs(t
     calls.clear()
     images.make_room("serve", {"serve": "new"})
     assert calls == []
+
+
+def test_finished_builds_of_older_inputs_leave_the_buildah_store_with_their_runtime_stage(monkeypatch):
+    listing = [
+        {"id": "a", "names": ["localhost/devops-model/serve:in-old", "localhost/devops-model/serve:local"]},
+        {"id": "b", "names": ["localhost/devops-model/serve:in-new"]},
+        {"id": "c", "names": ["localhost/devops-model/workload:in-w0"]},
+        {"id": "d", "names": ["localhost/devops-model/debian:in-d0", "localhost/devops-model/debian:local"]},
+        {"id": "e", "names": ["localhost/devops-model/debian:in-older"]},  # a base: not a Dockerfile image
+    ]
+
+    class R:
+        stdout = images.json.dumps(listing)
+
+    monkeypatch.setattr(images, "buildah", lambda *a, check=True: R())
+    dropped: list[tuple] = []
+    monkeypatch.setattr(images, "drop_runtime_stage", lambda image, base, *tags: dropped.append((image, base, *tags)) or 1)
+    out = images.drop_stale_builds({"debian": "d0", "serve": "new", "workload": "w1", "operator": "o"})
+    assert out == ["localhost/devops-model/serve:in-old", "localhost/devops-model/workload:in-w0"]
+    assert dropped == [
+        ("localhost/devops-model/serve:in-old", "localhost/devops-model/debian:in-d0", "localhost/devops-model/serve:local"),
+        ("localhost/devops-model/workload:in-w0", "localhost/devops-model/debian:in-d0"),
+    ]
