@@ -323,10 +323,11 @@ def build_dockerfile(name: str, digest: str, hashes: dict[str, str]) -> None:
     buildah(*cmd, capture=False)
 
 
-def build(names: list[str], socket: Path | None = None) -> dict[str, float]:
-    """Builds what the buildah store lacks (socket: the node's containerd, when the caller has one open)."""
+def build(names: list[str], socket: Path | None = None, hashes: dict[str, str] | None = None) -> dict[str, float]:
+    """Builds what the buildah store lacks (socket: the node's containerd, when the caller has one open;
+    hashes: the caller's, so that a file edited meanwhile cannot make it tag under another hash)."""
     cache_root().mkdir(parents=True, exist_ok=True)
-    hashes = input_hashes()
+    hashes = hashes or input_hashes()
     # A Dockerfile image needs the base first.
     wanted = [n for n in ORDER if n in names or (n == "debian" and set(names) & set(DOCKERFILE_IMAGES))]
     times = {}
@@ -617,7 +618,7 @@ def _load(names: list[str], socket: Path) -> dict[str, float]:
     times: dict[str, float] = {}
     for name in todo:
         _loaded_marker(name, hashes[name]).unlink(missing_ok=True)  # containerd lacks it after all
-        times.update(build([name], socket))
+        times.update(build([name], socket, hashes))
         digest = hashes[name]
         t = time.monotonic()
         stale = remove_stale_node_images(socket, name, digest)
