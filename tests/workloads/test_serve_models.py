@@ -366,6 +366,13 @@ def test_nan_and_infinite_logits_are_still_sampled(tiny_bpe):
                               for _ in range(3)])
     assert all(0 <= t < len(tok) for t, *_ in sampled)
     assert sampled[1][0] == 11
+    # a temperature below 1 divides the largest float: it must not overflow to +inf (softmax NaN)
+    for temperature in (0.5, 0.01):
+        cold = engine._sample(torch.stack([inf_row, nan_row]), [
+            GenerationRequest([1], SamplingParams(temperature=temperature, top_k=5, logprobs=1), lambda ev: None)
+            for _ in range(2)])
+        assert cold[0][0] == 11 and cold[1][0] == 8
+        assert all(lp == lp and raw == raw for _, lp, raw, _ in cold)
 
 
 def test_event_relay_hands_a_whole_step_over_at_once():

@@ -71,6 +71,9 @@ def register(sub) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="default: bfloat16 on GPU, float32 on CPU")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own Python code (only if you trust it)")
+    p.add_argument("--no-fast-decode", action="store_true",
+                   help="run every decode step through the model's transformers forward instead of the lean "
+                   "Qwen2/Llama decode step (same tokens, slower; as DEVOPS_MODEL_SERVE_FAST_DECODE=0)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_cmd_serve)
 
@@ -159,6 +162,10 @@ def _cmd_serve(args) -> int:
     if not args.model:
         raise SystemExit("error: give --model DIR (serve a model) or --upstream URL (web chat in front of vLLM/TGI)")
     config = config_from_args(args)
+    if args.no_fast_decode:
+        from .fastpath import ENV
+
+        os.environ[ENV] = "0"  # read by the engine, which loads in this process
     serve(config, args.host, args.port, args.log_level)
     return 0
 

@@ -11,7 +11,9 @@ Requests go into a queue. One loop thread owns the model and repeats:
    merged into the running batch's cache (left-padded to a common length);
 2. run ONE forward step for every sequence in the batch (one new token each), with per-row
    position ids and attention mask, and sample the next token of each row with that row's own
-   parameters (temperature, top-p, top-k, penalties, seed);
+   parameters (temperature, top-p, top-k, penalties, seed). For plain Qwen2 and Llama models that
+   step runs through fastpath.py: the same operations on the same weights and cache, without the
+   per-call overhead of the ``transformers`` forward (a large share of a small model's step on CPUs);
 3. a sequence that hit an end-of-sequence token, a stop word or its length limit leaves the batch
    at once (its cache rows are dropped), so short answers never wait for long ones.
 
@@ -31,7 +33,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .fastpath import FastDecoder
 
 log = logging.getLogger("devops_model.serve")
 
@@ -137,8 +142,10 @@ class BatchingEngine:
     """Continuous batching over a ``transformers`` causal LM (see the module docstring)."""
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 8, max_model_len: int | None = None,
-                 defaults: dict[str, Any] | None = None):
+                 defaults: dict[str, Any] | None = None, fast_decode: bool | None = None):
         import torch
+
+        from .fastpath import enabled_by_env
 
         self.torch = torch
         self.model = model
@@ -174,6 +181,12 @@ class BatchingEngine:
         # Only the last position's logits are needed: a 2,000-token prompt with Qwen's 151k vocabulary
         # would otherwise allocate 2,000 × 151,936 floats (1.2 GB) per sequence at prefill.
         self._logits_to_keep = "logits_to_keep" in forward_params
+        #: Decode steps through fastpath.py when the model allows it (None: DEVOPS_MODEL_SERVE_FAST_DECODE,
+        #: on unless "0"). Decided at start() (or the first decode step), not here: hooks or a patched
+        #: forward added after loading count.
+        self.fast_decode = enabled_by_env() if fast_decode is None else fast_decode
+        self._decoder: FastDecoder | None = None
+        self._decoder_chosen = False
         self.waiting: queue.Queue[GenerationRequest] = queue.Queue()
         self.stats = EngineStats()
         #: Called on the loop thread after each step (prefill, decode step or failure), once every
@@ -195,6 +208,7 @@ class BatchingEngine:
         return cls(model, tok, **kwargs)
 
     def start(self) -> None:
+        self._decode_path()  # chosen and logged now, with whatever hooks or patches the model has by then
         self._thread = threading.Thread(target=self._loop, name="batching-engine", daemon=True)
         self._thread.start()
 
@@ -385,15 +399,33 @@ class BatchingEngine:
         n = len(self._rows)
         position_ids = self._mask.sum(-1, keepdim=True)  # the pending token's position = real tokens so far
         self._mask = torch.cat([self._mask, self._mask.new_ones((n, 1))], dim=1)
-        out = self._forward(self._pending.view(n, 1), self._mask, position_ids, self._cache)
+        decoder = self._decode_path()
+        if decoder is not None:
+            logits = decoder.step(self._pending, self._mask, position_ids, self._cache)
+        else:
+            logits = self._forward(self._pending.view(n, 1), self._mask, position_ids, self._cache).logits[:, -1, :]
         self.stats.steps += 1
         if self.stats.on_step:
             self.stats.on_step(n)
-        sampled = self._sample(out.logits[:, -1, :], self._rows)
+        sampled = self._sample(logits, self._rows)
         keep = [i for i, r in enumerate(self._rows) if not self._emit(r, *sampled[i])]
         self._pending = torch.tensor([t for t, *_ in sampled], dtype=torch.long, device=self.device)
         if len(keep) < n:
             self._select(keep)
+
+    def _decode_path(self) -> FastDecoder | None:
+        """The lean decode step (fastpath.py) when the model allows it, else None (the model's
+        forward); chosen and logged once."""
+        if not self._decoder_chosen:
+            from .fastpath import ENV, fast_decoder
+
+            if self.fast_decode:
+                self._decoder, why = fast_decoder(self.model)
+            else:
+                why = f"turned off ({ENV}=0 or --no-fast-decode)"
+            log.info("decode steps run %s: %s", "the lean decode step" if self._decoder else "the model's forward", why)
+            self._decoder_chosen = True
+        return self._decoder
 
     def _select(self, keep: list[int]) -> None:
         torch = self.torch
@@ -470,7 +502,11 @@ class BatchingEngine:
             if p.greedy:
                 tok, lp = chosen[i]
             else:
-                row = row / p.temperature
+                # Shifted by the row's maximum first (softmax does not change): a logit at the float
+                # maximum (an +inf made finite above) divided by a temperature below 1 overflowed to
+                # +inf, and the softmax of that row was NaN.
+                peak = row.max()
+                row = (row - peak if bool(torch.isfinite(peak)) else row) / p.temperature
                 if p.top_k and 0 < p.top_k < row.shape[-1]:
                     kth = torch.topk(row, p.top_k).values[-1]
                     row = row.masked_fill(row < kth, -math.inf)

@@ -1,0 +1,344 @@
+"""The lean decode step (serve/fastpath.py): the same logits and tokens as the model's forward, step
+by step, while rows join (merge) and leave (select); the model's forward for every model it does
+not reproduce; the same answers from a running engine with it on and off."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+# Prompts of different lengths (15, 1, 18 and 5 tokens: left-padded in one prefill), and two that
+# join a running batch: one shorter than its cache (4 tokens), one longer (40).
+FIRST = ["Kubernetes schedules pods onto nodes by their requests and the nodes' free resources",
+         "hello", "CI/CD 流水线在每次提交时构建、测试并发布应用。", "kubectl get pods -A"]
+LATER = ["Prometheus scrapes", "如何排查 Pod 一直处于 CrashLoopBackOff？先看 kubectl describe pod 的 Events，"
+         "再看 kubectl logs --previous 的输出，最后检查镜像、探针和资源限制。"]
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def qwen(tiny_qwen):
+    """The tiny Qwen2 model (its own copy) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen, dtype=torch.float32).eval()
+    return _perturbed(model), tok
+
+
+def _perturbed(model):
+    """``model`` with random biases and RMSNorm weights: freshly initialised ones are zeros and
+    ones, which would hide a bias or a norm weight the lean step forgot (trained models have both)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+            elif "norm" in name:
+                p.copy_(1 + torch.randn(p.shape, generator=gen) * 0.3)
+    return model
+
+
+def _small_model(model_type: str = "qwen2", **config):
+    """A randomly initialised model of ``model_type`` with the tiny model's shape (grouped-query
+    attention: 4 query heads over 2 key/value heads) and a vocabulary the Qwen tokenizer fits in."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(model_type, vocab_size=151680, hidden_size=64, intermediate_size=128,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                               max_position_embeddings=512, tie_word_embeddings=True, **config)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+
+
+def _run_schedule(engine, tok, fast_steps):
+    """Drive ``engine`` by hand through a continuous-batching schedule and return (the logits of
+    every sampling call, the tokens of every request, (rows, cache width) after each decode step).
+
+    Four prompts are prefilled together; two more join before decode step 5 (merged: the short one
+    left-padded to the running cache, the running cache left-padded to the long one); the "hello"
+    request ends at its max_tokens in step 6; the long late one is cancelled before step 12 (its
+    row is dropped and the columns only it needed are trimmed). ``fast_steps(i)`` says whether
+    decode step i runs the lean step or the model's forward."""
+    import torch
+
+    from devops_workloads.serve.engine import GenerationRequest, SamplingParams
+
+    decoder = engine._decode_path()
+    seen = []
+    real_sample = engine._sample
+
+    def recording_sample(logits, reqs):
+        seen.append(logits.detach().clone())
+        return real_sample(logits, reqs)
+
+    engine._sample = recording_sample
+
+    def request(prompt, max_tokens=STEPS + 5):
+        return GenerationRequest(tok(prompt).input_ids, SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True),
+                                 lambda ev: None)
+
+    first = [request(p, max_tokens=8 if i == 1 else STEPS + 5) for i, p in enumerate(FIRST)]
+    later = [request(p) for p in LATER]
+    widths = []
+    with torch.inference_mode():
+        engine._admit(first)
+        for i in range(STEPS):
+            if i == 5:
+                engine._admit(later)
+            if i == 12:
+                later[1].cancel()
+            engine._decoder = decoder if fast_steps(i) else None
+            engine._decode_step()
+            widths.append((len(engine._rows), engine._mask.shape[1]))
+    return seen, [r.generated for r in first + later], widths
+
+
+def _assert_same_steps(got, expected):
+    import torch
+
+    assert len(got) == len(expected) > STEPS
+    for step, (a, b) in enumerate(zip(got, expected)):
+        assert a.shape == b.shape, step
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0, msg=lambda m, step=step: f"sampling call {step}: {m}")
+        assert torch.equal(a.argmax(-1), b.argmax(-1)), step
+
+
+@pytest.mark.parametrize("schedule", ["fast", "alternating"])
+def test_lean_steps_give_the_forwards_logits_and_tokens_while_rows_join_and_leave(qwen, schedule):
+    """Every decode step through the lean path (or every other one: a row may switch paths at any
+    step, both read and extend the same cache) gives the model's forward's logits and tokens."""
+    from devops_workloads.serve.engine import BatchingEngine
+    from devops_workloads.serve.fastpath import FastDecoder
+
+    model, tok = qwen
+    reference = BatchingEngine(model, tok, max_batch_size=8, fast_decode=False)
+    expected, expected_tokens, widths = _run_schedule(reference, tok, lambda i: False)
+    assert reference._decode_path() is None
+
+    engine = BatchingEngine(model, tok, max_batch_size=8, fast_decode=True)
+    decoder = engine._decode_path()
+    assert isinstance(decoder, FastDecoder)
+    calls = []
+    real_step = decoder.step
+    decoder.step = lambda *a: (calls.append(1), real_step(*a))[1]
+    fast_steps = (lambda i: True) if schedule == "fast" else (lambda i: i % 2 == 0)
+    got, tokens, got_widths = _run_schedule(engine, tok, fast_steps)
+
+    assert len(calls) == sum(fast_steps(i) for i in range(STEPS))
+    _assert_same_steps(got, expected)
+    assert tokens == expected_tokens and all(tokens)
+    assert got_widths == widths
+    # the schedule did what it says: rows joined (with a longer prompt), left, and columns were trimmed
+    rows, width = zip(*widths)
+    assert (rows[4], rows[5], rows[6], rows[11], rows[12]) == (4, 6, 5, 5, 4)
+    assert width[5] > width[4] + 1 and width[12] < width[11]
+
+
+def test_rows_without_padding_decode_like_the_forward(qwen):
+    """Rows of one length have no padding column: no attention mask at all, as transformers decides."""
+    import torch
+
+    from devops_workloads.serve.engine import BatchingEngine, GenerationRequest, SamplingParams
+
+    model, tok = qwen
+    ids = tok(FIRST[0]).input_ids
+    results = []
+    for fast in (False, True):
+        engine = BatchingEngine(model, tok, fast_decode=fast)
+        assert (engine._decode_path() is not None) == fast
+        seen = []
+        real_sample = engine._sample
+        engine._sample = lambda logits, reqs: (seen.append(logits.clone()), real_sample(logits, reqs))[1]
+        reqs = [GenerationRequest(ids[i:] + ids[:i], SamplingParams(max_tokens=50, temperature=0, ignore_eos=True),
+                                  lambda ev: None) for i in range(3)]
+        with torch.inference_mode():
+            engine._admit(reqs)
+            for _ in range(10):
+                engine._decode_step()
+        assert bool(engine._mask.all())
+        results.append((seen, [r.generated for r in reqs]))
+    (expected, expected_tokens), (got, tokens) = results
+    assert len(got) == 11
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    assert tokens == expected_tokens
+
+
+def test_llama_with_biases_decodes_like_its_forward(qwen):
+    """Llama is the same computation (its q/k/v/o and MLP biases are optional): checked with every
+    bias on, so that each is read from the model."""
+    from devops_workloads.serve.engine import BatchingEngine
+    from devops_workloads.serve.fastpath import FastDecoder
+
+    _, tok = qwen
+    model = _perturbed(_small_model("llama", attention_bias=True, mlp_bias=True))
+    assert model.model.layers[0].self_attn.o_proj.bias is not None and model.model.layers[0].mlp.up_proj.bias is not None
+    expected, expected_tokens, _ = _run_schedule(BatchingEngine(model, tok, fast_decode=False), tok, lambda i: False)
+    engine = BatchingEngine(model, tok, fast_decode=True)
+    assert isinstance(engine._decode_path(), FastDecoder)
+    got, tokens, _ = _run_schedule(engine, tok, lambda i: True)
+    _assert_same_steps(got, expected)
+    assert tokens == expected_tokens
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_each_attention_implementation_and_dtype_decodes_like_its_forward(qwen, attn, dtype):
+    """Eager attention has its own mask and softmax; half precision the model's casts (RMSNorm in
+    float32, cos/sin in the model's dtype, eager's softmax in float32)."""
+    import torch
+
+    from devops_workloads.serve.engine import BatchingEngine
+
+    _, tok = qwen
+    model = _perturbed(_small_model(attn_implementation=attn)).to(getattr(torch, dtype))
+    assert model.config._attn_implementation == attn
+    expected, expected_tokens, _ = _run_schedule(BatchingEngine(model, tok, fast_decode=False), tok, lambda i: False)
+    got, tokens, _ = _run_schedule(BatchingEngine(model, tok, fast_decode=True), tok, lambda i: True)
+    assert all(g.dtype == getattr(torch, dtype) for g in got)
+    _assert_same_steps(got, expected)
+    assert tokens == expected_tokens
+
+
+def test_the_lean_step_references_the_models_parameters(qwen):
+    """No copy of any weight: the server's memory is measured against other servers."""
+    from devops_workloads.serve.fastpath import fast_decoder
+
+    model, _ = qwen
+    decoder, _ = fast_decoder(model)
+    own = {t.data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    held = [t for t in vars(decoder).values() if hasattr(t, "data_ptr")]
+    held += [t for layer in decoder.layers for t in vars(layer).values() if hasattr(t, "data_ptr")]
+    assert len(held) == 4 + 2 * 12 and all(t.data_ptr() in own for t in held)
+
+
+def _lora(model):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+
+
+def _lora_injected(model):
+    return _lora(model).base_model.model  # the ForCausalLM itself, its projections now LoRA layers
+
+
+def _hooked(model):
+    model.model.layers[1].mlp.register_forward_hook(lambda *a: None)
+    return model
+
+
+def _patched_forward(model):
+    real = model.model.layers[0].self_attn.forward
+    model.model.layers[0].self_attn.forward = lambda *a, **k: real(*a, **k)
+    return model
+
+
+def _output_attentions(model):
+    model.config.output_attentions = True
+    return model
+
+
+def _training(model):
+    return model.train()
+
+
+@pytest.mark.parametrize("make, why", [
+    (lambda: _lora(_small_model()), "is not transformers' Qwen2ForCausalLM"),
+    (lambda: _lora_injected(_small_model()), "not plain nn.Linear"),
+    (lambda: _small_model(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}), "rope type 'linear'"),
+    (lambda: _small_model(use_sliding_window=True, sliding_window=16, max_window_layers=0), "sliding-window"),
+    (lambda: _small_model(attn_implementation="flex_attention"), "attention implementation 'flex_attention'"),
+    (lambda: _small_model(hidden_act="gelu"), "activation 'gelu'"),
+    (lambda: _small_model("qwen3"), "model type 'qwen3'"),
+    (lambda: _hooked(_small_model()), "'model.layers.1.mlp' has hooks"),
+    (lambda: _patched_forward(_small_model()), "'model.layers.0.self_attn' has hooks or a replaced forward"),
+    (lambda: _output_attentions(_small_model(attn_implementation="eager")), "attentions or hidden states"),
+    (lambda: _training(_small_model()), "training mode"),
+], ids=["peft-wrapped", "lora-injected", "rope-scaling", "sliding-window", "flex-attention", "gelu", "qwen3",
+        "forward-hook", "patched-forward", "output-attentions", "training"])
+def test_models_the_lean_step_does_not_reproduce_decode_with_their_forward(qwen, make, why, caplog):
+    from devops_workloads.serve.engine import BatchingEngine
+    from devops_workloads.serve.fastpath import fast_decoder
+
+    model = make()
+    decoder, reason = fast_decoder(model)
+    assert decoder is None and why in reason
+    with caplog.at_level(logging.INFO, logger="devops_model.serve"):
+        assert BatchingEngine(model, qwen[1], fast_decode=True)._decode_path() is None
+    assert f"decode steps run the model's forward: {reason}" in caplog.text
+
+
+def test_a_merged_lora_model_is_eligible(qwen):
+    """A LoRA adapter merged on load (what the server does with an adapter folder) is a plain model again."""
+    from devops_workloads.serve.fastpath import FastDecoder, fast_decoder
+
+    assert isinstance(fast_decoder(_lora(_small_model()).merge_and_unload())[0], FastDecoder)
+
+
+def test_the_environment_variable_and_the_serve_flag_turn_it_off(qwen, monkeypatch, caplog):
+    from devops_workloads.serve.engine import BatchingEngine
+    from devops_workloads.serve.fastpath import ENV, FastDecoder
+
+    model, tok = qwen
+    monkeypatch.delenv(ENV, raising=False)
+    assert isinstance(BatchingEngine(model, tok)._decode_path(), FastDecoder)
+    monkeypatch.setenv(ENV, "0")
+    with caplog.at_level(logging.INFO, logger="devops_model.serve"):
+        assert BatchingEngine(model, tok)._decode_path() is None
+    assert f"decode steps run the model's forward: turned off ({ENV}=0 or --no-fast-decode)" in caplog.text
+
+    import argparse
+
+    from devops_workloads.serve import cli
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    cli.register(sub)
+    serve = sub.choices["serve"]
+    assert "--no-fast-decode" in serve.format_help()
+    assert serve.parse_args(["--model", "m", "--no-fast-decode"]).no_fast_decode
+    assert not serve.parse_args(["--model", "m"]).no_fast_decode
+
+
+def _answers(engine, tok, prompts, lengths):
+    """Greedy answers of a running engine, the requests arriving while others decode."""
+    from devops_workloads.serve.engine import SamplingParams
+
+    got, done = {}, threading.Event()
+    engine.start()
+    try:
+        for i, (p, n) in enumerate(zip(prompts, lengths)):
+            def sink(ev, i=i):
+                if ev.finish_reason:
+                    got[i] = (ev.full_text, ev.completion_tokens)
+                    if len(got) == len(prompts):
+                        done.set()
+            engine.submit(tok(p).input_ids, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True), sink)
+            time.sleep(0.01 * i)
+        assert done.wait(120)
+    finally:
+        engine.stop()
+    return [got[i] for i in range(len(prompts))]
+
+
+def test_a_running_engine_answers_the_same_with_the_lean_step_on_and_off(qwen, monkeypatch, caplog):
+    from devops_workloads.serve.engine import BatchingEngine
+    from devops_workloads.serve.fastpath import ENV
+
+    model, tok = qwen
+    prompts, lengths = FIRST + LATER, [24, 5, 30, 12, 8, 20]
+    monkeypatch.setenv(ENV, "0")
+    off = _answers(BatchingEngine(model, tok, max_batch_size=4), tok, prompts, lengths)
+    monkeypatch.delenv(ENV)
+    with caplog.at_level(logging.INFO, logger="devops_model.serve"):
+        on = _answers(BatchingEngine(model, tok, max_batch_size=4), tok, prompts, lengths)
+    assert "decode steps run the lean decode step: qwen2 model with sdpa attention" in caplog.text
+    assert on == off
+    assert [n for _, n in on] == lengths and all(text for text, _ in on)
