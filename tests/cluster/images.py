@@ -400,10 +400,11 @@ def remove_stale_node_images(socket: Path, name: str, digest: str) -> list[str]:
 
 # --- disk -------------------------------------------------------------------------------------------
 
-# Free disk (GiB) that building each image needs at its peak, from df sampled every 10 s while building
-# cold on 2026-12-03 (see docs/control-plane.md, "Disk is the limit here"), with a margin: a torch image
-# writes its venv (~7 GB) in the build stage, copies it in the runtime stage and commits each as a layer.
-# A cached dependency stage needs less, but which steps will be reused is only known once buildah runs.
+# Free disk (GiB) that building each image needs at its peak. Measured with df every 10 s on 2026-12-03: a
+# rebuild of the workload image over its cached dependency layers (a code change) peaked 10 GB above where it
+# started (the runtime stage's copy of the ~7 GB venv and its commit), its load 4 GB more before the runtime
+# stage was dropped. A cold build also writes the dependency layer and its commit (~14 GB) and uv's
+# downloads; it runs on a fresh machine's disk. The figures below cover a rebuild with a margin.
 BUILD_NEED_GIB = {"debian": 2, "busybox": 1, "operator": 4, "workload": 24, "serve": 24}
 # Loading: the zstd archive, then containerd's compressed copy and its unpacked snapshot.
 LOAD_NEED_GIB = {"debian": 1, "busybox": 1, "operator": 2, "workload": 14, "serve": 14}
