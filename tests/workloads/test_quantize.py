@@ -232,3 +232,22 @@ def test_llmcompressor_backend_is_refused_with_the_field(local_home):
     with pytest.raises(WorkloadError) as err:
         run(RunContext(resource=res, resolved_model="file:///m", workdir=local_home))
     assert err.value.reason == "UnsupportedBackend" and "spec.backend" in str(err.value)
+
+
+def test_gptqmodel_gets_the_pods_cpus_but_at_least_the_two_workers_its_loader_needs(monkeypatch):
+    """A 1-CPU pod once failed every QuantizeRun: GPTQModel's model-loader pool always asks 2 CPU workers."""
+    import os
+
+    from devops_workloads.quantize import gptq
+
+    monkeypatch.delenv("GPTQMODEL_CPU_WORKERS", raising=False)
+    monkeypatch.setattr(gptq, "usable_cpus", lambda: 1)
+    gptq.configure_environment()
+    assert os.environ["GPTQMODEL_CPU_WORKERS"] == "2"
+    monkeypatch.delenv("GPTQMODEL_CPU_WORKERS")
+    monkeypatch.setattr(gptq, "usable_cpus", lambda: 6)  # a 6-CPU limit on a bigger node
+    gptq.configure_environment()
+    assert os.environ["GPTQMODEL_CPU_WORKERS"] == "6"
+    monkeypatch.setenv("GPTQMODEL_CPU_WORKERS", "3")  # the user's word stands
+    gptq.configure_environment()
+    assert os.environ["GPTQMODEL_CPU_WORKERS"] == "3"

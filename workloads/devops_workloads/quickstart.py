@@ -88,7 +88,7 @@ def _env(workdir: Path) -> dict[str, str]:
         TRANSFORMERS_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
-        GPTQMODEL_CPU_WORKERS=env.get("GPTQMODEL_CPU_WORKERS", str(usable_cpus())),
+        GPTQMODEL_CPU_WORKERS=env.get("GPTQMODEL_CPU_WORKERS", str(max(2, usable_cpus()))),
     )
     return env
 

@@ -30,10 +30,16 @@ from ..quiet import quiet_gptqmodel
 from ..runner import WorkloadError
 
 
+def cpu_workers() -> int:
+    """GPTQModel's CPU worker threads: the CPUs this pod may use (its CPU limit; os.cpu_count() is the
+    node's cores), but at least 2, which its model-loader pool always asks of the CPU pool (with 1, as in a
+    1-CPU pod, GPTQModel.load raises "Virtual pool 'model_loader:cpu' requests 2 workers")."""
+    return max(2, usable_cpus())
+
+
 def configure_environment() -> None:
     """Defaults GPTQModel needs before it is imported (never overriding the user's)."""
-    # The CPUs this pod may use (its CPU limit), not the node's: os.cpu_count() is the node's cores.
-    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(usable_cpus()))
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(cpu_workers()))
     seed_prebuilt_ops()  # the image's compiled CPU extensions, so that no pod compiles them
     # GPTQModel prints a wide banner, INFO chatter and a GIL advisory; the workload's own progress is
     # enough (its warnings and errors still show).
