@@ -344,6 +344,12 @@ def build(names: list[str], socket: Path | None = None, hashes: dict[str, str] |
             if cached(name, digest):  # built by the process we waited for
                 log(f"{name}: cached ({ref(name, 'in-' + digest)})")
                 continue
+            if name in DOCKERFILE_IMAGES:
+                # The node's older builds go first, whatever the free space: the load after this build
+                # would remove them anyway, and a torch build's peak is hard to bound from outside.
+                removed = prune_node_store(hashes, socket)
+                if removed:
+                    log(f"removed {len(removed)} older build(s) from the node's containerd: {', '.join(removed)}")
             make_room(name, hashes, socket=socket)
             t = time.monotonic()
             log(f"{name}: building (inputs {digest})")
@@ -404,8 +410,9 @@ def remove_stale_node_images(socket: Path, name: str, digest: str) -> list[str]:
 # rebuild of the workload image over its cached dependency layers (a code change) peaked 10 GB above where it
 # started (the runtime stage's copy of the ~7 GB venv and its commit), its load 4 GB more before the runtime
 # stage was dropped. A cold build also writes the dependency layer and its commit (~14 GB) and uv's
-# downloads; it runs on a fresh machine's disk. The figures below cover a rebuild with a margin.
-BUILD_NEED_GIB = {"debian": 2, "busybox": 1, "operator": 4, "workload": 24, "serve": 24}
+# downloads; it runs on a fresh machine's disk. A later rebuild still ran out of disk with about 26 GB free
+# at its start (the commit writes the 7 GB layer while the working container still holds it), hence 32.
+BUILD_NEED_GIB = {"debian": 2, "busybox": 1, "operator": 4, "workload": 32, "serve": 32}
 # Loading: the zstd archive, then containerd's compressed copy and its unpacked snapshot.
 LOAD_NEED_GIB = {"debian": 1, "busybox": 1, "operator": 2, "workload": 14, "serve": 14}
 
