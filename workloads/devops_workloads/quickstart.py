@@ -39,7 +39,8 @@ import yaml
 
 from devops_model.yamlio import dump
 
-from .processes import free_port, usable_cpus
+from .processes import free_port
+from .quantize.gptq import cpu_workers
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "local"
@@ -88,7 +89,7 @@ def _env(workdir: Path) -> dict[str, str]:
         TRANSFORMERS_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
-        GPTQMODEL_CPU_WORKERS=env.get("GPTQMODEL_CPU_WORKERS", str(max(2, usable_cpus()))),
+        GPTQMODEL_CPU_WORKERS=env.get("GPTQMODEL_CPU_WORKERS", str(cpu_workers())),
     )
     return env
 
