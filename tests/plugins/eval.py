@@ -74,3 +74,12 @@ def seed_exam_subset(seed_exams, tmp_path_factory) -> Path:
     enough to compare the fast and plain paths on real prompts in seconds."""
     return copy_exam_subset(seed_exams, tmp_path_factory.mktemp("exam-subset"),
                             {"cmmlu/computer_science": 5, "ceval/computer_network": 5})
+
+
+@pytest.fixture(autouse=True)
+def eval_token_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own, empty cache of tokenized exams (evaluate/tokcache.py) instead of
+    the user's ~/.cache: a test sees the cache only when it runs an evaluation twice itself."""
+    path = tmp_path_factory.mktemp("eval-tokens")
+    monkeypatch.setenv("DEVOPS_MODEL_EVAL_TOKEN_CACHE", str(path))
+    return path

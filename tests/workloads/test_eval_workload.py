@@ -6,6 +6,7 @@ write the promised files and status."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -264,3 +265,259 @@ def test_engine_applies_only_the_head_rows_that_are_scored(tiny_qwen):
     assert stats["head_columns"] == -1
     for i in range(len(reqs)):
         torch.testing.assert_close(whole[i], plain[i][:, cols], atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- native Qwen2 (evaluate/native.py)
+
+
+def _qwen2_variant(path: Path, *, tied: bool = True, heads: int = 4, kv_heads: int = 2, legacy_rope: bool = False,
+                   seed: int = 0) -> Path:
+    """A small Qwen2 checkpoint whose every weight is random (biases and norms too, which a fresh
+    model initialises to 0 and 1 and so would not test), saved as transformers saves it."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=384, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=heads,
+                      num_key_value_heads=kv_heads, tie_word_embeddings=tied, max_position_embeddings=512,
+                      rope_parameters={"rope_type": "default", "rope_theta": 50000.0})
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1.0 + 0.2 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+    model.save_pretrained(path)
+    if legacy_rope:  # as older transformers wrote Qwen2.5's config: rope_theta at the top, rope_scaling null
+        data = json.loads((path / "config.json").read_text())
+        data.pop("rope_parameters")
+        data.update(rope_theta=50000.0, rope_scaling=None)
+        (path / "config.json").write_text(json.dumps(data))
+    return path
+
+
+def _requests():
+    from devops_workloads.evaluate.engine import Request
+
+    shared = tuple(range(10, 70))
+    reqs = [Request(shared + tuple(range(100, 100 + n)), "g", k) for n, k in ((3, 1), (9, 3), (5, 2), (12, 4), (1, 1))]
+    reqs += [Request(shared + (200,), "one", 1), Request(shared + (201,), "one", 1)]  # suffixes of one token
+    reqs += [Request(tuple(range(300, 340)), "solo", 2), Request((7, 8, 9, 10), "disjoint", 1), Request((11, 12, 13), "disjoint", 2)]
+    return reqs
+
+
+@pytest.mark.parametrize("variant,precision", [
+    ({}, "fp32"),                                             # tied head, grouped-query attention (like the tiny model)
+    ({"tied": False, "kv_heads": 4}, "fp32"),                 # own head, one key/value head per query head
+    ({"legacy_rope": True, "heads": 8, "kv_heads": 2}, "fp32"),  # rope_theta written at the top of config.json
+    ({}, "bf16"),
+])
+def test_native_qwen2_computes_exactly_what_transformers_computes(tmp_path, variant, precision):
+    """The same operations in the same order: logits bit for bit equal to transformers' Qwen2 (SDPA),
+    over whole sequences, through the fast engine's prefix cache and batches (grouped and
+    single-token suffixes, selected head rows) and through the plain loop."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from devops_workloads.evaluate.engine import run_fast, run_plain
+    from devops_workloads.evaluate.native import load_native
+
+    path = _qwen2_variant(tmp_path / "m", **variant)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    native, why = load_native(path, precision)
+    assert native is not None, why
+    assert native.dtype == dtype
+    ids = torch.randint(0, 384, (3, 50), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert torch.equal(native(input_ids=ids).logits, hf(input_ids=ids).logits)
+    reqs = _requests()
+    for columns in (None, [5, 17, 250, 3]):
+        ours, theirs = {}, {}
+        stats = run_fast(native, reqs, lambda i, r: ours.__setitem__(i, r.clone()), batch_size=2, columns=columns)
+        assert stats == run_fast(hf, reqs, lambda i, r: theirs.__setitem__(i, r.clone()), batch_size=2, columns=columns)
+        assert stats["prefixes"] == 3 and stats["head_columns"] == (len(columns) if columns else -1)
+        for i in range(len(reqs)):
+            assert torch.equal(ours[i], theirs[i]), (i, columns)
+    ours, theirs = {}, {}
+    run_plain(native, reqs, lambda i, r: ours.__setitem__(i, r.clone()))
+    run_plain(hf, reqs, lambda i, r: theirs.__setitem__(i, r.clone()))
+    assert all(torch.equal(ours[i], theirs[i]) for i in range(len(reqs)))
+
+
+def _edit_config(path: Path, **changes) -> None:
+    data = json.loads((path / "config.json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            data.pop(k, None)
+        else:
+            data[k] = v
+    (path / "config.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"use_sliding_window": True, "sliding_window": 16}, "sliding-window"),
+    ({"rope_parameters": {"rope_type": "linear", "rope_theta": 50000.0, "factor": 2.0}}, "default RoPE"),
+    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rope_scaling"),
+    ({"auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}, "its own code"),
+    ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, "quantized"),
+    ({"num_key_value_heads": None}, "leaves out num_key_value_heads"),
+    ({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}, "not Qwen2ForCausalLM"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+])
+def test_native_path_declines_what_it_does_not_run_exactly(tmp_path, change, reason):
+    from devops_workloads.evaluate.native import load_native
+
+    path = _qwen2_variant(tmp_path / "m")
+    _edit_config(path, **change)
+    model, why = load_native(path)
+    assert model is None and reason in why
+
+
+def test_native_path_declines_other_weights_adapters_and_the_switch(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from devops_workloads.evaluate.native import load_native
+
+    path = _qwen2_variant(tmp_path / "m")
+    assert load_native(path)[0] is not None
+    weights = load_file(str(path / "model.safetensors"))
+    save_file({**weights, "lm_head.weight": weights["model.embed_tokens.weight"].clone()}, str(path / "model.safetensors"),
+              metadata={"format": "pt"})
+    assert "lm_head.weight is not one of Qwen2's" in load_native(path)[1]  # tied, yet a head of its own in the file
+    save_file({**weights, "model.norm.weight": torch.ones(32)}, str(path / "model.safetensors"), metadata={"format": "pt"})
+    assert "model.norm.weight has shape (32,)" in load_native(path)[1]
+    del weights["model.layers.1.self_attn.k_proj.bias"]
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    assert "weights missing: model.layers.1.self_attn.k_proj.bias" in load_native(path)[1]
+    (path / "model.safetensors").rename(path / "weights.bin")
+    assert load_native(path)[1] == "no safetensors weights"
+    other = _qwen2_variant(tmp_path / "a")
+    (other / "adapter_config.json").write_text("{}")
+    assert "adapter" in load_native(other)[1]
+    monkeypatch.setenv("DEVOPS_MODEL_EVAL_NATIVE", "0")
+    assert "DEVOPS_MODEL_EVAL_NATIVE=0" in load_native(_qwen2_variant(tmp_path / "b"))[1]
+
+
+def test_fast_engine_with_and_without_the_native_model_predicts_alike(tiny_qwen, seed_exam_subset, tmp_path, monkeypatch):
+    cfg = dict(model=str(tiny_qwen), exams_root=str(seed_exam_subset), shots=[0, 5], styles=["base"], batch_size=4)
+    native = evaluate(EvalConfig(**cfg), tmp_path / "native")
+    monkeypatch.setenv("DEVOPS_MODEL_EVAL_NATIVE", "0")
+    hf = evaluate(EvalConfig(**cfg), tmp_path / "hf")
+    assert native["reproducibility"]["modelImplementation"] == "native-qwen2"
+    assert hf["reproducibility"]["modelImplementation"] == "transformers (DEVOPS_MODEL_EVAL_NATIVE=0)"
+    assert _predictions(tmp_path / "native") == _predictions(tmp_path / "hf")  # the logits too, exactly
+    assert native["timing"]["head_columns"] == hf["timing"]["head_columns"] == 4
+
+
+# --------------------------------------------------------------------------- tokenized exams cache (evaluate/tokcache.py)
+
+
+def _setting_ids(tokenizer, root: Path, shots: list[int], styles: list[str]) -> dict[tuple, list[list[int]]]:
+    """Each exam setting's prompt ids, tokenized afresh prompt by whole prompt."""
+    from devops_workloads.evaluate.exams import load_exams
+    from devops_workloads.evaluate.prompts import encode_prompt, render_query
+
+    out = {}
+    for exam in load_exams(root, max_shots=max(shots)):
+        for k in shots:
+            for style in styles:
+                out[(exam.name, k, style)] = [encode_prompt(tokenizer, render_query(q, exam.dev[:k]), style) for q in exam.questions]
+    return out
+
+
+def _cached_ids(cache_root: Path) -> dict[tuple, list[list[int]]]:
+    out = {}
+    for f in cache_root.rglob("*.json"):
+        data = json.loads(f.read_text())
+        if "rest" in data:
+            out[(data["exam"], data["shots"], data["style"])] = [data["prefix"] + r for r in data["rest"]]
+    return out
+
+
+def test_token_cache_gives_the_ids_of_fresh_tokenization_and_skips_the_tokenizer(tiny_qwen, seed_exam_subset, tmp_path,
+                                                                              eval_token_cache):
+    from transformers import AutoTokenizer
+
+    cfg = EvalConfig(model=str(tiny_qwen), exams_root=str(seed_exam_subset), shots=[0, 5], styles=["base", "chat"], batch_size=4)
+    first = evaluate(cfg, tmp_path / "first")
+    assert first["timing"]["tokenCache"] == {"hits": 0, "misses": 8, "dir": str(eval_token_cache)}
+    assert first["timing"]["tokenizerLoaded"] is True
+    # what was stored is what tokenizing each whole prompt gives
+    fresh = _setting_ids(AutoTokenizer.from_pretrained(tiny_qwen), seed_exam_subset, [0, 5], ["base", "chat"])
+    assert len(fresh) == 8 and _cached_ids(eval_token_cache) == fresh
+    second = evaluate(cfg, tmp_path / "second")
+    assert second["timing"]["tokenCache"]["hits"] == 8 and second["timing"]["tokenCache"]["misses"] == 0
+    assert second["timing"]["tokenizerLoaded"] is False  # seed scoring, chatml: nothing left for the tokenizer to do
+    assert second["reproducibility"]["letterTokenIds"] == first["reproducibility"]["letterTokenIds"]
+    assert _predictions(tmp_path / "first") == _predictions(tmp_path / "second")
+    # a damaged entry is a miss, rewritten whole
+    for f in eval_token_cache.rglob("*.json"):
+        f.write_text(f.read_text()[:-40])
+    third = evaluate(cfg, tmp_path / "third")
+    assert third["timing"]["tokenCache"]["misses"] == 8 and _predictions(tmp_path / "third") == _predictions(tmp_path / "first")
+    assert _cached_ids(eval_token_cache) == fresh
+
+
+def test_token_cache_misses_when_the_exam_the_tokenizer_or_the_prompt_version_changes(tiny_qwen, seed_exam_subset, tmp_path,
+                                                                                   monkeypatch):
+    import devops_workloads.evaluate.evaluator as evaluator
+
+    root = tmp_path / "exams"
+    shutil.copytree(seed_exam_subset, root)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_qwen, model)
+
+    def run(tag: str) -> dict:
+        cfg = EvalConfig(model=str(model), exams_root=str(root), shots=[0, 5], styles=["base"], batch_size=8)
+        return evaluate(cfg, tmp_path / tag)["timing"]["tokenCache"]
+
+    assert run("a") == {"hits": 0, "misses": 4, "dir": os.environ["DEVOPS_MODEL_EVAL_TOKEN_CACHE"]}
+    assert run("b")["hits"] == 4
+    # one exam's dev file changes (its five-shot prefix and its file SHA-1): both its settings miss
+    dev = root / "ceval" / "dev" / "computer_network.csv"
+    dev.write_bytes(dev.read_bytes().replace("网络".encode(), "网路".encode(), 1))
+    assert {k: v for k, v in run("c").items() if k != "dir"} == {"hits": 2, "misses": 2}
+    # the tokenizer's files change: every setting misses
+    tc = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**tc, "model_max_length": 4096}))
+    assert run("d")["misses"] == 4
+    assert run("e")["hits"] == 4
+    # the prompt version changes: every setting misses
+    monkeypatch.setattr(evaluator, "PROMPT_VERSION", evaluator.PROMPT_VERSION + "+test")
+    assert run("f")["misses"] == 4
+
+
+def test_token_cache_can_be_turned_off_and_survives_an_unwritable_folder(tiny_qwen, seed_exam_subset, tmp_path, monkeypatch,
+                                                                         capfd):
+    cfg = dict(model=str(tiny_qwen), exams_root=str(seed_exam_subset), exams=["ceval/computer_network"], shots=[0], batch_size=8)
+    assert evaluate(EvalConfig(**cfg, token_cache=False), tmp_path / "a")["timing"]["tokenCache"] == "off"
+    monkeypatch.setenv("DEVOPS_MODEL_EVAL_TOKEN_CACHE", "0")
+    assert evaluate(EvalConfig(**cfg), tmp_path / "b")["timing"]["tokenCache"] == "off"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("DEVOPS_MODEL_EVAL_TOKEN_CACHE", str(blocker / "cache"))  # a folder that cannot be made
+    res = evaluate(EvalConfig(**cfg), tmp_path / "c")
+    assert res["timing"]["tokenCache"]["misses"] == 1
+    assert "tokenized exams not cached" in capfd.readouterr().err
+    assert _predictions(tmp_path / "a") == _predictions(tmp_path / "b") == _predictions(tmp_path / "c")
+
+
+def test_a_repeated_eval_process_imports_neither_transformers_nor_the_tokenizer(tiny_qwen, sample_exams, tmp_path):
+    """What a second `devops-model eval` of the same exams runs: the cached ids and the native model,
+    without importing transformers at all (its model code alone is seconds of a 2-core process)."""
+    args = ["eval", "--model", str(tiny_qwen), "--exams", str(sample_exams), "--exam", "devops/ci_cd", "--shots", "0,5"]
+    probe = ("import sys, json; from devops_cli import main; rc = main(json.loads(sys.argv[1])); "
+             "print(json.dumps({'rc': rc, 'transformers': 'transformers' in sys.modules, 'tokenizers': 'tokenizers' in sys.modules}))")
+    seen = []
+    for tag in ("cold", "warm", "off"):
+        extra = ["--no-token-cache"] if tag == "off" else []
+        r = subprocess.run([sys.executable, "-c", probe, json.dumps([*args, *extra, "--out", str(tmp_path / tag)])],
+                           capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        seen.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    assert seen[0] == {"rc": 0, "transformers": True, "tokenizers": True}  # the first run tokenizes
+    assert seen[1] == {"rc": 0, "transformers": False, "tokenizers": False}
+    assert seen[2] == {"rc": 0, "transformers": True, "tokenizers": True}
+    timing = json.loads((tmp_path / "off" / "results.json").read_text())["timing"]
+    assert timing["tokenCache"] == "off"
+    assert _predictions(tmp_path / "cold") == _predictions(tmp_path / "warm") == _predictions(tmp_path / "off")

@@ -109,13 +109,15 @@ def test_pretrain_then_lora_sft_from_run_reduces_loss_and_merges(train_storage):
 
     res = merge(BASE_SFT, {"metadata": {"name": "t-lora"}, "spec": {
         "finetuning": {"type": "lora", "lora": {"rank": 8, "alpha": 32, "merge": True}},
-        "training": {"learningRate": "5e-3", "template": "default", "packing": False, "maxSteps": 16},
+        "training": {"learningRate": "5e-3", "template": "default", "packing": False, "maxSteps": 32},
         "output": {"uri": "pvc://runs/t-lora"}}})
     res["spec"]["model"] = {"fromRun": {"kind": "PretrainRun", "name": "t-pt"}}
     st = runner.run_resource(parse_resource(res, "test"))
     out = train_storage / "runs" / "t-lora"
     before, after = _sft_data_loss(out_pt, "default"), _sft_data_loss(out / "merged", "default")
-    assert after < before * 0.98, (before, after)  # fixed data, deterministic: a real drop
+    # fixed data, deterministic: a real drop (32 steps: 16 dropped it by 2-3 %, within reach of float rounding,
+    # which the chaotic lr-5e-3 dynamics amplify; fused and unfused heads both leave 0.96 here)
+    assert after < before * 0.98, (before, after)
     art = st["artifact"]
     assert art["baseModel"] == "pvc://runs/t-pt" and art["parent"] == "PretrainRun/t-pt"
     assert art["format"] == "hf-lora" and art["mergedUri"] == "pvc://runs/t-lora/merged"

@@ -16,7 +16,9 @@ DESCRIPTION = """\
 Score a causal LM on multiple-choice exams exactly as CodeFuse DevOps-Model's harness
 (codefuse-devops-eval) did: its prompt (header, 问题：, A. …, 答案：), k-shot from the first k
 dev rows, the raw logit of A-D at the last position, micro-averaged accuracy. Fast: questions are
-batched and the few-shot prefix of each exam is computed once and reused from its KV cache.
+batched and the few-shot prefix of each exam is computed once and reused from its KV cache;
+tokenized exams are cached on disk (--no-token-cache), and a plain Qwen2 safetensors checkpoint
+is run on the CPU without importing transformers' model code (DEVOPS_MODEL_EVAL_NATIVE=0: with it).
 
 Exams: ROOT/BENCHMARK/SPLIT/SUBJECT.csv (CMMLU test or C-Eval val scored, dev for shots; either
 header style), or the DevOps-Eval layout with --layout devopseval.
@@ -76,6 +78,9 @@ def register(sub) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default=None, help="auto: bf16 on GPU, fp32 on CPU")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model repository's own Python code (off by default)")
     p.add_argument("--plain", action="store_true", help="use the seed's one-question-at-a-time loop instead of the fast path (for checking; slow)")
+    p.add_argument("--no-token-cache", action="store_true",
+                   help="tokenize every prompt afresh instead of reusing the tokenized exams cached on disk "
+                        "(default location $DEVOPS_MODEL_CACHE/eval-tokens; DEVOPS_MODEL_EVAL_TOKEN_CACHE=0 does the same)")
     p.add_argument("--out", required=True, type=Path, help="output folder for results.json and predictions.jsonl")
     p.set_defaults(func=_cmd)
 
@@ -119,6 +124,7 @@ def _cmd(args) -> int:
         spec = eval_spec_from_args(args)
         model_path = materialize_model(spec.model.uri or args.model)
         cfg = config_from_spec(spec, model_path, args.model, engine="plain" if args.plain else "fast")
+        cfg.token_cache = not args.no_token_cache
         results = evaluate(cfg, args.out)
     except InvalidResource as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -83,6 +83,8 @@ def run_plain(model: Any, requests: Sequence[Request], on_logits: OnLogits, prog
 def _decoder_and_head(model: Any):
     """(decoder, head) when the logits are exactly head(decoder(...)) — Llama/Qwen/Mistral-style
     models without logit soft-capping or scaling; else None (the full model is called)."""
+    if getattr(model, "native", False):  # native.NativeQwen2: its decode() and its head
+        return model, _NativeHead(model.head)
     cfg = getattr(model, "config", None)
     if cfg is not None and (getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)):
         return None
@@ -91,6 +93,19 @@ def _decoder_and_head(model: Any):
     if decoder is None or head is None or decoder is model:
         return None
     return decoder, head
+
+
+class _NativeHead:
+    """The output head of a native model as the head-row selection reads it (weight, no bias)."""
+
+    def __init__(self, weight: Any):
+        self.weight = weight
+        self.bias = None
+
+    def __call__(self, hidden: Any) -> Any:
+        import torch
+
+        return torch.nn.functional.linear(hidden, self.weight)
 
 
 def _cache_kwarg(module: Any) -> str:
@@ -112,12 +127,14 @@ def run_fast(model: Any, requests: Sequence[Request], on_logits: OnLogits, batch
     a plain linear layer that can be split off (:func:`_decoder_and_head`; the counter
     ``head_columns`` says how many were computed: -1 for the whole vocabulary)."""
     import torch
-    from transformers import DynamicCache
 
+    native = getattr(model, "native", False)
+    if not native:
+        from transformers import DynamicCache
     dev = _device(model)
     split = _decoder_and_head(model)
     head_weight = head_bias = None
-    if split is not None and columns is not None and isinstance(split[1], torch.nn.Linear):
+    if split is not None and columns is not None and isinstance(split[1], (torch.nn.Linear, _NativeHead)):
         index = torch.tensor(list(columns), device=dev)
         head_weight = split[1].weight.index_select(0, index)
         head_bias = split[1].bias.index_select(0, index) if split[1].bias is not None else None
@@ -126,7 +143,7 @@ def run_fast(model: Any, requests: Sequence[Request], on_logits: OnLogits, batch
     for i, r in enumerate(requests):
         groups.setdefault(r.group, []).append(i)
     body = split[0] if split else model
-    cache_arg = _cache_kwarg(body)
+    cache_arg = "" if native else _cache_kwarg(body)
     stats = {"prefixes": 0, "prefix_tokens": 0, "suffix_tokens": 0, "batches": 0, "prompt_tokens": 0,
              "head_columns": int(head_weight.shape[0]) if head_weight is not None else -1}
     pad = 0
@@ -138,9 +155,13 @@ def run_fast(model: Any, requests: Sequence[Request], on_logits: OnLogits, batch
             plen = common_prefix_length(seqs, max(cap, 0))
             prefix_layers = None
             if plen > 0:
-                out = body(input_ids=torch.tensor([list(seqs[0][:plen])], device=dev), use_cache=True)
-                cache = getattr(out, "cache", None) or out.past_key_values
-                prefix_layers = [(layer.keys, layer.values) for layer in cache.layers]
+                prefix_ids = torch.tensor([list(seqs[0][:plen])], device=dev)
+                if native:
+                    prefix_layers = model.decode(prefix_ids)[1]
+                else:
+                    out = body(input_ids=prefix_ids, use_cache=True)
+                    cache = getattr(out, "cache", None) or out.past_key_values
+                    prefix_layers = [(layer.keys, layer.values) for layer in cache.layers]
                 stats["prefixes"] += 1
                 stats["prefix_tokens"] += plen
             order = sorted(members, key=lambda i: -len(requests[i].ids))
@@ -154,15 +175,17 @@ def run_fast(model: Any, requests: Sequence[Request], on_logits: OnLogits, batch
                 kwargs: dict[str, Any] = {}
                 if prefix_layers is not None:
                     b = len(chunk)
-                    kwargs[cache_arg] = DynamicCache(
-                        ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix_layers],
-                        config=model.config,
-                    )
-                    kwargs["use_cache"] = True
+                    expanded = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix_layers]
+                    if native:
+                        kwargs["past"] = expanded
+                    else:
+                        kwargs[cache_arg] = DynamicCache(ddp_cache_data=expanded, config=model.config)
+                        kwargs["use_cache"] = True
                 rows = torch.cat([torch.arange(n - requests[i].n_last, n, device=dev) for n, i in zip(lens, chunk)])
                 owners = torch.cat([torch.full((requests[i].n_last,), r, device=dev) for r, i in enumerate(chunk)])
                 if split:
-                    hidden = split[0](input_ids=batch, **kwargs).last_hidden_state[owners, rows]
+                    hidden = (model.decode(batch, **kwargs)[0] if native
+                              else split[0](input_ids=batch, **kwargs).last_hidden_state)[owners, rows]
                     logits = (torch.nn.functional.linear(hidden, head_weight, head_bias)
                               if head_weight is not None else split[1](hidden))
                 else:

@@ -24,11 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..models import prepare_model_dir
+from ..models.loading import load_tokenizer, tokenizer_source
 from ..progress import ProgressReporter
 from .engine import Request, run_fast, run_plain
 from .exams import Exam, combined_sha1, data_sha1s, load_exams
 from .prompts import PROMPT_VERSION, SYSTEM_PROMPT, encode_prompts, prompt_text, render_body, render_shots
-from .scoring import Scorer, pick
+from .scoring import Scorer, pick, seed_letter_ids
+from .tokcache import LazyTokenizer, TokenCache, setting_key
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -55,17 +58,30 @@ class EvalConfig:
     sha1: str | None = None
     #: Shown as results.json "model" (the URI the user gave); defaults to ``model``.
     model_label: str | None = None
+    #: Reuse tokenized prompts from the on-disk cache (tokcache.py; DEVOPS_MODEL_EVAL_TOKEN_CACHE=0 also turns it off).
+    token_cache: bool = True
 
 
-def load_model(path: Path, precision: str = "auto", trust_remote_code: bool = False):
-    """(model in eval mode on the best device, tokenizer, dtype name), with the loader serving uses
-    (models/loading.py: adapters merged, GPTQ, Qwen-1 converted; bf16 on GPU, fp32 on CPU)."""
+def scoring_model(model_dir: Path, precision: str = "auto", trust_remote_code: bool = False,
+                  engine: str = "fast") -> tuple[Any, str, str]:
+    """(model, dtype name, implementation) for scoring. The fast engine runs a plain Qwen2
+    safetensors checkpoint with native.py (the weights read straight from the files, no transformers
+    import); everything else, and the plain engine always, loads with the loader serving uses
+    (models/loading.py: adapters merged, GPTQ, Qwen-1 converted; bf16 on GPU, fp32 on CPU). The
+    implementation names the one used and, for transformers under the fast engine, why the native
+    one did not apply."""
     from ..models.loading import load_causal_lm
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
-    model, tokenizer = load_causal_lm(path, dtype=precision, trust_remote_code=trust_remote_code)
-    return model, tokenizer, str(model.dtype).removeprefix("torch.")
+    why = "the plain engine is the reference loop"
+    if engine == "fast":
+        from .native import NATIVE, load_native
+
+        native, why_not = load_native(model_dir, precision)
+        if native is not None:
+            return native, str(native.dtype).removeprefix("torch."), NATIVE
+        why = why_not or "not applicable"
+    model, _ = load_causal_lm(model_dir, dtype=precision, trust_remote_code=trust_remote_code, tokenizer=False)
+    return model, str(model.dtype).removeprefix("torch."), f"transformers ({why})"
 
 
 def package_versions() -> dict[str, str]:
@@ -91,8 +107,10 @@ class _Item:
 
 
 def build_items(exams: list[Exam], tokenizer: Any, scorer: Scorer, shots: list[int], styles: list[str],
-                chat_template: str) -> tuple[list[_Item], list[Request]]:
-    """Every (exam, shots, style, question) with the forward requests it needs."""
+                chat_template: str, cache: TokenCache | None = None,
+                exam_sha1s: dict[str, list[str]] | None = None) -> tuple[list[_Item], list[Request]]:
+    """Every (exam, shots, style, question) with the forward requests it needs. With ``cache``
+    (and ``exam_sha1s``: each exam's file SHA-1s) a setting tokenized before is read back instead."""
     items: list[_Item] = []
     requests: list[Request] = []
     for exam in exams:
@@ -102,9 +120,17 @@ def build_items(exams: list[Exam], tokenizer: Any, scorer: Scorer, shots: list[i
             bodies = [render_body(q) for q in exam.questions]
             for style in styles:
                 group = (exam.name, k, style)
-                # The few-shot block tokenized once per setting, the questions in one call (same ids
-                # as tokenizing each whole prompt: prompts.encode_queries checks the seam).
-                all_ids, _shared = encode_prompts(tokenizer, prefix, bodies, style, chat_template)
+                key = all_ids = None
+                if cache is not None:
+                    key = setting_key(cache.tokenizer, (exam_sha1s or {}).get(exam.name, []), PROMPT_VERSION, k, style,
+                                      chat_template, [prefix, *bodies])
+                    all_ids = cache.get(key, len(bodies))
+                if all_ids is None:
+                    # The few-shot block tokenized once per setting, the questions in one call (same
+                    # ids as tokenizing each whole prompt: prompts.encode_queries checks the seam).
+                    all_ids, _shared = encode_prompts(tokenizer, prefix, bodies, style, chat_template)
+                    if cache is not None and key is not None:
+                        cache.put(key, all_ids, exam=exam.name, shots=k, style=style, chatTemplate=chat_template)
                 for qi, (q, body, ids) in enumerate(zip(exam.questions, bodies, all_ids)):
                     query = prefix + body
                     text = prompt_text(tokenizer, query, style, chat_template)
@@ -146,9 +172,20 @@ def evaluate(cfg: EvalConfig, out_dir: Path, model_path: Path | None = None, pro
     if cfg.sha1 and cfg.sha1 != combined:
         raise ExamError(f"spec.exams.sha1: the exam files under {root} hash to {combined}, not {cfg.sha1}; "
                         "the data changed (see results.json reproducibility.data.files of the earlier run) or the sha1 is wrong")
-    model, tokenizer, dtype = load_model(Path(model_path or cfg.model), cfg.precision, cfg.trust_remote_code)
-    scorer = Scorer(tokenizer, cfg.scoring)
-    items, requests = build_items(exams, tokenizer, scorer, cfg.shots, cfg.styles, cfg.chat_template)
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {cfg.precision!r})")
+    model_dir = prepare_model_dir(Path(model_path or cfg.model))  # a Qwen-1 folder: its converted copy
+    t_tok = time.time()
+    # Loaded on first use only: with every prompt's ids in the token cache, never.
+    tokenizer = LazyTokenizer(lambda: load_tokenizer(model_dir, trust_remote_code=cfg.trust_remote_code))
+    cache = TokenCache.open(tokenizer_source(model_dir), cfg.trust_remote_code) if cfg.token_cache else None
+    letter_ids = cache.letter_ids(lambda: seed_letter_ids(tokenizer)) if cache else None
+    scorer = Scorer(tokenizer, cfg.scoring, letter_ids=letter_ids)
+    exam_sha1s = {e.name: [sha1s[p.relative_to(root).as_posix()] for p in e.files()] for e in exams}
+    items, requests = build_items(exams, tokenizer, scorer, cfg.shots, cfg.styles, cfg.chat_template, cache, exam_sha1s)
+    t_model = time.time()
+    model, dtype, implementation = scoring_model(model_dir, cfg.precision, cfg.trust_remote_code, cfg.engine)
+    t_loaded = time.time()
 
     logits_of: list[Any] = [None] * len(requests)
     # The fast engine applies only the head rows scoring reads (seed: A..D) and hands over just those.
@@ -208,6 +245,7 @@ def evaluate(cfg: EvalConfig, out_dir: Path, model_path: Path | None = None, pro
             "dtype": dtype,
             "device": str(next(model.parameters()).device),
             "engine": cfg.engine,
+            "modelImplementation": implementation,
             "batchSize": cfg.batch_size,
             "packages": package_versions(),
             "data": {"root": str(root), "layout": cfg.layout, "preset": cfg.preset,
@@ -217,7 +255,13 @@ def evaluate(cfg: EvalConfig, out_dir: Path, model_path: Path | None = None, pro
             "seconds": round(time.time() - started, 3),
             # from the start of evaluate() (the process's imports not included) to the first answer scored
             "firstScoredSeconds": round(first_scored[0] - started, 3) if first_scored else None,
+            # reading the exams' prompts into token ids (tokenizer load included when it was needed)
+            "tokenizeSeconds": round(t_model - t_tok, 3),
+            "modelLoadSeconds": round(t_loaded - t_model, 3),
             "scoringSeconds": round(scoring_seconds, 3),
+            "tokenCache": ({"hits": cache.hits, "misses": cache.misses, "dir": str(cache.root)} if cache
+                           else "off"),
+            "tokenizerLoaded": tokenizer.loaded,
             "questions": len(items),
             "questionsPerSecond": round(len(items) / scoring_seconds, 3) if scoring_seconds > 0 else None,
             **stats,

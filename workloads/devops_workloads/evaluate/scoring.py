@@ -68,12 +68,14 @@ def continuation_ids(tokenizer: Any, context: str, continuation: str) -> list[in
 class Scorer:
     """Builds the forward requests for a question and turns their logits into option scores."""
 
-    def __init__(self, tokenizer: Any, mode: str = "seed"):
+    def __init__(self, tokenizer: Any, mode: str = "seed", letter_ids: Mapping[str, int] | None = None):
+        """``letter_ids``: :func:`seed_letter_ids` of this tokenizer when already known (the token
+        cache keeps them), so that seed scoring needs no tokenizer at all."""
         if mode not in MODES:
             raise ValueError(f"scoring must be one of {', '.join(MODES)} (got {mode!r})")
         self.tokenizer = tokenizer
         self.mode = mode
-        self.letter_ids = seed_letter_ids(tokenizer)
+        self.letter_ids = dict(letter_ids) if letter_ids is not None else seed_letter_ids(tokenizer)
         self._cont_cache: dict[tuple[str, str], tuple[int, ...]] = {}
 
     def _continuation(self, text: str, letter: str) -> tuple[int, ...]:

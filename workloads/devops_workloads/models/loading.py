@@ -37,23 +37,50 @@ def torch_dtype(name: str, device: str) -> Any:
     return getattr(torch, DTYPE_NAMES[name])
 
 
+def _adapter_base(model_dir: Path) -> str | None:
+    """The base model of a LoRA adapter folder (adapter_config.json without config.json), else None."""
+    adapter_cfg = model_dir / "adapter_config.json"
+    if adapter_cfg.exists() and not (model_dir / "config.json").exists():
+        return str(json.loads(adapter_cfg.read_text())["base_model_name_or_path"])
+    return None
+
+
+def tokenizer_source(model_dir: str | Path) -> str:
+    """Where the tokenizer of a (prepared) model folder is read from: the folder itself, or for an
+    adapter without its own tokenizer files its base model (a folder or a hub name)."""
+    model_dir = Path(model_dir)
+    base = _adapter_base(model_dir)
+    if base is not None and not (model_dir / "tokenizer_config.json").exists():
+        return base
+    return str(model_dir)
+
+
+def load_tokenizer(model_dir: str | Path, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer :func:`load_causal_lm` returns, alone (``model_dir`` already prepared: a
+    Qwen-1 folder's converted copy)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_source(model_dir), trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def load_causal_lm(model_dir: str | Path, *, device: str = "auto", dtype: str = "auto",
-                   trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """(model in eval mode on ``device``, tokenizer with a pad token)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+                   trust_remote_code: bool = False, tokenizer: bool = True) -> tuple[Any, Any]:
+    """(model in eval mode on ``device``, tokenizer with a pad token; None with ``tokenizer=False``)."""
+    from transformers import AutoModelForCausalLM
 
     from . import prepare_model_dir
 
     model_dir = prepare_model_dir(Path(model_dir))  # first-generation Qwen: its converted copy
     device = resolve_device(device)
     wanted = torch_dtype(dtype, device)
-    adapter_cfg = model_dir / "adapter_config.json"
-    if adapter_cfg.exists() and not (model_dir / "config.json").exists():
+    tok = load_tokenizer(model_dir, trust_remote_code=trust_remote_code) if tokenizer else None
+    base_path = _adapter_base(model_dir)
+    if base_path is not None:
         from peft import PeftModel
 
-        base_path = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
-        tok = AutoTokenizer.from_pretrained(model_dir if (model_dir / "tokenizer_config.json").exists() else base_path,
-                                            trust_remote_code=trust_remote_code)
         base = AutoModelForCausalLM.from_pretrained(base_path, dtype=wanted, trust_remote_code=trust_remote_code)
         model = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
         if (model_dir / "generation_config.json").exists():  # the run's stop ids (conventions.py), not the base's
@@ -63,7 +90,6 @@ def load_causal_lm(model_dir: str | Path, *, device: str = "auto", dtype: str = 
     else:
         import torch
 
-        tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         config = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").exists() else {}
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": wanted}
         if (config.get("quantization_config") or {}).get("quant_method") == "gptq":
@@ -78,6 +104,4 @@ def load_causal_lm(model_dir: str | Path, *, device: str = "auto", dtype: str = 
     if getattr(model, "hf_device_map", None) is None:
         model.to(device)
     model.eval()
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
     return model, tok
