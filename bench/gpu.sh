@@ -20,7 +20,8 @@ CARRY=bench/gpu.carry
 # (fastapi imports opentelemetry at import time; pydantic 2.14 needs typing-extensions >= 4.16)
 WHEELS=(transformers==5.24.0 pydantic==2.14.3 pydantic-core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5
         typing-extensions==4.16.0 fastapi==0.163.2 starlette==1.10.0 uvicorn==0.54.0 sse-starlette==3.7.0
-        annotated-doc==0.0.7 opentelemetry-api==1.45.2)
+        annotated-doc==0.0.7 opentelemetry-api==1.45.2
+        liger-kernel==0.8.5)  # bench/head.py's anchor (pure Python; triton comes with the image's torch)
 
 if [ "${1:-}" = "--prepare" ]; then
   mkdir -p "$CARRY"
@@ -70,10 +71,13 @@ if [ -n "${OUT:-}" ]; then
   set -o pipefail
   work=/tmp/gpu-bench-work; rm -rf "$work"
   "$PY" bench/gpu.py --work "$work" --out "$OUT/gpu.json" "$@" 2>&1 | tee "$OUT/gpu.log" || status=$?
+  # the fused LM head vs the plain one and Liger-Kernel's fused linear cross-entropy (~1 minute)
+  timeout 150 "$PY" bench/head.py --device cuda --out "$OUT/head-gpu.json" 2>&1 | tail -n 40 | tee -a "$OUT/gpu.log" || true
   for f in "$work"/*.log; do [ -f "$f" ] && tail -c 4000000 "$f" > "$OUT/section-$(basename "$f")"; done  # each section's own log
   rm -rf "$work"
   echo "fetch: gpu.json, gpu.log and section-*.log come back under the run reply's files_at;"
   echo "       cp <files_at>/gpu.json bench/results/gpu.json && python bench/report.py   # -> bench/RESULTS.md"
+  echo "       (and <files_at>/head-gpu.json -> bench/results/head_gpu.json)"
 else
   "$PY" bench/gpu.py "$@" || status=$?
   echo "results: the JSON named by 'wrote' above (by default bench/results/gpu.json; python bench/report.py puts it into bench/RESULTS.md)"

@@ -2,7 +2,7 @@
 and vs Liger-Kernel's fused linear cross-entropy (the field's usual answer to the same cost).
 
     .venv/bin/python bench/head.py                   # CPU (~2 minutes on 2 cores): bench/results/head.json
-    .venv/bin/python bench/head.py --device cuda     # a GPU, Liger-Kernel too (bench/gpu.py's "head" section)
+    .venv/bin/python bench/head.py --device cuda     # a GPU, Liger-Kernel too (bash bench/gpu.sh runs it last)
 
 One forward and backward pass of the output head and the loss alone, on the Qwen2.5-0.5B shape
 (hidden 896, vocabulary 151,936, random weights, a trainable untied head), every position trained
@@ -140,7 +140,7 @@ def rows_for(args) -> list[dict]:
                      "anchor_name": "Liger-Kernel LigerFusedLinearCrossEntropyLoss", "anchor": None, "ratio": None,
                      "unit": "s (lower is better)",
                      "notes": f"Liger-Kernel does not run here: {liger['error']} (its kernels are Triton GPU kernels; "
-                              "`bash bench/gpu.sh` measures it on a GPU)"})
+                              "`bash bench/gpu.sh` measures it on a GPU: head_gpu in RESULTS.md once one has run)"})
     else:
         rows += [
             {"figure": "LM head + loss: ours vs Liger-Kernel's fused linear cross-entropy", "ours": round(ours["seconds"], 4),
@@ -169,8 +169,19 @@ def main() -> None:
         print(json.dumps(child(args.child, args.device, args.tokens, args.reps, args.dtype)))
         return
     rows = rows_for(args)
-    if gpu and args.out is None:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    if gpu:  # bench/gpu.sh runs this after bench/gpu.py: $OUT/head-gpu.json, copied to bench/results/ by hand
+        import platform
+
+        import torch
+
+        result = {"area": "head_gpu", "machine": f"{torch.cuda.get_device_name(0)}, {platform.machine()}",
+                  "date": time.strftime("%Y-%m-%d"), "summary": "bench/head.py --device cuda (bf16, Liger-Kernel carried).",
+                  "rows": rows}
+        text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text, encoding="utf-8")
+        print(text)
         return
     write_result("head", rows, args.out or HERE / "results" / "head.json",
                  summary="The training loss's output head alone (train/selective_loss.py's ChunkedLinearCrossEntropy); "
