@@ -220,6 +220,48 @@ def test_the_lean_step_references_the_models_parameters(qwen):
     assert len(held) == 4 + 2 * 12 and all(t.data_ptr() in own for t in held)
 
 
+def test_small_layers_run_on_one_thread_and_the_head_on_all(qwen, monkeypatch):
+    """The tiny model's decoder layers run a step on one thread (their products are too small to
+    split), the vocabulary projection on torch's count, which is restored afterwards even when the
+    layers fail; layers the size of a real model's keep every thread."""
+    import torch
+    from transformers import DynamicCache
+
+    from devops_workloads.serve import fastpath
+
+    model, _ = qwen
+    decoder, _ = fastpath.fast_decoder(model)
+    assert decoder.layer_threads == 1
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    half_b = AutoConfig.for_model("qwen2", vocab_size=1000, hidden_size=896, intermediate_size=4864, num_hidden_layers=1,
+                                  num_attention_heads=14, num_key_value_heads=2)  # Qwen2.5-0.5B's layer shape
+    assert fastpath.FastDecoder(AutoModelForCausalLM.from_config(half_b).eval()).layer_threads is None
+    outer = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = []
+    real_linear = fastpath.F.linear
+    monkeypatch.setattr(fastpath.F, "linear", lambda x, w, b=None: (seen.append((w.shape[0], torch.get_num_threads())),
+                                                                     real_linear(x, w, b))[1])
+    try:
+        cache = DynamicCache(config=model.config)
+        tokens = torch.tensor([5, 7])
+        mask = torch.ones(2, 1, dtype=torch.long)
+        with torch.inference_mode():
+            logits = decoder.step(tokens, mask, torch.zeros(2, 1, dtype=torch.long), cache)
+            assert torch.get_num_threads() == 2
+            vocab = model.config.vocab_size
+            assert {n for w, n in seen if w != vocab} == {1} and [n for w, n in seen if w == vocab] == [2]
+            expected = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=torch.zeros(2, 1, dtype=torch.long)).logits[:, -1]
+            torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+            monkeypatch.setattr(fastpath.F, "embedding", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+            with pytest.raises(RuntimeError, match="boom"):
+                decoder.step(tokens, mask, torch.zeros(2, 1, dtype=torch.long), DynamicCache(config=model.config))
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(outer)
+
+
 def _lora(model):
     from peft import LoraConfig, get_peft_model
 

@@ -375,6 +375,67 @@ def test_nan_and_infinite_logits_are_still_sampled(tiny_bpe):
         assert all(lp == lp and raw == raw for _, lp, raw, _ in cold)
 
 
+def test_plain_greedy_rows_take_the_block_argmax_and_agree_with_the_careful_path(tiny_bpe):
+    """Greedy rows that nothing changes take one vectorised pass (first_argmax): the same token
+    as torch's argmax over the tokenizer's columns, ties to the first column, for every shape the
+    engine hands it (the limit inside the last block, a vocabulary smaller than a block, bfloat16,
+    rows of a prefill's [B, L, V] logits); a row with NaN or ±inf gets what the careful path gives."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from devops_workloads.serve import engine as engine_mod
+    from devops_workloads.serve.engine import BatchingEngine, GenerationRequest, SamplingParams, first_argmax, greedy_tokens
+
+    torch.manual_seed(0)
+    block = engine_mod.ARGMAX_BLOCK
+    for vocab, limit in [(151680, 151646), (4 * block, 4 * block), (4 * block + 3, 4 * block + 1), (block // 2, block // 2 - 5), (1, 1)]:
+        for trial in range(6):
+            x = torch.randn(5, vocab)
+            if trial % 2:
+                x = (x * 1.5).round()  # many ties
+            if trial == 3:
+                x[:, limit:] = 100.0  # the columns past the limit are never chosen
+                x[1, :] = -float("inf")
+                x[2, limit - 1] = 99.0  # the maximum in the limit's own block
+            expected = x[:, :limit].argmax(-1)
+            assert torch.equal(first_argmax(x, limit), expected), (vocab, limit, trial)
+            if trial != 3:
+                assert torch.equal(greedy_tokens(x, limit), expected)
+            assert torch.equal(first_argmax(x.bfloat16(), limit), x.bfloat16()[:, :limit].argmax(-1))
+    steps = torch.randn(3, 4, 1000)  # a prefill's logits: the last position of each row (not contiguous rows)
+    assert torch.equal(first_argmax(steps[:, -1, :], 990), steps[:, -1, :990].argmax(-1))
+    bad = torch.randn(3, 1000)
+    bad[0, 5], bad[1, 6], bad[2, :] = float("nan"), float("inf"), -float("inf")
+    for i in range(3):
+        assert greedy_tokens(bad[i:i + 1], 1000) is None  # left to the careful path
+
+    tok = AutoTokenizer.from_pretrained(tiny_bpe)
+    model = AutoModelForCausalLM.from_pretrained(tiny_bpe, dtype=torch.float32).eval()
+    engine = BatchingEngine(model, tok, max_batch_size=4)
+    vocab = model.config.vocab_size
+    rows = torch.randn(4, vocab)
+    rows[1, 3] = float("nan")
+    rows[2, 9] = float("inf")
+    if vocab > len(tok):
+        rows[3, len(tok):] = 1e6  # padded embedding rows are never chosen
+
+    def requests(**params):
+        return [GenerationRequest([1, 2, 3], SamplingParams(temperature=0, **params), lambda ev: None) for _ in range(4)]
+
+    calls = []
+    real = engine_mod.greedy_tokens
+    engine_mod.greedy_tokens = lambda *a: (calls.append(1), real(*a))[1]
+    try:
+        plain = engine._sample(rows.clone(), requests(sampled_logprob=False))
+        careful = engine._sample(rows.clone(), requests(sampled_logprob=True))
+    finally:
+        engine_mod.greedy_tokens = real
+    assert calls == [1]  # only the plain rows took the vectorised pass
+    assert [t for t, *_ in plain] == [t for t, *_ in careful]
+    assert plain[1][0] != 3 and plain[2][0] == 9 and plain[3][0] < len(tok)
+    assert all(lp is None for _, lp, *_ in plain)
+
+
 def test_event_relay_hands_a_whole_step_over_at_once():
     """The engine's events of one step reach the event loop in one call, in order, each in its
     request's queue; nothing crosses before the step ends."""

@@ -452,6 +452,12 @@ class BatchingEngine:
         distribution or None when the row does not report it, raw log-probability or None, top
         alternatives or None)."""
         torch = self.torch
+        if all(_plain_greedy(r.params) for r in reqs):
+            # The usual greedy batch (nothing changes the logits, nothing reported but the token):
+            # one vectorised pass over the rows, no copy. Rows with NaN or ±inf go the careful way.
+            tokens = greedy_tokens(logits, self.vocab_limit)
+            if tokens is not None:
+                return [(t, None, None, None) for t in tokens.tolist()]
         logits = logits.float()  # no copy when the model computes in float32; the rows are ours to change
         # A broken checkpoint can produce NaN or ±inf logits: those become finite so that every row
         # still samples a token. The sum is finite exactly when no entry is NaN or ±inf (or when it
@@ -486,7 +492,7 @@ class BatchingEngine:
         if greedy_rows:
             g = logits if len(greedy_rows) == len(reqs) else logits.index_select(
                 0, torch.tensor(greedy_rows, device=logits.device))
-            g_tok = g.argmax(-1)
+            g_tok = first_argmax(g, g.shape[-1])
             chosen = {i: (t, None) for i, t in zip(greedy_rows, g_tok.tolist())}
             scored = [j for j, i in enumerate(greedy_rows) if reqs[i].params.sampled_logprob]
             if scored:
@@ -584,3 +590,59 @@ class BatchingEngine:
             ev.completion_tokens = len(r.generated) + (1 if is_eos else 0)
         r.sink(ev)
         return finish is not None
+
+
+def _plain_greedy(p: SamplingParams) -> bool:
+    """A greedy row whose logits nothing changes and that reports only its token."""
+    return (p.greedy and not p.sampled_logprob and p.logprobs is None and p.repetition_penalty == 1.0
+            and not p.presence_penalty and not p.frequency_penalty and not p.logit_bias and p.constraint is None)
+
+
+#: Columns per block of :func:`first_argmax`.
+ARGMAX_BLOCK = 256
+
+
+def _block_maxima(logits, limit: int):
+    """(maxima of each block of ``ARGMAX_BLOCK`` columns among the first ``limit`` [rows, blocks], block size)."""
+    import torch
+
+    n = logits.shape[0]
+    size = ARGMAX_BLOCK
+    whole = limit // size
+    body = logits[:, : whole * size]
+    maxima = body.reshape(n, whole, size).amax(-1)  # a view for contiguous rows: no copy
+    if limit > whole * size:
+        maxima = torch.cat([maxima, logits[:, whole * size: limit].amax(-1, keepdim=True)], dim=1)
+    return maxima, size
+
+
+def first_argmax(logits, limit: int, maxima=None):
+    """``logits[:, :limit].argmax(-1)`` (the first column holding each row's maximum), computed
+    as the block holding it first and then the column within that block.
+
+    torch's CPU argmax over one long row is not vectorised: over Qwen's 151k columns it took 7 ms
+    for 16 rows on two cores, a quarter of a whole decode step, while ``amax`` took 0.9 ms. The
+    block maxima (a vectorised reduction) find the first block that holds the row's maximum, and
+    the argmax of that one block the first column in it; so ties resolve as argmax's do. Rows must
+    hold no NaN (argmax's NaN handling is not reproduced; :func:`greedy_tokens` checks)."""
+    import torch
+
+    if maxima is None:
+        maxima, size = _block_maxima(logits, limit)
+    else:
+        size = ARGMAX_BLOCK
+    start = maxima.argmax(-1) * size  # [rows]
+    columns = (start[:, None] + torch.arange(size, device=logits.device)[None, :]).clamp_(max=limit - 1)
+    # Columns past ``limit`` in the last block repeat column limit-1, after it: the first wins.
+    return start + logits.gather(1, columns).argmax(-1)
+
+
+def greedy_tokens(logits, limit: int):
+    """The greedy token of each row among the first ``limit`` columns, or None when a row's maximum
+    is not finite (NaN or ±inf somewhere that matters: the caller's careful path makes those finite first)."""
+    import torch
+
+    maxima, _ = _block_maxima(logits, limit)
+    if not bool(torch.isfinite(maxima.amax(-1)).all()):
+        return None
+    return first_argmax(logits, limit, maxima)

@@ -40,6 +40,16 @@ ARCHITECTURES = {
 }
 
 
+#: Decoder layers whose largest weight has at most this many elements (1M: 4 MiB in float32, e.g.
+#: hidden 128 × intermediate 384 of the tiny test model, far below Qwen2.5-0.5B's 896 × 4864) run a
+#: decode step on ONE thread. Each of their matrix products takes microseconds, and splitting one over
+#: OpenMP threads costs more than it saves: the threads meet at a barrier after every operation, and
+#: on a machine whose cores the HTTP server and tokenization also need, a thread that is not
+#: scheduled stalls them all (measured: a 16 × 128 × 384 product took 23 µs on one thread and 41 µs on
+#: two with the cores shared). The vocabulary projection (151k columns) keeps every thread.
+SMALL_LAYER = 1 << 20
+
+
 def enabled_by_env() -> bool:
     """False when :data:`ENV` says "0" (or false/no/off)."""
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
@@ -133,6 +143,9 @@ class FastDecoder:
         self.norm_eps = base.norm.variance_epsilon
         self.lm_head_w = model.lm_head.weight
         self.lm_head_b = model.lm_head.bias
+        #: torch threads for the decoder layers of a step when they are small (see :data:`SMALL_LAYER`):
+        #: one, whatever the head uses.
+        self.layer_threads = 1 if max(cfg.hidden_size * cfg.intermediate_size, cfg.hidden_size ** 2) <= SMALL_LAYER else None
         self.layers = [
             _Layer(layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
                    a.q_proj.weight, a.q_proj.bias, a.k_proj.weight, a.k_proj.bias,
@@ -149,8 +162,25 @@ class FastDecoder:
 
         ``tokens`` [B]: each row's pending token; ``mask`` [B, L+1]: 1 where the cache holds a real
         token, the last column the pending token's; ``position_ids`` [B, 1]: its position (the real
-        tokens before it). The pending tokens' keys and values are appended to ``cache``.
+        tokens before it). The pending tokens' keys and values are appended to ``cache``. Small
+        decoder layers run on one thread (:data:`SMALL_LAYER`), the vocabulary projection on torch's.
         """
+        threads = torch.get_num_threads()
+        if self.layer_threads is None or self.layer_threads >= threads or tokens.device.type != "cpu":
+            return self.head(self._layers(tokens, mask, position_ids, cache))
+        torch.set_num_threads(self.layer_threads)
+        try:
+            h = self._layers(tokens, mask, position_ids, cache)
+        finally:
+            torch.set_num_threads(threads)
+        return self.head(h)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """The final norm and the vocabulary projection."""
+        return F.linear(_rms_norm(h, self.norm, self.norm_eps), self.lm_head_w, self.lm_head_b)
+
+    def _layers(self, tokens: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, cache: Any) -> torch.Tensor:
+        """The last hidden states [B, hidden] of the pending tokens (before the final norm)."""
         n = tokens.shape[0]
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
         h = F.embedding(tokens, self.embed)  # [B, hidden]
@@ -185,7 +215,7 @@ class FastDecoder:
             x = _rms_norm(h, lw.norm2, lw.eps2)
             h = h + F.linear(F.silu(F.linear(x, lw.gate_w, lw.gate_b)) * F.linear(x, lw.up_w, lw.up_b),
                              lw.down_w, lw.down_b)
-        return F.linear(_rms_norm(h, self.norm, self.norm_eps), self.lm_head_w, self.lm_head_b)
+        return h
 
 
 def fast_decoder(model: Any) -> tuple[FastDecoder | None, str]:
