@@ -313,7 +313,9 @@ def test_greedy_logprobs_are_log_softmax_of_the_logits_and_optional(tiny_bpe):
     finally:
         engine.stop()
     assert [[e.token_id for e in evs] for evs in on] == [[e.token_id for e in evs] for evs in off]
-    assert [[e.raw_logprob for e in evs] for evs in on] == [[e.raw_logprob for e in evs] for evs in off]
+    # Equal up to float rounding: which requests share a step (their arrival) decides how many rows
+    # a matrix product has, and the CPU kernels round a row's dot products differently by that count.
+    assert [[e.raw_logprob for e in evs] for evs in on] == [[pytest.approx(e.raw_logprob, abs=1e-5) for e in evs] for evs in off]
     assert all(e.logprob is None for evs in off for e in evs)
     with torch.inference_mode():  # the first token of each answer, from a plain forward of its prompt alone
         for p, evs in zip(PROMPTS, on):

@@ -244,8 +244,14 @@ class BatchingEngine:
                         first = self.waiting.get(timeout=0.1)
                     except queue.Empty:
                         continue
+                    if self._decode_path() is not None:
+                        self._guarded(self._step, [first, *self._take_waiting(1)])
+                        continue
                     self._guarded(self._admit, [first])
                 new = self._take_waiting()
+                if self._decode_path() is not None:
+                    self._guarded(self._step, new)
+                    continue
                 if new:
                     self._guarded(self._admit, new)
                 if self._rows:
@@ -272,10 +278,10 @@ class BatchingEngine:
                 except Exception:  # a broken listener must not stop the loop that serves everyone
                     log.exception("after-step callback failed")
 
-    def _take_waiting(self) -> list[GenerationRequest]:
-        """Waiting requests that fit into the batch now."""
+    def _take_waiting(self, taken: int = 0) -> list[GenerationRequest]:
+        """Waiting requests that fit into the batch now (besides ``taken`` already taken)."""
         new: list[GenerationRequest] = []
-        while len(self._rows) + len(new) < self.max_batch_size:
+        while len(self._rows) + taken + len(new) < self.max_batch_size:
             try:
                 new.append(self.waiting.get_nowait())
             except queue.Empty:
@@ -295,11 +301,10 @@ class BatchingEngine:
         if rest:
             self._prefill(rest)
 
-    def _prefill(self, reqs: list[GenerationRequest]) -> None:
+    def _prompts(self, reqs: list[GenerationRequest]):
+        """(ids, mask, position ids, a new cache) of prompts left-padded to one width; seeds each
+        request's generator."""
         torch = self.torch
-        reqs = [r for r in reqs if not r.cancelled]
-        if not reqs:
-            return
         width = max(len(r.prompt_ids) for r in reqs)
         ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(reqs), width), dtype=torch.long)
@@ -312,8 +317,15 @@ class BatchingEngine:
         ids, mask = ids.to(self.device), mask.to(self.device)
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), DynamicCache(config=self.model.config)
+
+    def _prefill(self, reqs: list[GenerationRequest]) -> None:
+        reqs = [r for r in reqs if not r.cancelled]
+        if not reqs:
+            return
+        width = max(len(r.prompt_ids) for r in reqs)
+        ids, mask, position_ids, cache = self._prompts(reqs)
+        torch = self.torch
         scoring = any(r.params.prompt_logprobs is not None for r in reqs)
         out = self._forward(ids, mask, position_ids, cache, all_logits=scoring)
         if scoring:
@@ -387,6 +399,65 @@ class BatchingEngine:
         self._mask = torch.cat([ma, mb], dim=0)
         self._pending = torch.cat([self._pending, tokens])
         self._rows = self._rows + reqs
+
+    def _step(self, new: list[GenerationRequest]) -> None:
+        """One step with the lean decoder (fastpath.py): the running rows' next tokens and the
+        prompts of ``new`` requests, whose first tokens come from the same vocabulary projection.
+
+        The projection onto the vocabulary is most of a small model's step and costs nearly the same
+        for 1 row as for 16 (its weight is read once either way), so new requests do not pay for one
+        of their own: their prompts run through the model's layers (``model.model``, the causal LM's
+        own body) for the last position's final hidden state, which joins the running rows' in one
+        ``lm_head`` product. Requests that need every prompt position's logits (prompt scoring) or no
+        token at all keep the separate prefill."""
+        torch = self.torch
+        decoder = self._decoder
+        assert decoder is not None
+        separate = [r for r in new if r.params.prompt_logprobs is not None or r.params.max_tokens == 0]
+        if separate:
+            self._admit(separate)
+            new = [r for r in new if r.params.prompt_logprobs is None and r.params.max_tokens != 0]
+        new = [r for r in new if not r.cancelled]
+        alive = [i for i, r in enumerate(self._rows) if not r.cancelled]
+        if len(alive) < len(self._rows):
+            self._select(alive)
+        n = len(self._rows)
+        if not n and not new:
+            return
+        hidden = []
+        if n:
+            position_ids = self._mask.sum(-1, keepdim=True)  # the pending token's position = real tokens so far
+            self._mask = torch.cat([self._mask, self._mask.new_ones((n, 1))], dim=1)
+            hidden.append(decoder.hidden(self._pending, self._mask, position_ids, self._cache))
+        if new:
+            ids, mask, prompt_positions, cache = self._prompts(new)
+            kwargs = {"cache" if self._cache_arg_is_cache else "past_key_values": cache}
+            out = self.model.model(input_ids=ids, attention_mask=mask, position_ids=prompt_positions, use_cache=True, **kwargs)
+            hidden.append(out.last_hidden_state[:, -1, :])
+        logits = decoder.project(torch.cat(hidden) if len(hidden) > 1 else hidden[0])
+        self.stats.steps += 1
+        if self.stats.on_step:
+            self.stats.on_step(n + len(new))
+        sampled = self._sample(logits, self._rows + new)
+        if n:
+            keep = [i for i, r in enumerate(self._rows) if not self._emit(r, *sampled[i])]
+            self._pending = torch.tensor([t for t, *_ in sampled[:n]], dtype=torch.long, device=self.device)
+            if len(keep) < n:
+                self._select(keep)
+        if not new:
+            return
+        keep = [j for j, r in enumerate(new) if not self._emit(r, *sampled[n + j])]
+        if not keep:
+            return
+        tokens = torch.tensor([sampled[n + j][0] for j in keep], dtype=torch.long, device=self.device)
+        if len(keep) < len(new):
+            cache.batch_select_indices(torch.tensor(keep, device=self.device))
+            mask = mask[keep]
+        reqs = [new[j] for j in keep]
+        if not self._rows:
+            self._rows, self._cache, self._mask, self._pending = reqs, cache, mask, tokens
+        else:
+            self._merge(reqs, cache, mask, tokens)
 
     def _decode_step(self) -> None:
         torch = self.torch

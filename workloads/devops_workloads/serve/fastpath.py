@@ -165,19 +165,25 @@ class FastDecoder:
         tokens before it). The pending tokens' keys and values are appended to ``cache``. Small
         decoder layers run on one thread (:data:`SMALL_LAYER`), the vocabulary projection on torch's.
         """
+        return self.project(self.hidden(tokens, mask, position_ids, cache))
+
+    def hidden(self, tokens: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, cache: Any) -> torch.Tensor:
+        """The step without the vocabulary projection: the pending tokens' final hidden states
+        [B, hidden] after the model's final norm (what ``project`` turns into logits)."""
         threads = torch.get_num_threads()
         if self.layer_threads is None or self.layer_threads >= threads or tokens.device.type != "cpu":
-            return self.head(self._layers(tokens, mask, position_ids, cache))
-        torch.set_num_threads(self.layer_threads)
-        try:
             h = self._layers(tokens, mask, position_ids, cache)
-        finally:
-            torch.set_num_threads(threads)
-        return self.head(h)
+        else:
+            torch.set_num_threads(self.layer_threads)
+            try:
+                h = self._layers(tokens, mask, position_ids, cache)
+            finally:
+                torch.set_num_threads(threads)
+        return _rms_norm(h, self.norm, self.norm_eps)
 
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        """The final norm and the vocabulary projection."""
-        return F.linear(_rms_norm(h, self.norm, self.norm_eps), self.lm_head_w, self.lm_head_b)
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """The vocabulary projection (``lm_head``) of final hidden states [B, hidden]: logits [B, vocab]."""
+        return F.linear(h, self.lm_head_w, self.lm_head_b)
 
     def _layers(self, tokens: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, cache: Any) -> torch.Tensor:
         """The last hidden states [B, hidden] of the pending tokens (before the final norm)."""
