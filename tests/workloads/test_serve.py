@@ -626,6 +626,33 @@ def test_usable_cpus_honours_a_cgroup_v2_or_v1_quota(tmp_path):
     assert usable_cpus(str(tmp_path / "none")) == affinity
 
 
+def test_openmp_threads_sleep_in_a_server_unless_the_user_chose(monkeypatch, start_server, tiny_bpe):
+    """The server makes torch's OpenMP threads sleep while they wait (spinning ones starve the HTTP
+    loop and each other on shared cores: 4x slower with one busy core, bench figures in
+    processes.py); set before torch loads, never over the user's own choice."""
+    import subprocess
+    import sys
+
+    from devops_workloads import processes
+
+    probe = ("import os, sys; from devops_workloads.processes import sleeping_openmp_threads as s; "
+             "print(s()); print(os.environ.get('OMP_WAIT_POLICY')); import torch")
+    env = {k: v for k, v in os.environ.items() if k not in processes.OPENMP_WAIT_SETTINGS}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[:2] == ["OpenMP threads sleep while they wait (OMP_WAIT_POLICY=PASSIVE; set OMP_WAIT_POLICY=ACTIVE to spin)", "PASSIVE"]
+    for key, value in [("OMP_WAIT_POLICY", "ACTIVE"), ("GOMP_SPINCOUNT", "100000"), ("KMP_BLOCKTIME", "1")]:
+        out = subprocess.run([sys.executable, "-c", probe], env={**env, key: value}, capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+        assert out[0] == f"OpenMP threads wait as {key}={value} says"
+        assert out[1] == (value if key == "OMP_WAIT_POLICY" else "None")
+    for key in processes.OPENMP_WAIT_SETTINGS:
+        monkeypatch.delenv(key, raising=False)
+    assert "torch was loaded before" in processes.sleeping_openmp_threads()  # this process: too late, left alone
+    assert "OMP_WAIT_POLICY" not in os.environ
+    server = start_server(tiny_bpe, "--log-level", "info", name="openmp")
+    assert "OpenMP threads sleep while they wait" in server.log.read_text()
+
+
 def test_cpu_threads_default_is_every_usable_core_unless_told(monkeypatch):
     """--threads wins, OMP_NUM_THREADS is left to torch, else every usable core (two threads beat one
     on a quiet 2-core machine: bench/serve.py)."""

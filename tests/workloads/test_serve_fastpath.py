@@ -384,3 +384,60 @@ def test_a_running_engine_answers_the_same_with_the_lean_step_on_and_off(qwen, m
     assert "decode steps run the lean decode step: qwen2 model with sdpa attention" in caplog.text
     assert on == off
     assert [n for _, n in on] == lengths and all(text for text, _ in on)
+
+
+def test_new_prompts_share_the_running_rows_vocabulary_projection(qwen):
+    """With the lean step, requests that arrive join the running rows' step: their prompts run
+    through the model's body and their first tokens come from the same lm_head product as the
+    running rows' next ones (one product per step, never one of their own). Every answer is the one
+    ``generate`` gives the prompt alone; a prompt-scoring request and one that wants no token keep
+    the separate prefill; a cancelled row leaves."""
+    import torch
+
+    from devops_workloads.serve.engine import BatchingEngine, GenerationRequest, SamplingParams
+
+    model, tok = qwen
+    engine = BatchingEngine(model, tok, max_batch_size=8)
+    decoder = engine._decode_path()
+    assert decoder is not None
+    projected, heads = [], []
+    real_project = decoder.project
+    decoder.project = lambda h: (projected.append(h.shape[0]), real_project(h))[1]
+    hook = model.lm_head.register_forward_hook(lambda m, i, o: heads.append(o.shape))  # the separate prefill's head
+    events: dict[int, list] = {}
+
+    def request(i, prompt, **params):
+        params = {"max_tokens": 10, "temperature": 0, "ignore_eos": True, **params}
+        return GenerationRequest(tok(prompt).input_ids, SamplingParams(**params), lambda ev: events.setdefault(i, []).append(ev))
+
+    first = [request(i, p) for i, p in enumerate(FIRST)]
+    later = [request(4, LATER[0]), request(5, LATER[1], max_tokens=6)]
+    scoring = request(6, FIRST[0], max_tokens=3, prompt_logprobs=1)
+    nothing = request(7, FIRST[2], max_tokens=0, prompt_logprobs=0)
+    try:
+        with torch.inference_mode():
+            engine._step(first)
+            assert projected == [4] and heads == []
+            engine._step([])
+            engine._step(later + [scoring, nothing])
+            # the scorer and the empty request were prefilled on their own (all positions' logits) and the scorer
+            # then decoded with the running rows; the two new ones joined the projection
+            vocab = model.config.vocab_size
+            assert heads == [(1, len(tok(FIRST[0]).input_ids), vocab), (1, len(tok(FIRST[2]).input_ids), vocab)]
+            assert projected[2] == 4 + 1 + 2
+            first[1].cancel()
+            while engine._rows:
+                engine._step([])
+    finally:
+        hook.remove()
+    assert max(projected) <= 8 and len(heads) == 2
+    assert events[7][-1].finish_reason == "length" and events[7][-1].completion_tokens == 0
+    assert events[6][0].prompt_logprobs is not None and len(events[6][0].prompt_logprobs) == len(tok(FIRST[0]).input_ids)
+    assert len(events[1]) == 3 and all(e.finish_reason is None for e in events[1])  # cancelled after its third token
+    with torch.inference_mode():
+        for i, (prompt, n) in {0: (FIRST[0], 10), 2: (FIRST[2], 10), 3: (FIRST[3], 10), 4: (LATER[0], 10),
+                               5: (LATER[1], 6), 6: (FIRST[0], 3)}.items():
+            ids = tok(prompt, return_tensors="pt").input_ids
+            out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            assert [e.token_id for e in events[i]] == out[0, ids.shape[1]:].tolist(), i
+            assert events[i][-1].finish_reason == "length"

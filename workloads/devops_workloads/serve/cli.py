@@ -145,11 +145,15 @@ def serve(config, host: str, port: int, log_level: str = "info") -> None:
     """Run the server in the foreground until SIGINT/SIGTERM."""
     import logging
 
+    from ..processes import sleeping_openmp_threads
+
+    openmp = sleeping_openmp_threads()  # before torch loads (uvicorn's app imports it)
     import uvicorn
 
     from .app import create_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("devops_model.serve").info("%s", openmp)
     print(f"serving {config.model_dir} as {config.served_model_name!r} on http://{host}:{port} "
           f"(web chat {'at /' if config.ui else 'off'}; API key {'required' if config.api_key else 'not required'})",
           file=sys.stderr, flush=True)
