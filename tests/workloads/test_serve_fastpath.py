@@ -209,12 +209,14 @@ def test_each_attention_implementation_and_dtype_decodes_like_its_forward(qwen, 
 
 
 def test_the_lean_step_references_the_models_parameters(qwen):
-    """No copy of any weight: the server's memory is measured against other servers."""
+    """No copy of any weight (the server's memory is measured against other servers), except the
+    packed vocabulary projection, which pack_head makes on purpose (and which starts out None)."""
     from devops_workloads.serve.fastpath import fast_decoder
 
     model, _ = qwen
     decoder, _ = fast_decoder(model)
     own = {t.data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    assert decoder.packed_head is None
     held = [t for t in vars(decoder).values() if hasattr(t, "data_ptr")]
     held += [t for layer in decoder.layers for t in vars(layer).values() if hasattr(t, "data_ptr")]
     assert len(held) == 4 + 2 * 12 and all(t.data_ptr() in own for t in held)
@@ -260,6 +262,38 @@ def test_small_layers_run_on_one_thread_and_the_head_on_all(qwen, monkeypatch):
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(outer)
+
+
+def test_the_packed_vocabulary_projection_gives_f_linears_numbers(qwen, monkeypatch, caplog):
+    """pack_head packs lm_head's weight once (oneDNN) and uses it only for the row counts at which
+    it gives exactly F.linear's numbers; every count gives them either way. Without the oneDNN ops
+    the projection stays F.linear, and the engine logs what it decided."""
+    import torch
+    import torch.nn.functional as F
+
+    from devops_workloads.serve import fastpath
+    from devops_workloads.serve.engine import BatchingEngine
+
+    model, tok = qwen
+    decoder, _ = fastpath.fast_decoder(model)
+    note = decoder.pack_head(16)
+    packed = decoder.packed_head
+    assert torch.backends.mkldnn.is_available()  # x86 and ARM builds of torch have it
+    assert packed is not None and 16 in packed.rows and "packed weight for" in note, note
+    gen = torch.Generator().manual_seed(5)
+    with torch.inference_mode():
+        for n in range(1, 17):
+            h = torch.randn(n, model.config.hidden_size, generator=gen)
+            assert torch.equal(decoder.project(h), F.linear(h, model.lm_head.weight, model.lm_head.bias)), n
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", lambda *a: (_ for _ in ()).throw(RuntimeError("no oneDNN")))
+    assert decoder.pack_head(16) == "the vocabulary projection runs F.linear (oneDNN packing failed: RuntimeError: no oneDNN)"
+    assert decoder.packed_head is None
+    monkeypatch.undo()
+    with caplog.at_level(logging.INFO, logger="devops_model.serve"):
+        engine = BatchingEngine(model, tok, max_batch_size=4)
+        engine._decode_path()
+    assert "the vocabulary projection uses a packed weight for" in caplog.text
+    assert max(engine._decoder.packed_head.rows) <= 4
 
 
 def _lora(model):

@@ -495,6 +495,8 @@ class BatchingEngine:
             else:
                 why = f"turned off ({ENV}=0 or --no-fast-decode)"
             log.info("decode steps run %s: %s", "the lean decode step" if self._decoder else "the model's forward", why)
+            if self._decoder is not None:
+                log.info("%s", self._decoder.pack_head(self.max_batch_size))
             self._decoder_chosen = True
         return self._decoder
 
