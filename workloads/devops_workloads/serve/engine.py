@@ -410,13 +410,17 @@ class BatchingEngine:
         own body) for the last position's final hidden state, which joins the running rows' in one
         ``lm_head`` product. Requests that need every prompt position's logits (prompt scoring) or no
         token at all keep the separate prefill."""
-        torch = self.torch
         decoder = self._decoder
         assert decoder is not None
         separate = [r for r in new if r.params.prompt_logprobs is not None or r.params.max_tokens == 0]
-        if separate:
+        if separate:  # on torch's threads: a scored prompt's projection is one row per prompt token
             self._admit(separate)
             new = [r for r in new if r.params.prompt_logprobs is None and r.params.max_tokens != 0]
+        with decoder.small_op_threads() as threads:
+            self._fused_step(decoder, new, threads)
+
+    def _fused_step(self, decoder: FastDecoder, new: list[GenerationRequest], threads: int) -> None:
+        torch = self.torch
         new = [r for r in new if not r.cancelled]
         alive = [i for i, r in enumerate(self._rows) if not r.cancelled]
         if len(alive) < len(self._rows):
@@ -434,7 +438,7 @@ class BatchingEngine:
             kwargs = {"cache" if self._cache_arg_is_cache else "past_key_values": cache}
             out = self.model.model(input_ids=ids, attention_mask=mask, position_ids=prompt_positions, use_cache=True, **kwargs)
             hidden.append(out.last_hidden_state[:, -1, :])
-        logits = decoder.project(torch.cat(hidden) if len(hidden) > 1 else hidden[0])
+        logits = decoder.project(torch.cat(hidden) if len(hidden) > 1 else hidden[0], threads)
         self.stats.steps += 1
         if self.stats.on_step:
             self.stats.on_step(n + len(new))

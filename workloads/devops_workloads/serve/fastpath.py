@@ -20,10 +20,12 @@ other architectures, remote code, adapters or quantized layers (their modules ar
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +44,8 @@ ARCHITECTURES = {
 
 #: Decoder layers whose largest weight has at most this many elements (1M: 4 MiB in float32, e.g.
 #: hidden 128 × intermediate 384 of the tiny test model, far below Qwen2.5-0.5B's 896 × 4864) run a
-#: decode step on ONE thread. Each of their matrix products takes microseconds, and splitting one over
+#: decode step on ONE thread (the engine's fused step runs everything but the projection so: the new
+#: prompts' layers, the sampling). Each of their matrix products takes microseconds, and splitting one over
 #: OpenMP threads costs more than it saves: the threads meet at a barrier after every operation, and
 #: on a machine whose cores the HTTP server and tokenization also need, a thread that is not
 #: scheduled stalls them all (measured: a 16 × 128 × 384 product took 23 µs on one thread and 41 µs on
@@ -131,6 +134,18 @@ class _PackedHead:
     rows: frozenset[int]
 
 
+def _best_time(fn: Callable[[], Any], repeats: int = 3) -> float:
+    """The fastest of ``repeats`` timed calls after one warm-up (seconds)."""
+    with torch.inference_mode():
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
 def _ranges(values: list[int]) -> str:
     """1, 2, 3, 5 → "1-3, 5"."""
     out: list[str] = []
@@ -191,23 +206,38 @@ class FastDecoder:
     def hidden(self, tokens: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, cache: Any) -> torch.Tensor:
         """The step without the vocabulary projection: the pending tokens' final hidden states
         [B, hidden] after the model's final norm (what ``project`` turns into logits)."""
-        threads = torch.get_num_threads()
-        if self.layer_threads is None or self.layer_threads >= threads or tokens.device.type != "cpu":
+        with self.small_op_threads():
             h = self._layers(tokens, mask, position_ids, cache)
-        else:
-            torch.set_num_threads(self.layer_threads)
-            try:
-                h = self._layers(tokens, mask, position_ids, cache)
-            finally:
-                torch.set_num_threads(threads)
         return _rms_norm(h, self.norm, self.norm_eps)
 
-    def project(self, h: torch.Tensor) -> torch.Tensor:
-        """The vocabulary projection (``lm_head``) of final hidden states [B, hidden]: logits [B, vocab]."""
-        packed = self.packed_head
-        if packed is not None and h.shape[0] in packed.rows:
-            return torch.ops.mkldnn._linear_pointwise(h, packed.weight, self.lm_head_b, "none", [], "")
-        return F.linear(h, self.lm_head_w, self.lm_head_b)
+    @contextlib.contextmanager
+    def small_op_threads(self) -> Iterator[int]:
+        """Run what the block holds on one thread when the layers are small (:data:`SMALL_LAYER`; on
+        CPUs); yields torch's thread count before it, the one :meth:`project` should use."""
+        threads = torch.get_num_threads()
+        if self.layer_threads is None or self.layer_threads >= threads or self.embed.device.type != "cpu":
+            yield threads
+            return
+        torch.set_num_threads(self.layer_threads)
+        try:
+            yield threads
+        finally:
+            torch.set_num_threads(threads)
+
+    def project(self, h: torch.Tensor, threads: int | None = None) -> torch.Tensor:
+        """The vocabulary projection (``lm_head``) of final hidden states [B, hidden]: logits [B, vocab],
+        on ``threads`` torch threads when given (inside :meth:`small_op_threads`)."""
+        current = torch.get_num_threads()
+        if threads is not None and threads != current:
+            torch.set_num_threads(threads)
+        try:
+            packed = self.packed_head
+            if packed is not None and h.shape[0] in packed.rows:
+                return torch.ops.mkldnn._linear_pointwise(h, packed.weight, self.lm_head_b, "none", [], "")
+            return F.linear(h, self.lm_head_w, self.lm_head_b)
+        finally:
+            if threads is not None and threads != current:
+                torch.set_num_threads(current)
 
     def pack_head(self, max_rows: int) -> str:
         """Prepare the vocabulary projection in oneDNN's blocked layout for up to ``max_rows`` rows
@@ -238,6 +268,12 @@ class FastDecoder:
             return f"the vocabulary projection runs F.linear (oneDNN packing failed: {type(exc).__name__}: {exc})"
         if not rows:
             return "the vocabulary projection runs F.linear (the packed one never gave the same numbers)"
+        n = max(rows)
+        x = torch.randn(n, weight.shape[1], generator=gen).to(weight.dtype)
+        plain = _best_time(lambda: F.linear(x, weight, self.lm_head_b))
+        fast = _best_time(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, self.lm_head_b, "none", [], ""))
+        if fast >= plain:  # a CPU whose oneDNN kernel is no faster (bf16 without AVX512-BF16, say)
+            return f"the vocabulary projection runs F.linear (the packed one was not faster: {fast * 1e3:.2f} vs {plain * 1e3:.2f} ms)"
         self.packed_head = _PackedHead(packed, frozenset(rows))
         return f"the vocabulary projection uses a packed weight for {_ranges(sorted(rows))} rows"
 
