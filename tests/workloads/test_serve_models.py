@@ -480,3 +480,66 @@ def test_sse_events_are_single_data_lines():
     raw = sse_bytes({"choices": [{"delta": {"content": "第一行\n第二行"}}]})
     assert raw.startswith(b"data: ") and raw.endswith(b"\r\n\r\n") and raw.count(b"\n") == 2
     assert json.loads(raw[6:].decode())["choices"][0]["delta"]["content"] == "第一行\n第二行"
+
+
+def _answer_texts(tail, ids):
+    """The text TextTail gives after each of ``ids`` arrives, for one request."""
+    from devops_workloads.serve.engine import GenerationRequest, SamplingParams
+
+    r = GenerationRequest([1], SamplingParams(), lambda ev: None)
+    out = []
+    for t in ids:
+        r.generated.append(t)
+        out.append(tail.text(r))
+    return r, out
+
+
+def test_answers_are_detokenized_incrementally_and_exactly_like_a_full_decode(tiny_qwen):
+    """With Qwen's byte-level tokenizer the answer text is settled text plus a short decoded tail,
+    and after every token it equals decoding the whole answer: Chinese and emoji split across
+    byte tokens, special tokens in between (skipped), a model that emits invalid UTF-8 bytes."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from devops_workloads.serve.engine import TextTail
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen)
+    tail = TextTail.for_tokenizer(tok)
+    assert tail.incremental
+    text = "如何排查 Pod 一直处于 CrashLoopBackOff？🚀 kubectl rollout undo deployment/web --to-revision=2\n" * 3
+    ids = tok(text).input_ids
+    byte_tokens = [tok.convert_tokens_to_ids(c) for c in ("ä", "¸", "Ń", "ðŁ", "Ģ")]  # pieces of UTF-8 sequences
+    specials = [tok.convert_tokens_to_ids(s) for s in ("<|im_end|>", "<|endoftext|>", "<|im_start|>")]
+    assert all(isinstance(i, int) and i >= 0 for i in byte_tokens + specials)
+    rng = random.Random(0)
+    mixed = list(ids)
+    for _ in range(60):
+        mixed.insert(rng.randrange(len(mixed) + 1), rng.choice(byte_tokens + specials + [rng.randrange(len(tok))]))
+    for seq in (ids, mixed, [rng.randrange(len(tok)) for _ in range(200)]):
+        r, texts = _answer_texts(tail, seq)
+        assert texts == [tok.decode(seq[:k + 1], skip_special_tokens=True) for k in range(len(seq))]
+        assert r.settled >= len(seq) - 2 * TextTail.SETTLE  # the tail stays short: work per token is bounded
+    assert "\ufffd" in tok.decode(mixed, skip_special_tokens=True)  # the invalid bytes were really there
+
+
+def test_tokenizers_whose_text_is_not_concatenative_decode_the_whole_answer(tmp_path):
+    """A SentencePiece-style tokenizer drops the leading space of the first piece, so the text of
+    a + b is not the text of a followed by b's: such a tokenizer keeps the full decode."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from devops_workloads.serve.engine import TextTail
+
+    vocab = {"<unk>": 0, "▁Hello": 1, "▁world": 2, "▁pods": 3, "!": 4}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", clean_up_tokenization_spaces=False)
+    ids = [1, 2, 3, 4] * 10
+    assert tok.decode(ids[:1]) + tok.decode(ids[1:2]) != tok.decode(ids[:2])  # why it cannot be incremental
+    tail = TextTail.for_tokenizer(tok)
+    assert not tail.incremental
+    _, texts = _answer_texts(tail, ids)
+    assert texts == [tok.decode(ids[:k + 1], skip_special_tokens=True) for k in range(len(ids))]
+    assert not TextTail.for_tokenizer(type("Slow", (), {"decode": tok.decode})()).incremental

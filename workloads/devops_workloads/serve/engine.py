@@ -117,6 +117,9 @@ class GenerationRequest:
         self.cancelled = False
         self.generated: list[int] = []
         self.emitted = 0  # characters of the visible text already sent
+        # Incremental detokenization (TextTail): the text of generated[:settled], decoded once.
+        self.settled = 0
+        self.settled_text = ""
         self.generator = None
         self.prompt_logprobs = None  # computed at prefill when asked for
 
@@ -168,6 +171,7 @@ class BatchingEngine:
                 eos.update(int(x) for x in src)
         self.eos_ids = eos
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
+        self.detokenizer = TextTail.for_tokenizer(tokenizer)
         self.defaults = dict(SEED_DEFAULTS)
         if gen is not None:
             if getattr(gen, "do_sample", None) is False:
@@ -637,7 +641,7 @@ class BatchingEngine:
             r.generated.append(token)
             if p.constraint is not None and p.constraint.finished:
                 finish = "stop"  # the grammar is complete: nothing but end-of-sequence may follow
-        text = self.tokenizer.decode(r.generated, skip_special_tokens=True)
+        text = self.detokenizer.text(r)
         visible = text
         if p.stop:
             hits = [text.find(s, max(0, r.emitted - len(s))) for s in p.stop]
@@ -671,6 +675,46 @@ class BatchingEngine:
             ev.completion_tokens = len(r.generated) + (1 if is_eos else 0)
         r.sink(ev)
         return finish is not None
+
+
+class TextTail:
+    """A request's answer text, decoded incrementally where that gives exactly the full decode.
+
+    Decoding the whole answer after every token costs O(n) per token (0.5 ms for 512 tokens of
+    Qwen's tokenizer on one core: more than a small model's step with 16 rows), O(n^2) per answer.
+    For a byte-level BPE tokenizer (GPT-2/Qwen/Llama-3 style: the ``tokenizers`` ByteLevel decoder,
+    no clean-up of spaces) the text of ``a + b`` is the text of ``a`` followed by the text of ``b``
+    whenever ``a``'s bytes end on a character boundary, which is exactly when its text does not
+    end in U+FFFD (an unfinished UTF-8 sequence decodes to it). So the answer is kept as settled
+    text plus a short tail that is decoded each time, and the tail is settled once it is
+    ``SETTLE`` tokens long and ends cleanly. Any other tokenizer (SentencePiece's leading-space
+    rule, clean-up of spaces, remote code) decodes the whole answer as before.
+    """
+
+    SETTLE = 16
+
+    def __init__(self, decode: Callable[[list[int]], str], incremental: bool):
+        self.decode = decode
+        self.incremental = incremental
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer) -> "TextTail":
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        decoder = getattr(backend, "decoder", None)
+        if (backend is not None and type(decoder).__name__ == "ByteLevel"
+                and getattr(tokenizer, "clean_up_tokenization_spaces", True) is False):
+            return cls(lambda ids: backend.decode(ids, skip_special_tokens=True), True)
+        return cls(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), False)
+
+    def text(self, r: GenerationRequest) -> str:
+        """The text of ``r.generated`` (special tokens skipped), as a full decode gives it."""
+        if not self.incremental:
+            return self.decode(r.generated)
+        tail = self.decode(r.generated[r.settled:])
+        text = r.settled_text + tail
+        if len(r.generated) - r.settled >= self.SETTLE and tail and not tail.endswith("\ufffd"):
+            r.settled, r.settled_text = len(r.generated), text
+        return text
 
 
 def _plain_greedy(p: SamplingParams) -> bool:
