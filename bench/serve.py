@@ -25,6 +25,10 @@ model, with the same prompts and exactly the same number of new tokens per reque
   tokens are counted from its streamed chunks (it has no ``ignore_eos``; the tiny model with
   random weights practically never ends early, and the bench checks the counts).
 * memory: peak resident memory of each server process (``VmHWM`` in /proc), model included.
+* both servers run side by side (each idles at ~0 CPU while the other is driven) and every level is
+  measured in alternating halves (ours, anchor, anchor, ours): this machine's speed drifts by up to
+  2x within minutes (shared host), and measuring one server's levels after the other's put that drift
+  into the ratio (the same code gave 1.51, 1.29 and 1.05 at 16 clients in three runs in a row).
 
 Throughput ratios are ours / anchor, TTFT ratios anchor / ours, memory ratios anchor / ours:
 above 1 means the built-in server is better.
@@ -158,9 +162,19 @@ def drive(url: str, clients: int, total: int, model: str | None = None) -> dict:
     done = total - len(failures)
     # the anchor counts chunks (one token each, or fewer when a token is only part of a character)
     assert 0.9 * done * NEW_TOKENS <= tokens[0] <= done * NEW_TOKENS, (tokens[0], done * NEW_TOKENS)
-    return {"tokens_per_s": tokens[0] / wall if done else None, "ttft_mean": statistics.mean(ttfts) if ttfts else None,
+    return summary([{"tokens": tokens[0], "ttfts": ttfts, "wall_s": wall, "failures": failures, "done": done}])
+
+
+def summary(parts: list[dict]) -> dict:
+    """Throughput (all tokens / all wall time), TTFT and failures of one or more measured parts."""
+    tokens = sum(p["tokens"] for p in parts)
+    wall = sum(p["wall_s"] for p in parts)
+    ttfts = [t for p in parts for t in p["ttfts"]]
+    failures = [f for p in parts for f in p["failures"]]
+    done = sum(p["done"] for p in parts)
+    return {"tokens_per_s": tokens / wall if done else None, "ttft_mean": statistics.mean(ttfts) if ttfts else None,
             "ttft_p50": statistics.median(ttfts) if ttfts else None, "wall_s": wall, "failed": len(failures),
-            "failures": sorted(set(failures))}
+            "failures": sorted(set(failures)), "parts": parts}
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -198,29 +212,39 @@ def wait_healthy(url: str, proc: subprocess.Popen, deadline: float) -> bool:
         time.sleep(0.5)
 
 
-def serve_and_drive(cmd: list[str], log_path: Path, label: str, model: str | None, requests: dict) -> dict:
-    """Start a server, wait for /health, drive every level, note its peak memory, stop it."""
-    import httpx
-
+def start_server(cmd: list[str], log_path: Path, label: str) -> tuple[subprocess.Popen, str]:
+    """Start a server and wait for its /health; returns (process, base URL)."""
     port = free_port()
     cmd = [c.replace("{port}", str(port)) for c in cmd]
     proc = subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
-    try:
-        if not wait_healthy(url, proc, time.time() + 600):
-            raise SystemExit(f"{label} did not start; see {log_path}")
-        drive(url, 2, 4, model)  # warm-up (and the anchor's lazy first load)
-        out: dict = {}
-        for c in LEVELS:
-            print(f"{label}: {c} concurrent client(s) …", flush=True)
-            out[c] = drive(url, c, requests[c], model)
-        out["peak_rss_mib"] = peak_rss_mib(proc.pid)
-        return out
-    finally:
+    if not wait_healthy(url, proc, time.time() + 600):
         from devops_workloads.processes import stop_group
 
         stop_group(proc, timeout=30)
+        raise SystemExit(f"{label} did not start; see {log_path}")
+    return proc, url
+
+
+def drive_interleaved(servers: dict[str, tuple[str, str | None]], requests: dict) -> dict[str, dict]:
+    """Every level on every server in alternating halves (A B, then B A), so that a drift of the
+    machine's speed during the run falls on both servers alike. ``servers``: label -> (url, model)."""
+    labels = list(servers)
+    for label, (url, model) in servers.items():
+        drive(url, 2, 4, model)  # warm-up (and the anchor's lazy first load)
+    out: dict[str, dict] = {label: {} for label in labels}
+    for c in LEVELS:
+        parts: dict[str, list] = {label: [] for label in labels}
+        half = max(c, requests[c] // 2)
+        for order in (labels, labels[::-1]):
+            for label in order:
+                url, model = servers[label]
+                print(f"{label}: {c} concurrent client(s), {half} requests …", flush=True)
+                parts[label] += drive(url, c, half, model)["parts"]
+        for label in labels:
+            out[label][c] = summary(parts[label])
+    return out
 
 
 def main() -> int:
@@ -244,12 +268,25 @@ def main() -> int:
     base = anchor(model_dir)
 
     bindir = Path(sys.executable).parent
-    ours = serve_and_drive([str(bindir / "devops-model"), "serve", "--model", str(model_dir), "--port", "{port}",
-                            "--max-concurrency", "16", "--max-batch-size", "16", "--device", "cpu", "--dtype", "float32",
-                            "--log-level", "warning"], tmp / "serve.log", "ours", None, requests)
-    tf = serve_and_drive([str(bindir / "transformers"), "serve", str(model_dir), "--continuous-batching", "--host", "127.0.0.1",
-                          "--port", "{port}", "--device", "cpu", "--dtype", "float32", "--log-level", "warning"],
-                         tmp / "transformers-serve.log", "transformers serve", str(model_dir), requests)
+    ours_cmd = [str(bindir / "devops-model"), "serve", "--model", str(model_dir), "--port", "{port}",
+                "--max-concurrency", "16", "--max-batch-size", "16", "--device", "cpu", "--dtype", "float32",
+                "--log-level", "warning"]
+    tf_cmd = [str(bindir / "transformers"), "serve", str(model_dir), "--continuous-batching", "--host", "127.0.0.1",
+              "--port", "{port}", "--device", "cpu", "--dtype", "float32", "--log-level", "warning"]
+    from devops_workloads.processes import stop_group
+
+    procs = []
+    try:
+        procs.append(start_server(ours_cmd, tmp / "serve.log", "ours"))
+        procs.append(start_server(tf_cmd, tmp / "transformers-serve.log", "transformers serve"))
+        (ours_proc, ours_url), (tf_proc, tf_url) = procs
+        measured = drive_interleaved({"ours": (ours_url, None), "transformers serve": (tf_url, str(model_dir))}, requests)
+        ours, tf = measured["ours"], measured["transformers serve"]
+        ours["peak_rss_mib"] = peak_rss_mib(ours_proc.pid)
+        tf["peak_rss_mib"] = peak_rss_mib(tf_proc.pid)
+    finally:
+        for proc, _ in procs:
+            stop_group(proc, timeout=30)
     tf_name = f"transformers serve --continuous-batching ({version('transformers')})"
     # The machine is shared: measure the anchor again after the servers and use the mean of both.
     print("anchor again …", flush=True)
@@ -278,7 +315,7 @@ def main() -> int:
             "anchor": round(t["tokens_per_s"], 1) if t["tokens_per_s"] else None,
             "ratio": round(o["tokens_per_s"] / t["tokens_per_s"], 2) if t["tokens_per_s"] else None,
             "unit": "tokens/s",
-            "notes": f"both over loopback HTTP+SSE, same client; {requests[c]} requests: ours {o['wall_s']:.1f}s, "
+            "notes": f"both over loopback HTTP+SSE, same client, side by side in alternating halves; {requests[c]} requests: ours {o['wall_s']:.1f}s, "
                      f"anchor {t['wall_s']:.1f}s{failed}",
         })
         rows.append({

@@ -680,8 +680,9 @@ class BatchingEngine:
 class TextTail:
     """A request's answer text, decoded incrementally where that gives exactly the full decode.
 
-    Decoding the whole answer after every token costs O(n) per token (0.5 ms for 512 tokens of
-    Qwen's tokenizer on one core: more than a small model's step with 16 rows), O(n^2) per answer.
+    Decoding the whole answer after every token costs O(n) per token (0.21 ms for 512 tokens of
+    Qwen's tokenizer on a quiet core), O(n^2) per answer: 76 µs per token over a 512-token answer
+    against 5 µs incrementally.
     For a byte-level BPE tokenizer (GPT-2/Qwen/Llama-3 style: the ``tokenizers`` ByteLevel decoder,
     no clean-up of spaces) the text of ``a + b`` is the text of ``a`` followed by the text of ``b``
     whenever ``a``'s bytes end on a character boundary, which is exactly when its text does not
