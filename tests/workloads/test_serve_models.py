@@ -522,8 +522,29 @@ def test_answers_are_detokenized_incrementally_and_exactly_like_a_full_decode(ti
         assert r.settled >= len(seq) - 2 * TextTail.SETTLE  # the tail stays short: work per token is bounded
     assert "\ufffd" in tok.decode(mixed, skip_special_tokens=True)  # the invalid bytes were really there
 
+    # Through the engine: a 48-token answer (settled three times) streams deltas that add up to the
+    # full decode of its tokens, which is also the final text.
+    import torch
+    from transformers import AutoModelForCausalLM
 
-def test_tokenizers_whose_text_is_not_concatenative_decode_the_whole_answer(tmp_path):
+    from devops_workloads.serve.engine import BatchingEngine, SamplingParams
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen, dtype=torch.float32).eval()
+    engine = BatchingEngine(model, tok, max_batch_size=2)
+    assert engine.detokenizer.incremental
+    events, done = [], threading.Event()
+    engine.start()
+    try:
+        engine.submit(tok(text).input_ids, SamplingParams(max_tokens=48, temperature=0, ignore_eos=True),
+                      lambda ev: (events.append(ev), ev.finish_reason and done.set()))
+        assert done.wait(120)
+    finally:
+        engine.stop()
+    answer = tok.decode([e.token_id for e in events], skip_special_tokens=True)
+    assert len(events) == 48 and events[-1].full_text == answer == "".join(e.text for e in events)
+
+
+def test_tokenizers_whose_text_is_not_concatenative_decode_the_whole_answer():
     """A SentencePiece-style tokenizer drops the leading space of the first piece, so the text of
     a + b is not the text of a followed by b's: such a tokenizer keeps the full decode."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
