@@ -19,15 +19,21 @@ from tests.plugins.serve import API_KEY, LINEAGE
 
 pytestmark = pytest.mark.browser
 
-# Records every text the last assistant bubble showed, as the DOM changed (set up before sending).
+# Records every text the page rendered into the last assistant bubble: each call of the page's own
+# showAnswer (one per streamed delta; the page is a classic script, so its global can be wrapped), and
+# every state the DOM went through (a MutationObserver, which batches the changes of one task: how many
+# states it sees depends on how the browser's reads split the stream, so it is not counted).
 OBSERVE = """
+window.__rendered = [];
+(show => { window.showAnswer = (bubble, text) => { window.__rendered.push(text); return show(bubble, text); }; })(window.showAnswer);
 window.__seen = [];
 new MutationObserver(() => {
   const bubbles = document.querySelectorAll('.msg.assistant');
   if (!bubbles.length) return;
   const b = bubbles[bubbles.length - 1], text = b.dataset.markdown ?? b.textContent;
   if (window.__seen[window.__seen.length - 1] !== text) window.__seen.push(text);
-}).observe(document.getElementById('messages'), {childList: true, subtree: true, characterData: true});
+}).observe(document.getElementById('messages'),
+           {childList: true, subtree: true, characterData: true, attributes: true, attributeFilter: ['data-markdown']});
 true
 """
 
@@ -75,10 +81,13 @@ def test_web_chat_streams_answers_with_history_and_shows_lineage(bpe_server, chr
     seen = page.eval("window.__seen")
     expected = api_answer(bpe_server, [{"role": "user", "content": question}], 48)
     assert answer == expected and answer
+    rendered = page.eval("window.__rendered")
+    assert len(rendered) >= 3, f"the answer should be rendered delta by delta, saw {rendered!r}"
+    assert all(b.startswith(a) and b != a for a, b in zip(rendered, rendered[1:])), "each update extends the previous text"
+    assert rendered[-1] == answer
     growing = [s for s in seen if s]
-    assert len(growing) >= 3, f"the answer should appear incrementally, saw {growing!r}"
-    assert all(b.startswith(a) for a, b in zip(growing, growing[1:])), "each update extends the previous text"
-    assert growing[-1] == answer
+    assert growing and growing[-1] == answer, f"the bubble's DOM should end on the answer, saw {growing!r}"
+    assert all(b.startswith(a) for a, b in zip(growing, growing[1:])), "each DOM state extends the previous text"
     user_text = page.eval("document.querySelector('.msg.user').textContent")
     assert user_text == question
 
