@@ -54,7 +54,7 @@ quickstart: venv
 # bench/results/<area>.json; report.py turns them into bench/RESULTS.md.
 bench: venv cluster-build
 	bash bench/setup_llamafactory.sh   # LLaMA-Factory's own venv (the train anchor), outside the repo
-	@set -e; for b in bench/quickstart.py bench/train.py bench/head.py bench/data.py bench/eval.py bench/eval_process.py bench/quantize.py bench/serve.py bench/operator_scale.py; do \
+	@set -e; for b in bench/quickstart.py bench/train.py bench/head.py bench/data.py bench/eval.py bench/eval_process.py bench/quantize.py bench/serve.py bench/kv_cache.py bench/operator_scale.py; do \
 	  if [ -f $$b ]; then echo "== $$b"; $(BIN)/python $$b; fi; done
 	$(BIN)/python bench/report.py > /dev/null
 	@echo "wrote bench/RESULTS.md"

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["quickstart", "train", "head", "head_gpu", "data", "eval", "eval_process", "quantize", "serve", "operator", "gpu"]
+ORDER = ["quickstart", "train", "head", "head_gpu", "data", "eval", "eval_process", "quantize", "serve", "kv_cache", "operator", "gpu"]
 
 
 def _fmt(v) -> str:

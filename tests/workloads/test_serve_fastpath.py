@@ -491,3 +491,74 @@ def test_new_prompts_share_the_running_rows_vocabulary_projection(qwen):
             out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
             assert [e.token_id for e in events[i]] == out[0, ids.shape[1]:].tolist(), i
             assert events[i][-1].finish_reason == "length"
+
+
+def test_the_cache_grows_in_place_like_dynamiclayer_update_and_never_writes_a_view_it_gave_away():
+    """append_kv returns what DynamicLayer.update returns, step after step, while the layer's
+    tensors are replaced the ways the engine and transformers replace them (row selection, a
+    left-padded merge, trimmed columns, a step through the model's forward, a crop); between those
+    it writes into the same buffer (no copy of the cache), and a view handed out before a
+    replacement keeps its values."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from devops_workloads.serve.fastpath import KV_ROOM_MIN, append_kv
+
+    gen = torch.Generator().manual_seed(0)
+
+    def new(rows, length=1):
+        return torch.randn(rows, 2, length, 8, generator=gen), torch.randn(rows, 2, length, 8, generator=gen)
+
+    ours, ref = DynamicLayer(), DynamicLayer()
+    k, v = new(3, 5)
+    for layer in (ours, ref):
+        layer.update(k, v)  # the prefill (the model's forward)
+
+    def step(rows):
+        k, v = new(rows)
+        got, expected = append_kv(ours, k, v), ref.update(k, v)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        assert ours.get_seq_length() == ref.get_seq_length()
+        return got
+
+    keys, _ = step(3)
+    storage = keys.data_ptr()
+    for _ in range(KV_ROOM_MIN + 3):  # fills the first room and moves once into a larger buffer
+        keys, _ = step(3)
+    moved = keys.data_ptr()
+    assert moved != storage
+    for _ in range(5):  # room left: the same buffer, no copy
+        keys, _ = step(3)
+        assert keys.data_ptr() == moved
+    held, held_values = keys.clone(), ours.values.clone()
+    given = (ours.keys, ours.values)
+
+    replacements = [
+        lambda layer: layer.batch_select_indices(torch.tensor([0, 2])),       # rows leave
+        lambda layer: layer.crop(-2),                                          # a crop: a shorter view of the same buffer
+        lambda layer: setattr(layer, "keys", layer.keys[..., 3:, :]) or setattr(layer, "values", layer.values[..., 3:, :]),
+        lambda layer: layer.update(*new_for(layer)),                           # a step through the forward
+    ]
+    for replace in replacements:
+        replace(ours)
+        replace(ref)
+        step(ours.keys.shape[0])
+        assert torch.equal(given[0], held) and torch.equal(given[1], held_values), "a view given away was written"
+        given = (ours.keys, ours.values)
+        held, held_values = ours.keys.clone(), ours.values.clone()
+    # a merge with a left-padded other batch (the engine's _merge): new tensors again
+    k2, v2 = new(1, ours.keys.shape[-2])
+    for layer in (ours, ref):
+        layer.keys, layer.values = torch.cat([layer.keys, k2]), torch.cat([layer.values, v2])
+    for _ in range(3):
+        step(3)
+    assert torch.equal(given[0], held) and torch.equal(given[1], held_values)
+
+
+def new_for(layer):
+    """A one-position key/value update with ``layer``'s rows (the same numbers each time it is seeded alike)."""
+    import torch
+
+    g = torch.Generator().manual_seed(7)
+    rows = layer.keys.shape[0]
+    return torch.randn(rows, 2, 1, 8, generator=g), torch.randn(rows, 2, 1, 8, generator=g)

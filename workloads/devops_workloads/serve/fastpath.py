@@ -10,7 +10,7 @@ in both, ~10 ms). :class:`FastDecoder` runs exactly the same tensor operations a
 ``modeling_qwen2.py`` / ``modeling_llama.py`` (transformers 5) for one new token per row, on the
 model's own parameters (referenced, never copied), and reads and appends to the engine's own
 ``DynamicCache``, so that the engine's merging and row selection work unchanged and a step may use
-either path.
+either path. It appends in place (:func:`append_kv`) where ``DynamicLayer.update`` concatenates.
 
 Anything the lean step does not reproduce keeps the model's forward (:func:`fast_decoder` says why):
 other architectures, remote code, adapters or quantized layers (their modules are not plain
@@ -89,6 +89,55 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     variance = x.pow(2).mean(-1, keepdim=True)
     x = x * torch.rsqrt(variance + eps)
     return weight * x.to(dtype)
+
+
+#: Room a layer's key/value buffers get past the cache's length when they are (re)allocated, as a
+#: fraction of that length (at least :data:`KV_ROOM_MIN` positions): at most a quarter more memory.
+KV_ROOM = 0.25
+KV_ROOM_MIN = 16
+#: The attribute of a ``DynamicLayer`` that holds its buffers: (keys, values, the length in use).
+_ROOM = "_devops_model_room"
+
+
+def append_kv(layer: Any, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``DynamicLayer.update(k, v)`` for one new position per row (``k``, ``v``: [B, kv_heads, 1,
+    head_dim]): the layer's keys and values with it appended, without copying the whole cache.
+
+    ``DynamicLayer.update`` concatenates, so every decode step copied each layer's whole cache:
+    O(length) per step and O(length²) per answer (a 2k-token context of Qwen2.5-0.5B's shape, 4 rows,
+    float32: ~4 MB per layer and tensor, 48 copies a step). Here ``layer.keys``/``layer.values`` are
+    views of the first ``length`` positions of buffers with room after them; the new position is
+    written into the room and the views grow by one. The buffers are reused only while the layer
+    still holds exactly the views set here (same storage, strides and length): anything else that
+    replaces them (the engine's row selection, merging and trimming, a step through the model's
+    forward, a crop) makes the next step copy the cache once into new buffers, with room for
+    :data:`KV_ROOM` more. The numbers are those of the concatenation (attention reads the same
+    values through a strided view)."""
+    keys, values = layer.keys, layer.values
+    if keys is None or values is None or keys.dim() != 4 or values.dim() != 4:
+        return layer.update(k, v)
+    n = keys.shape[-2]
+    room = getattr(layer, _ROOM, None)
+    if room is None or room[2] != n or not (_prefix_view(keys, room[0]) and _prefix_view(values, room[1])) \
+            or n >= room[0].shape[-2]:
+        capacity = n + max(KV_ROOM_MIN, int(n * KV_ROOM))
+        kb = keys.new_empty((*keys.shape[:-2], capacity, keys.shape[-1]))
+        vb = values.new_empty((*values.shape[:-2], capacity, values.shape[-1]))
+        kb[..., :n, :] = keys
+        vb[..., :n, :] = values
+        room = (kb, vb, n)
+    kb, vb, _ = room
+    kb[..., n: n + 1, :] = k
+    vb[..., n: n + 1, :] = v
+    layer.keys, layer.values = kb[..., : n + 1, :], vb[..., : n + 1, :]
+    setattr(layer, _ROOM, (kb, vb, n + 1))
+    return layer.keys, layer.values
+
+
+def _prefix_view(t: torch.Tensor, buffer: torch.Tensor) -> bool:
+    """Whether ``t`` is ``buffer[..., :length, :]`` for some length."""
+    return (t.data_ptr() == buffer.data_ptr() and t.dtype == buffer.dtype and t.device == buffer.device
+            and t.shape[:-2] == buffer.shape[:-2] and t.shape[-1] == buffer.shape[-1] and t.stride() == buffer.stride())
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -307,7 +356,7 @@ class FastDecoder:
             v = F.linear(x, lw.v_w, lw.v_b).view(n, kv_heads, 1, head_dim)
             q = (q * cos) + (_rotate_half(q) * sin)
             k = (k * cos) + (_rotate_half(k) * sin)
-            keys, values = cache.layers[i].update(k, v)
+            keys, values = append_kv(cache.layers[i], k, v)
             out = attention(q, keys, values, attn_mask, self.scaling)  # [B, heads, 1, head_dim]
             h = h + F.linear(out.reshape(n, heads * head_dim), lw.o_w, lw.o_b)
             x = _rms_norm(h, lw.norm2, lw.eps2)
