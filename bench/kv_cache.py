@@ -2,7 +2,7 @@
 in place (``fastpath.append_kv``) vs ``transformers``' ``DynamicLayer.update`` (what ``generate`` and
 the model's forward do: a concatenation, so every step copies each layer's whole cache).
 
-    .venv/bin/python bench/kv_cache.py      # ~5 minutes on 2 cores, ~4 GB of memory: bench/results/kv_cache.json
+    .venv/bin/python bench/kv_cache.py      # ~3 minutes on 2 cores: bench/results/kv_cache.json
 
 A Qwen2.5-0.5B-shaped model (24 layers, hidden 896, 14 query / 2 key-value heads, Qwen's vocabulary)
 with random weights in float32 on the CPU, 4 rows, contexts of 512, 2048 and 4096 tokens. Both

@@ -556,7 +556,7 @@ def test_the_cache_grows_in_place_like_dynamiclayer_update_and_never_writes_a_vi
 
 
 def new_for(layer):
-    """A one-position key/value update with ``layer``'s rows (the same numbers each time it is seeded alike)."""
+    """A one-position key/value update for ``layer``'s rows, the same numbers on every call (both layers get the same)."""
     import torch
 
     g = torch.Generator().manual_seed(7)
