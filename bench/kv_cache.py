@@ -102,16 +102,16 @@ def main() -> None:
                 runs[in_place].append((lay, step))
                 tokens.setdefault(in_place, seen)
                 assert seen == tokens[in_place]
-            best = {k: [statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)] for k, v in runs.items()}
+            medians = {k: [statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)] for k, v in runs.items()}
             same = tokens[True] == tokens[False]
             for i, what in enumerate(("decoder layers", "whole decode step")):
-                ours, anchor = best[True][i] * 1e3, best[False][i] * 1e3
+                ours, anchor = medians[True][i] * 1e3, medians[False][i] * 1e3
                 rows.append({"figure": f"{what}, {ROWS} rows, {context}-token context", "ours": round(ours, 1),
                              "anchor_name": "DynamicLayer.update (torch.cat)", "anchor": round(anchor, 1),
                              "ratio": round(anchor / ours, 3), "unit": "ms per step",
                              "notes": "same tokens" if same else "TOKENS DIFFER"})
-            print(f"context {context}: layers {best[True][0] * 1e3:.1f} vs {best[False][0] * 1e3:.1f} ms, "
-                  f"step {best[True][1] * 1e3:.1f} vs {best[False][1] * 1e3:.1f} ms, same tokens: {same}", flush=True)
+            print(f"context {context}: layers {medians[True][0] * 1e3:.1f} vs {medians[False][0] * 1e3:.1f} ms, "
+                  f"step {medians[True][1] * 1e3:.1f} vs {medians[False][1] * 1e3:.1f} ms, same tokens: {same}", flush=True)
     write_result("kv_cache", rows, args.out,
                  summary="bench/kv_cache.py: the lean decode step of a Qwen2.5-0.5B-shaped model (random weights, "
                          "float32, CPU), appending to the key/value cache in place vs by concatenation.")
