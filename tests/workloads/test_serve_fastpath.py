@@ -295,11 +295,14 @@ def test_the_packed_vocabulary_projection_gives_f_linears_numbers(qwen, monkeypa
     assert decoder.packed_head is None
     monkeypatch.undo()
     monkeypatch.setattr(fastpath, "_best_time", lambda fn: (fn(), next(timings))[1])
-    timings = iter([0.004, 0.003])
+    # pack_head's pair, then prepare_shortlist's (plain, screened) at 1, 2 and 4 rows: faster up to 2
+    timings = iter([0.004, 0.003, 0.004, 0.002, 0.004, 0.002, 0.004, 0.005])
     with caplog.at_level(logging.INFO, logger="devops_model.serve"):
         engine = BatchingEngine(model, tok, max_batch_size=4)
         engine._decode_path()
     assert "the vocabulary projection uses a packed weight for" in caplog.text
+    assert "greedy steps of up to 2 rows screen the vocabulary in bfloat16" in caplog.text
+    assert engine._decoder.shortlist is not None and engine._decoder.shortlist.rows == {1, 2}
     assert max(engine._decoder.packed_head.rows) <= 4
 
 
@@ -390,7 +393,7 @@ def test_the_environment_variable_and_the_serve_flag_turn_it_off(qwen, monkeypat
     assert not serve.parse_args(["--model", "m"]).no_fast_decode
 
 
-def _answers(engine, tok, prompts, lengths):
+def _answers(engine, tok, prompts, lengths, **params):
     """Greedy answers of a running engine, the requests arriving while others decode."""
     from devops_workloads.serve.engine import SamplingParams
 
@@ -403,7 +406,7 @@ def _answers(engine, tok, prompts, lengths):
                     got[i] = (ev.full_text, ev.completion_tokens)
                     if len(got) == len(prompts):
                         done.set()
-            engine.submit(tok(p).input_ids, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True), sink)
+            engine.submit(tok(p).input_ids, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True, **params), sink)
             time.sleep(0.01 * i)
         assert done.wait(120)
     finally:
@@ -441,6 +444,7 @@ def test_new_prompts_share_the_running_rows_vocabulary_projection(qwen):
     engine = BatchingEngine(model, tok, max_batch_size=8)
     decoder = engine._decode_path()
     assert decoder is not None
+    decoder.shortlist = None  # every step projects (the bf16 screening of greedy rows: its own tests)
     projected, heads, threads = [], [], []
     real_project = decoder.project
     decoder.project = lambda h, n: (projected.append(h.shape[0]), threads.append((torch.get_num_threads(), n)), real_project(h, n))[2]
@@ -491,6 +495,149 @@ def test_new_prompts_share_the_running_rows_vocabulary_projection(qwen):
             out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
             assert [e.token_id for e in events[i]] == out[0, ids.shape[1]:].tolist(), i
             assert events[i][-1].finish_reason == "length"
+
+
+def _screened(model, rows=16):
+    """The lean decoder of ``model`` with the bf16 shortlist for 1..``rows`` rows (no timing)."""
+    from devops_workloads.serve import fastpath
+
+    decoder, _ = fastpath.fast_decoder(model)
+    decoder.shortlist = fastpath.shortlist_for(model.lm_head.weight, rows)
+    return decoder
+
+
+def test_the_bf16_shortlist_gives_the_projections_greedy_tokens(qwen):
+    """FastDecoder.greedy: for hidden states of every scale, flat and peaked rows, 1 to 16 rows and
+    vocabulary limits, exactly the argmax of F.linear's logits among the first ``limit`` entries;
+    it decides (not None) for nearly all of them, and says None for non-finite states."""
+    import torch
+    import torch.nn.functional as F
+
+    from devops_workloads.serve.engine import greedy_tokens
+
+    model, _ = qwen
+    decoder = _screened(model)
+    weight = model.lm_head.weight
+    vocab, hidden = weight.shape
+    gen = torch.Generator().manual_seed(7)
+    decided = total = 0
+    with torch.inference_mode():
+        for n in (1, 3, 16):
+            for scale in (0.01, 1.0, 30.0, 1e4):
+                for limit in (vocab, vocab - 300, 1000, 257):
+                    h = torch.randn(n, hidden, generator=gen) * scale
+                    peaked = weight[torch.randint(0, limit, (n,), generator=gen)] * scale * 40 + h * 0.1
+                    for x in (h, peaked):
+                        got = decoder.greedy(x, limit)
+                        total += 1
+                        if got is not None:
+                            decided += 1
+                            assert torch.equal(got, greedy_tokens(F.linear(x, weight), limit)), (n, scale, limit)
+        assert decided >= 0.9 * total, (decided, total)
+        h = torch.randn(4, hidden, generator=gen)
+        h[2, 5] = float("nan")
+        assert decoder.greedy(h, vocab) is None
+        h[2, 5] = float("inf")
+        assert decoder.greedy(h, vocab) is None
+        assert _screened(model, rows=2).greedy(torch.randn(3, hidden, generator=gen), vocab) is None  # not for 3 rows
+
+
+def test_the_shortlist_keeps_a_token_the_bf16_screening_ranks_second_and_leaves_near_ties_to_the_projection(qwen):
+    """Two vocabulary rows whose bfloat16 screening ranks them the other way round from float32:
+    h = (1, 1, 0, …); row i = (1 + 0.51u, 1 + 0.51u) rounds to (1+u, 1+u), screened 2+2u; row j =
+    (1 + 0.49u, 1 + 0.6u) rounds to (1, 1+u), screened 2 (2+u rounds to even) although its float32
+    logit 2 + 1.09u is the larger (u = 2^-7). The shortlist keeps j (a screening that kept only the
+    top would answer i). Rows whose float32 logits tie or differ by rounding noise: None."""
+    import torch
+    import torch.nn.functional as F
+
+    from devops_workloads.serve.engine import greedy_tokens
+
+    model, _ = qwen
+    weight = model.lm_head.weight.detach().clone()
+    vocab, hidden = weight.shape
+    u = 2.0 ** -7
+    i, j = 1000, 5000  # different blocks of 256
+    weight[i] = 0
+    weight[j] = 0
+    weight[i, :2] = torch.tensor([1 + 0.51 * u, 1 + 0.51 * u])
+    weight[j, :2] = torch.tensor([1 + 0.49 * u, 1 + 0.6 * u])
+    h = torch.zeros(1, hidden)
+    h[0, :2] = 1
+    with torch.inference_mode():
+        approx = F.linear(h.to(torch.bfloat16), weight.to(torch.bfloat16)).float()
+        assert approx[0, i] > approx[0, j] and int(approx.argmax()) == i  # the screening ranks i first
+        assert greedy_tokens(F.linear(h, weight), vocab).tolist() == [j]  # float32: j
+        decoder = _screened(model)
+        decoder.lm_head_w = weight
+        decoder.shortlist = __import__("devops_workloads.serve.fastpath", fromlist=["x"]).shortlist_for(weight, 16)
+        assert decoder.greedy(h, vocab).tolist() == [j]
+        weight[j] = weight[i]  # an exact tie: F.linear's argmax is the first; the shortlist does not decide
+        assert decoder.greedy(h, vocab) is None
+        weight[j, 1] = torch.nextafter(weight[i, 1], torch.tensor(2.0))  # one float32 ulp apart
+        assert decoder.greedy(h, vocab) is None
+
+
+def test_prepare_shortlist_decides_from_a_probe_and_timings(qwen, monkeypatch):
+    """The shortlist serves the row counts up to the last power of two at which it was faster; not
+    at all when it is slower for one row, when the bf16 kernel's error exceeds the bound, for a
+    bfloat16 head or a head with a bias."""
+    import torch
+
+    from devops_workloads.serve import fastpath
+
+    model, _ = qwen
+    decoder, _ = fastpath.fast_decoder(model)
+    timings = iter([])
+    monkeypatch.setattr(fastpath, "_best_time", lambda fn: (fn(), next(timings))[1])
+    timings = iter([2, 1, 2, 1, 2, 1, 2, 1, 2, 1])  # (plain, screened) at 1, 2, 4, 8, 16 rows
+    assert decoder.prepare_shortlist(16, 1000).startswith("greedy steps of up to 16 rows screen")
+    assert decoder.shortlist.rows == set(range(1, 17))
+    timings = iter([2, 1, 2, 1, 2, 1, 1, 2])
+    assert decoder.prepare_shortlist(16, 1000).startswith("greedy steps of up to 4 rows screen")
+    assert decoder.shortlist.rows == {1, 2, 3, 4}
+    timings = iter([1, 2])
+    assert decoder.prepare_shortlist(16, 1000) == "greedy steps take the full projection's argmax (the bfloat16 shortlist was not faster)"
+    assert decoder.shortlist is None
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda x, *a: real(x, *a) * 1.1)
+    assert decoder.prepare_shortlist(16, 1000) == "greedy steps take the full projection's argmax (the bf16 kernel's error exceeded its bound)"
+    assert decoder.shortlist is None
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", real)
+    decoder.lm_head_b = torch.zeros(model.lm_head.weight.shape[0])
+    assert "float32 CPU heads without bias" in decoder.prepare_shortlist(16, 1000)
+    assert decoder.shortlist is None
+
+
+def test_a_running_engine_answers_the_same_with_the_shortlist(qwen, monkeypatch):
+    """Greedy requests arriving while others decode: the same answers with the shortlist serving
+    up to 3 rows as with the lean step off; the shortlist decided those steps but near-ties (the
+    projection ran for those and for the row count it does not serve)."""
+    import torch
+
+    from devops_workloads.serve import fastpath
+    from devops_workloads.serve.engine import BatchingEngine
+
+    model, tok = qwen
+    prompts, lengths = FIRST + LATER, [24, 5, 30, 12, 8, 20]
+    monkeypatch.setenv(fastpath.ENV, "0")
+    # as the OpenAI routes ask (no sampled log-probability): the shortlist's rows
+    off = _answers(BatchingEngine(model, tok, max_batch_size=4), tok, prompts, lengths, sampled_logprob=False)
+    monkeypatch.delenv(fastpath.ENV)
+    engine = BatchingEngine(model, tok, max_batch_size=4)
+    decoder = engine._decode_path()
+    decoder.shortlist = fastpath.shortlist_for(model.lm_head.weight, 4, rows=3)
+    decided, projected = [], []
+    real_greedy, real_project = decoder.greedy, decoder.project
+    decoder.greedy = lambda h, *a: (lambda t: (decided.append((h.shape[0], t is not None)), t)[1])(real_greedy(h, *a))
+    decoder.project = lambda h, *a: (projected.append(h.shape[0]), real_project(h, *a))[1]
+    on = _answers(engine, tok, prompts, lengths, sampled_logprob=False)
+    assert on == off
+    served = [ok for n, ok in decided if n <= 3]
+    # a near-tie (float32 logits closer than the rounding bound: one step here) is left to the projection
+    assert len(served) > 20 and sum(served) >= 0.9 * len(served), decided
+    assert not any(ok for n, ok in decided if n > 3) and projected == [n for n, ok in decided if not ok]
+    assert torch.get_num_threads() > 1
 
 
 def test_the_cache_grows_in_place_like_dynamiclayer_update_and_never_writes_a_view_it_gave_away():

@@ -446,11 +446,18 @@ class BatchingEngine:
             kwargs = {"cache" if self._cache_arg_is_cache else "past_key_values": cache}
             out = self.model.model(input_ids=ids, attention_mask=mask, position_ids=prompt_positions, use_cache=True, **kwargs)
             hidden.append(out.last_hidden_state[:, -1, :])
-        logits = decoder.project(torch.cat(hidden) if len(hidden) > 1 else hidden[0], threads)
+        h = torch.cat(hidden) if len(hidden) > 1 else hidden[0]
+        reqs = self._rows + new
+        # Greedy rows that only want their tokens: the decoder's bf16 screening (exactly the
+        # projection's argmax, or None and the projection after all).
+        tokens = decoder.greedy(h, self.vocab_limit, threads) if all(_plain_greedy(r.params) for r in reqs) else None
         self.stats.steps += 1
         if self.stats.on_step:
             self.stats.on_step(n + len(new))
-        sampled = self._sample(logits, self._rows + new)
+        if tokens is not None:
+            sampled = [(t, None, None, None) for t in tokens.tolist()]
+        else:
+            sampled = self._sample(decoder.project(h, threads), reqs)
         if n:
             keep = [i for i, r in enumerate(self._rows) if not self._emit(r, *sampled[i])]
             self._pending = torch.tensor([t for t, *_ in sampled[:n]], dtype=torch.long, device=self.device)
@@ -509,6 +516,7 @@ class BatchingEngine:
             log.info("decode steps run %s: %s", "the lean decode step" if self._decoder else "the model's forward", why)
             if self._decoder is not None:
                 log.info("%s", self._decoder.pack_head(self.max_batch_size))
+                log.info("%s", self._decoder.prepare_shortlist(self.max_batch_size, self.vocab_limit))
             self._decoder_chosen = True
         return self._decoder
 
