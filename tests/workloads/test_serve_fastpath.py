@@ -509,10 +509,12 @@ def _screened(model, rows=16):
 def test_the_bf16_shortlist_gives_the_projections_greedy_tokens(qwen):
     """FastDecoder.greedy: for hidden states of every scale, flat and peaked rows, 1 to 16 rows and
     vocabulary limits, exactly the argmax of F.linear's logits among the first ``limit`` entries;
-    it decides (not None) for nearly all of them, and says None for non-finite states."""
+    it decides (not None) for nearly all of them, and says None for non-finite states and rows
+    whose logits are all negative."""
     import torch
     import torch.nn.functional as F
 
+    from devops_workloads.serve import fastpath
     from devops_workloads.serve.engine import greedy_tokens
 
     model, _ = qwen
@@ -540,6 +542,24 @@ def test_the_bf16_shortlist_gives_the_projections_greedy_tokens(qwen):
         h[2, 5] = float("inf")
         assert decoder.greedy(h, vocab) is None
         assert _screened(model, rows=2).greedy(torch.randn(3, hidden, generator=gen), vocab) is None  # not for 3 rows
+        # every logit negative: the int16 block maxima would not be the maxima; the projection decides
+        shifted = weight.detach().clone()
+        shifted[:, 0] = 1.0
+        negative = _screened(model)
+        negative.lm_head_w = shifted
+        negative.shortlist = fastpath.shortlist_for(shifted, 16)
+        h = torch.zeros(2, hidden)
+        h[:, 0] = -3.0
+        h[:, 1:] = torch.randn(2, hidden - 1, generator=gen) * 0.1
+        assert bool((F.linear(h, shifted) < 0).all()) and negative.greedy(h, vocab) is None
+        # over two blocks, the first holding the maximum (-1.5) and the most negative entry (-12):
+        # an int16 maximum taken as the maximum would look only in the second block
+        shifted[5, 0], shifted[10, 0] = 4.0, 0.5
+        negative.shortlist = fastpath.shortlist_for(shifted, 16)
+        assert greedy_tokens(F.linear(h, shifted), 512).tolist() == [10, 10] and negative.greedy(h, 512) is None
+        h[:, 0] = 3.0  # all positive (and peaked: flat ones leave too many candidates): decided, and right
+        h[:, 1:] = shifted[[7, 99000], 1:] * 100
+        assert torch.equal(negative.greedy(h, vocab), greedy_tokens(F.linear(h, shifted), vocab))
 
 
 def test_the_shortlist_keeps_a_token_the_bf16_screening_ranks_second_and_leaves_near_ties_to_the_projection(qwen):
@@ -551,6 +571,7 @@ def test_the_shortlist_keeps_a_token_the_bf16_screening_ranks_second_and_leaves_
     import torch
     import torch.nn.functional as F
 
+    from devops_workloads.serve import fastpath
     from devops_workloads.serve.engine import greedy_tokens
 
     model, _ = qwen
@@ -570,7 +591,7 @@ def test_the_shortlist_keeps_a_token_the_bf16_screening_ranks_second_and_leaves_
         assert greedy_tokens(F.linear(h, weight), vocab).tolist() == [j]  # float32: j
         decoder = _screened(model)
         decoder.lm_head_w = weight
-        decoder.shortlist = __import__("devops_workloads.serve.fastpath", fromlist=["x"]).shortlist_for(weight, 16)
+        decoder.shortlist = fastpath.shortlist_for(weight, 16)
         assert decoder.greedy(h, vocab).tolist() == [j]
         weight[j] = weight[i]  # an exact tie: F.linear's argmax is the first; the shortlist does not decide
         assert decoder.greedy(h, vocab) is None

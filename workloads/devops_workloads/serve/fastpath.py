@@ -391,10 +391,16 @@ class FastDecoder:
                 torch.set_num_threads(current)
         size = SHORTLIST_BLOCK
         whole = limit // size
-        maxima = approx[:, : whole * size].reshape(n, whole, size).amax(-1)
+        # Block maxima of the bit patterns as int16 (6 times faster here than bfloat16's amax): they
+        # order positive values as the values and put every negative one below every positive one,
+        # so a block's int16 maximum is its largest value whenever that is positive. With the
+        # threshold required positive below, "some entry of the block ≥ threshold" is exactly
+        # "its int16 maximum, read as bfloat16, ≥ threshold", and ``top`` is the row's maximum.
+        bits = approx.view(torch.int16)
+        maxima = bits[:, : whole * size].reshape(n, whole, size).amax(-1)
         if limit > whole * size:
-            maxima = torch.cat([maxima, approx[:, whole * size: limit].amax(-1, keepdim=True)], dim=1)
-        maxima = maxima.float()
+            maxima = torch.cat([maxima, bits[:, whole * size: limit].amax(-1, keepdim=True)], dim=1)
+        maxima = maxima.view(torch.bfloat16).float()
         top = maxima.amax(-1)
         k = h.shape[1] + 2
         gamma = k * 2.0 ** -24 / (1 - k * 2.0 ** -24)
@@ -402,7 +408,7 @@ class FastDecoder:
         g = gamma * scale
         e = 1.5 * ((2.0 ** -8 + 2.0 ** -17 + 2 * gamma + 1.01 * 2.0 ** -8) * scale + 1e-30 * k)
         threshold = top - 2 * e - 4 * g
-        if not bool(torch.isfinite(threshold).all()):
+        if not bool((torch.isfinite(threshold) & (threshold > 0)).all()):  # (a NaN's bits exceed +inf's)
             return None
         row, block = (maxima >= threshold[:, None]).nonzero(as_tuple=True)
         if row.numel() > SHORTLIST_MAX_BLOCKS * n:
