@@ -301,7 +301,7 @@ def test_the_packed_vocabulary_projection_gives_f_linears_numbers(qwen, monkeypa
         engine = BatchingEngine(model, tok, max_batch_size=4)
         engine._decode_path()
     assert "the vocabulary projection uses a packed weight for" in caplog.text
-    assert "greedy steps of up to 2 rows screen the vocabulary in bfloat16" in caplog.text
+    assert "greedy steps of up to 2 rows screen the vocabulary in int8" in caplog.text
     assert engine._decoder.shortlist is not None and engine._decoder.shortlist.rows == {1, 2}
     assert max(engine._decoder.packed_head.rows) <= 4
 
@@ -444,7 +444,7 @@ def test_new_prompts_share_the_running_rows_vocabulary_projection(qwen):
     engine = BatchingEngine(model, tok, max_batch_size=8)
     decoder = engine._decode_path()
     assert decoder is not None
-    decoder.shortlist = None  # every step projects (the bf16 screening of greedy rows: its own tests)
+    decoder.shortlist = None  # every step projects (the int8 screening of greedy rows: its own tests)
     projected, heads, threads = [], [], []
     real_project = decoder.project
     decoder.project = lambda h, n: (projected.append(h.shape[0]), threads.append((torch.get_num_threads(), n)), real_project(h, n))[2]
@@ -497,24 +497,25 @@ def test_new_prompts_share_the_running_rows_vocabulary_projection(qwen):
             assert events[i][-1].finish_reason == "length"
 
 
-def _screened(model, rows=16):
-    """The lean decoder of ``model`` with the bf16 shortlist for 1..``rows`` rows (no timing)."""
+def _screened(model, rows=16, weight=None):
+    """The lean decoder of ``model`` with the int8 shortlist for 1..``rows`` rows (no timing), of
+    ``weight`` instead of its lm_head's when given."""
     from devops_workloads.serve import fastpath
 
     decoder, _ = fastpath.fast_decoder(model)
-    decoder.shortlist = fastpath.shortlist_for(model.lm_head.weight, rows)
+    if weight is not None:
+        decoder.lm_head_w = weight
+    decoder.shortlist = fastpath.shortlist_for(decoder.lm_head_w, rows)
     return decoder
 
 
-def test_the_bf16_shortlist_gives_the_projections_greedy_tokens(qwen):
+def test_the_int8_shortlist_gives_the_projections_greedy_tokens(qwen):
     """FastDecoder.greedy: for hidden states of every scale, flat and peaked rows, 1 to 16 rows and
     vocabulary limits, exactly the argmax of F.linear's logits among the first ``limit`` entries;
-    it decides (not None) for nearly all of them, and says None for non-finite states and rows
-    whose logits are all negative."""
+    it decides (not None) for nearly all of them, and says None for non-finite states."""
     import torch
     import torch.nn.functional as F
 
-    from devops_workloads.serve import fastpath
     from devops_workloads.serve.engine import greedy_tokens
 
     model, _ = qwen
@@ -528,8 +529,9 @@ def test_the_bf16_shortlist_gives_the_projections_greedy_tokens(qwen):
             for scale in (0.01, 1.0, 30.0, 1e4):
                 for limit in (vocab, vocab - 300, 1000, 257):
                     h = torch.randn(n, hidden, generator=gen) * scale
+                    h[0, 3] *= 20  # an outlier dimension, as real models' hidden states have
                     peaked = weight[torch.randint(0, limit, (n,), generator=gen)] * scale * 40 + h * 0.1
-                    for x in (h, peaked):
+                    for x in (h, peaked, -h):
                         got = decoder.greedy(x, limit)
                         total += 1
                         if got is not None:
@@ -542,56 +544,37 @@ def test_the_bf16_shortlist_gives_the_projections_greedy_tokens(qwen):
         h[2, 5] = float("inf")
         assert decoder.greedy(h, vocab) is None
         assert _screened(model, rows=2).greedy(torch.randn(3, hidden, generator=gen), vocab) is None  # not for 3 rows
-        # every logit negative: the int16 block maxima would not be the maxima; the projection decides
-        shifted = weight.detach().clone()
-        shifted[:, 0] = 1.0
-        negative = _screened(model)
-        negative.lm_head_w = shifted
-        negative.shortlist = fastpath.shortlist_for(shifted, 16)
-        h = torch.zeros(2, hidden)
-        h[:, 0] = -3.0
-        h[:, 1:] = torch.randn(2, hidden - 1, generator=gen) * 0.1
-        assert bool((F.linear(h, shifted) < 0).all()) and negative.greedy(h, vocab) is None
-        # over two blocks, the first holding the maximum (-1.5) and the most negative entry (-12):
-        # an int16 maximum taken as the maximum would look only in the second block
-        shifted[5, 0], shifted[10, 0] = 4.0, 0.5
-        negative.shortlist = fastpath.shortlist_for(shifted, 16)
-        assert greedy_tokens(F.linear(h, shifted), 512).tolist() == [10, 10] and negative.greedy(h, 512) is None
-        h[:, 0] = 3.0  # all positive (and peaked: flat ones leave too many candidates): decided, and right
-        h[:, 1:] = shifted[[7, 99000], 1:] * 100
-        assert torch.equal(negative.greedy(h, vocab), greedy_tokens(F.linear(h, shifted), vocab))
 
 
-def test_the_shortlist_keeps_a_token_the_bf16_screening_ranks_second_and_leaves_near_ties_to_the_projection(qwen):
-    """Two vocabulary rows whose bfloat16 screening ranks them the other way round from float32:
-    h = (1, 1, 0, …); row i = (1 + 0.51u, 1 + 0.51u) rounds to (1+u, 1+u), screened 2+2u; row j =
-    (1 + 0.49u, 1 + 0.6u) rounds to (1, 1+u), screened 2 (2+u rounds to even) although its float32
-    logit 2 + 1.09u is the larger (u = 2^-7). The shortlist keeps j (a screening that kept only the
-    top would answer i). Rows whose float32 logits tie or differ by rounding noise: None."""
+def test_the_shortlist_keeps_a_token_the_int8_screening_ranks_second_and_leaves_near_ties_to_the_projection(qwen):
+    """Two vocabulary rows that the int8 screening ranks the other way round from float32: with the
+    weight's largest entry 1, its step is t = 1/127; h = (1, 1, 0, …) quantizes exactly; row i =
+    (1 - 0.49t, 1 - 0.49t) becomes (1, 1), screened 2; row j = (1 - 0.51t, 1) becomes (1 - t, 1),
+    screened 2 - t, although its float32 logit 2 - 0.51t is the larger. The shortlist keeps j (a
+    screening that kept only its top would answer i). Rows whose float32 logits tie or differ by
+    rounding noise: None."""
     import torch
     import torch.nn.functional as F
 
-    from devops_workloads.serve import fastpath
     from devops_workloads.serve.engine import greedy_tokens
 
     model, _ = qwen
     weight = model.lm_head.weight.detach().clone()
     vocab, hidden = weight.shape
-    u = 2.0 ** -7
+    assert float(weight.abs().max()) < 0.5
+    t = 1 / 127
     i, j = 1000, 5000  # different blocks of 256
     weight[i] = 0
     weight[j] = 0
-    weight[i, :2] = torch.tensor([1 + 0.51 * u, 1 + 0.51 * u])
-    weight[j, :2] = torch.tensor([1 + 0.49 * u, 1 + 0.6 * u])
+    weight[i, :2] = torch.tensor([1 - 0.49 * t, 1 - 0.49 * t])
+    weight[j, :2] = torch.tensor([1 - 0.51 * t, 1.0])
     h = torch.zeros(1, hidden)
     h[0, :2] = 1
     with torch.inference_mode():
-        approx = F.linear(h.to(torch.bfloat16), weight.to(torch.bfloat16)).float()
-        assert approx[0, i] > approx[0, j] and int(approx.argmax()) == i  # the screening ranks i first
+        decoder = _screened(model, weight=weight)
+        products = torch._int_mm(torch.tensor([[127, 127] + [0] * (hidden - 2)], dtype=torch.int8), decoder.shortlist.weight)
+        assert products[0, i] > products[0, j] and int(products.argmax()) == i  # the screening ranks i first
         assert greedy_tokens(F.linear(h, weight), vocab).tolist() == [j]  # float32: j
-        decoder = _screened(model)
-        decoder.lm_head_w = weight
-        decoder.shortlist = fastpath.shortlist_for(weight, 16)
         assert decoder.greedy(h, vocab).tolist() == [j]
         weight[j] = weight[i]  # an exact tie: F.linear's argmax is the first; the shortlist does not decide
         assert decoder.greedy(h, vocab) is None
@@ -599,10 +582,35 @@ def test_the_shortlist_keeps_a_token_the_bf16_screening_ranks_second_and_leaves_
         assert decoder.greedy(h, vocab) is None
 
 
+def test_the_shortlist_turns_itself_off_when_it_mostly_leaves_steps_to_the_projection(qwen, caplog):
+    """Hidden states whose logits are too flat for the screening (here: all zero) cost an int8
+    product and then the projection; after a window of such steps the shortlist turns off, says so
+    in the log, and the steps project from then on."""
+    import torch
+
+    from devops_workloads.serve import fastpath
+
+    model, _ = qwen
+    decoder = _screened(model)
+    flat = torch.zeros(2, model.config.hidden_size)
+    peaked = model.lm_head.weight[[10, 20]].detach() * 40
+    with torch.inference_mode(), caplog.at_level(logging.WARNING, logger="devops_model.serve"):
+        for k in range(fastpath.SHORTLIST_WINDOW - 1):
+            got = decoder.greedy(flat if k % 2 else peaked, 1000)
+            assert (got is None) == bool(k % 2)
+        assert decoder.shortlist is not None
+        decoder.greedy(flat, 1000)  # the window's 64th call: 32 of 64 left to the projection, not most
+        assert decoder.shortlist is not None
+        for k in range(fastpath.SHORTLIST_WINDOW):  # the next window: all of them
+            decoder.greedy(flat, 1000)
+        assert decoder.shortlist is None and decoder.greedy(peaked, 1000) is None
+    assert "greedy steps to the projection: turned off" in caplog.text and decoder.shortlist_note
+
+
 def test_prepare_shortlist_decides_from_a_probe_and_timings(qwen, monkeypatch):
     """The shortlist serves the row counts up to the last power of two at which it was faster; not
-    at all when it is slower for one row, when the bf16 kernel's error exceeds the bound, for a
-    bfloat16 head or a head with a bias."""
+    at all when it is slower for one row, when torch._int_mm's products are not exact (a kernel
+    whose 16-bit sums saturate), for a bfloat16 head or a head with a bias."""
     import torch
 
     from devops_workloads.serve import fastpath
@@ -612,19 +620,19 @@ def test_prepare_shortlist_decides_from_a_probe_and_timings(qwen, monkeypatch):
     timings = iter([])
     monkeypatch.setattr(fastpath, "_best_time", lambda fn: (fn(), next(timings))[1])
     timings = iter([2, 1, 2, 1, 2, 1, 2, 1, 2, 1])  # (plain, screened) at 1, 2, 4, 8, 16 rows
-    assert decoder.prepare_shortlist(16, 1000).startswith("greedy steps of up to 16 rows screen")
+    assert decoder.prepare_shortlist(16, 1000).startswith("greedy steps of up to 16 rows screen the vocabulary in int8")
     assert decoder.shortlist.rows == set(range(1, 17))
     timings = iter([2, 1, 2, 1, 2, 1, 1, 2])
     assert decoder.prepare_shortlist(16, 1000).startswith("greedy steps of up to 4 rows screen")
     assert decoder.shortlist.rows == {1, 2, 3, 4}
     timings = iter([1, 2])
-    assert decoder.prepare_shortlist(16, 1000) == "greedy steps take the full projection's argmax (the bfloat16 shortlist was not faster)"
+    assert decoder.prepare_shortlist(16, 1000) == "greedy steps take the full projection's argmax (the int8 shortlist was not faster)"
     assert decoder.shortlist is None
-    real = torch.ops.mkldnn._linear_pointwise
-    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda x, *a: real(x, *a) * 1.1)
-    assert decoder.prepare_shortlist(16, 1000) == "greedy steps take the full projection's argmax (the bf16 kernel's error exceeded its bound)"
+    real = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: real(a, b).clamp(-(2 ** 15), 2 ** 15 - 1))  # saturating sums
+    assert decoder.prepare_shortlist(16, 1000) == "greedy steps take the full projection's argmax (torch._int_mm's int8 products were not exact here)"
     assert decoder.shortlist is None
-    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", real)
+    monkeypatch.setattr(torch, "_int_mm", real)
     decoder.lm_head_b = torch.zeros(model.lm_head.weight.shape[0])
     assert "float32 CPU heads without bias" in decoder.prepare_shortlist(16, 1000)
     assert decoder.shortlist is None
@@ -647,7 +655,7 @@ def test_a_running_engine_answers_the_same_with_the_shortlist(qwen, monkeypatch)
     monkeypatch.delenv(fastpath.ENV)
     engine = BatchingEngine(model, tok, max_batch_size=4)
     decoder = engine._decode_path()
-    decoder.shortlist = fastpath.shortlist_for(model.lm_head.weight, 4, rows=3)
+    decoder.shortlist = fastpath.shortlist_for(model.lm_head.weight, 3)
     decided, projected = [], []
     real_greedy, real_project = decoder.greedy, decoder.project
     decoder.greedy = lambda h, *a: (lambda t: (decided.append((h.shape[0], t is not None)), t)[1])(real_greedy(h, *a))
@@ -655,7 +663,7 @@ def test_a_running_engine_answers_the_same_with_the_shortlist(qwen, monkeypatch)
     on = _answers(engine, tok, prompts, lengths, sampled_logprob=False)
     assert on == off
     served = [ok for n, ok in decided if n <= 3]
-    # a near-tie (float32 logits closer than the rounding bound: one step here) is left to the projection
+    # a near-tie (float32 logits closer than the rounding bound) is left to the projection
     assert len(served) > 20 and sum(served) >= 0.9 * len(served), decided
     assert not any(ok for n, ok in decided if n > 3) and projected == [n for n, ok in decided if not ok]
     assert torch.get_num_threads() > 1

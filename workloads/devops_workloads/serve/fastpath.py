@@ -21,7 +21,9 @@ other architectures, remote code, adapters or quantized layers (their modules ar
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger("devops_model.serve")
 
 #: "0" keeps every decode step on the model's forward.
 ENV = "DEVOPS_MODEL_SERVE_FAST_DECODE"
@@ -185,11 +189,15 @@ class _PackedHead:
 
 @dataclass(frozen=True)
 class _Shortlist:
-    """``lm_head``'s weight in bfloat16 (oneDNN's layout) for :meth:`FastDecoder.greedy`, the
-    largest Euclidean norm of its float32 rows, and the row counts it is used for."""
+    """``lm_head``'s weight quantized to int8 for :meth:`FastDecoder.greedy`: ``weight`` [hidden,
+    vocab] (``scale`` · ``weight``ᵀ approximates the float32 weight), the largest Euclidean norm of
+    a float32 row (``norm_max``) and of a row's quantization error (``error_max``), and the row
+    counts it is used for."""
 
     weight: torch.Tensor
+    scale: float
     norm_max: float
+    error_max: float
     rows: frozenset[int]
 
 
@@ -198,14 +206,21 @@ SHORTLIST_BLOCK = 256
 #: Above this many candidate blocks per row, :meth:`FastDecoder.greedy` leaves the step to the full
 #: projection (a model whose logits are flat enough to make the screening useless).
 SHORTLIST_MAX_BLOCKS = 32
+#: :meth:`FastDecoder.greedy` turns itself off when more than half of this many calls in a row had
+#: to leave the step to the projection (hidden states too coarse for int8: the screening only costs).
+SHORTLIST_WINDOW = 64
 
 
-def shortlist_for(weight: torch.Tensor, max_rows: int, rows: int | None = None) -> _Shortlist:
-    """A :class:`_Shortlist` of ``lm_head``'s float32 ``weight`` for row counts 1..``rows``
-    (default ``max_rows``, the packing's hint)."""
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16), max_rows)
-    norm_max = float(torch.linalg.vector_norm(weight.detach(), dim=-1).max())
-    return _Shortlist(packed, norm_max, frozenset(range(1, (rows or max_rows) + 1)))
+def shortlist_for(weight: torch.Tensor, rows: int) -> _Shortlist:
+    """A :class:`_Shortlist` of ``lm_head``'s float32 ``weight`` for row counts 1..``rows``: one
+    scale for the whole matrix (so that the int32 products of a row order like its screened logits)."""
+    w = weight.detach()
+    scale = float(w.abs().max()) / 127 or 1.0
+    q = torch.round(w / scale).clamp_(-127, 127).to(torch.int8)
+    w64 = w.double()
+    error_max = float(torch.linalg.vector_norm(w64 - q.double() * scale, dim=-1).max())
+    norm_max = float(torch.linalg.vector_norm(w64, dim=-1).max())
+    return _Shortlist(q.t().contiguous(), scale, norm_max, error_max, frozenset(range(1, rows + 1)))
 
 
 def _best_time(fn: Callable[[], Any], repeats: int = 3) -> float:
@@ -253,8 +268,11 @@ class FastDecoder:
         self.lm_head_b = model.lm_head.bias
         #: Set by :meth:`pack_head`.
         self.packed_head: _PackedHead | None = None
-        #: Set by :meth:`prepare_shortlist`.
+        #: Set by :meth:`prepare_shortlist`; None again when :meth:`greedy` turns itself off (why:
+        #: ``shortlist_note``).
         self.shortlist: _Shortlist | None = None
+        self.shortlist_note = ""
+        self._screen_calls = self._screen_misses = 0
         #: torch threads for the decoder layers of a step when they are small (see :data:`SMALL_LAYER`):
         #: one, whatever the head uses.
         self.layer_threads = 1 if max(cfg.hidden_size * cfg.intermediate_size, cfg.hidden_size ** 2) <= SMALL_LAYER else None
@@ -357,79 +375,92 @@ class FastDecoder:
         """The greedy token of each row of final hidden states ``h`` [B, hidden] among the first
         ``limit`` vocabulary entries, the same as ``first_argmax(F.linear(h, lm_head), limit)``,
         computed without the float32 projection; None when it cannot be decided that way (the
-        caller projects): no shortlist for this row count, a non-finite value, a near-tie.
+        caller projects): no shortlist for this row count, a non-finite value, a near-tie, too
+        many candidates.
 
         The projection onto the vocabulary is most of a small model's decode step, and the greedy
-        token needs only its largest entry. A bfloat16 product (half the bytes, oneDNN's bf16
-        kernel: 1.7 instead of 5.1 ms for 4 rows of the tiny model on two cores) screens the
-        vocabulary; only the entries that its error bound cannot rule out get their float32 logit.
+        token needs only its largest entry. An int8 product (``torch._int_mm``, oneDNN's integer
+        kernel: 1.6 ms for 16 rows of the tiny model on two cores against 7.5 for the packed
+        float32 projection) screens the vocabulary; only the entries that its error bound cannot
+        rule out get their float32 logit.
 
-        Why the token is exactly F.linear's: with K = hidden, u = 2^-24, N = the largest norm of a
-        float32 row of the weight, γ = (K+2)u/(1-(K+2)u), every float32 dot product of length K
-        (F.linear's in whatever order its kernel adds, and ours) is within G = γ·‖h‖·N of the exact
-        one. The screening rounds h and the weight to bfloat16 (each factor within 2^-9 relative,
-        so each product within 2^-8 + 2^-18), multiplies exactly (8-bit mantissas), adds in float32
-        (γ) and rounds the result to bfloat16 (2^-9 of it, and |result| ≤ 1.01·‖h‖·N): so each
-        screened value is within E = (2^-8 + 2^-17 + 2γ + 2^-8·1.01)·‖h‖·N (+ a denormal margin)
-        of the exact logit; E is taken 1.5 times over. With `top` the row's largest screened value, every
-        entry below top − 2E − 4G has a float32 logit below that of the best candidate, and if the
-        best candidate's float32 logit exceeds every other candidate's by more than 4G, F.linear's
-        float32 logit for it is strictly the largest: it is F.linear's argmax, ties impossible.
-        Otherwise (a near-tie, where the two computations might disagree) the caller projects.
+        Why the token is exactly F.linear's. Each row x of ``h`` is quantized with its own scale:
+        x̂ = s·q (q int8), and the weight with one scale: ŵ_v = t·p_v. The int32 product q·p_v is
+        exact, so the screened logit x̂·ŵ_v = s·t·(q·p_v) is known exactly, and by Cauchy–Schwarz
+        it is within E = ‖x − x̂‖·N + ‖x̂‖·D of the exact logit x·w_v (N: the largest ‖w_v‖, D: the
+        largest ‖w_v − ŵ_v‖; the norms in float64). Every float32 dot product of length K (F.linear's,
+        in whatever order its kernel adds, and ours) is within G = γ·‖x‖·N of the exact one, γ =
+        (K+2)u/(1-(K+2)u), u = 2^-24. With ``top`` the row's largest screened logit, every entry
+        below top − 2E − 4G has a float32 logit below that of the best candidate; and if the best
+        candidate's float32 logit exceeds every other candidate's by more than 4G, F.linear's logit
+        for it is strictly the largest: it is F.linear's argmax, and no tie is possible. Otherwise
+        (a near-tie, where the two computations might disagree) the caller projects.
         """
         sl = self.shortlist
         n = h.shape[0]
-        if sl is None or n not in sl.rows:
+        if sl is None or n not in sl.rows or not bool(torch.isfinite(h).all()):
             return None
+        x = h.float()
+        step = x.abs().amax(-1, keepdim=True) / 127
+        step = torch.where(step > 0, step, torch.ones_like(step))
+        q = torch.round(x / step).clamp_(-127, 127).to(torch.int8)
         current = torch.get_num_threads()
         if threads is not None and threads != current:
             torch.set_num_threads(threads)
         try:
-            approx = torch.ops.mkldnn._linear_pointwise(h.to(torch.bfloat16), sl.weight, None, "none", [], "")
+            products = torch._int_mm(q, sl.weight)  # [B, vocab] int32, exact
         finally:
             if threads is not None and threads != current:
                 torch.set_num_threads(current)
         size = SHORTLIST_BLOCK
         whole = limit // size
-        # Block maxima of the bit patterns as int16 (6 times faster here than bfloat16's amax): they
-        # order positive values as the values and put every negative one below every positive one,
-        # so a block's int16 maximum is its largest value whenever that is positive. With the
-        # threshold required positive below, "some entry of the block ≥ threshold" is exactly
-        # "its int16 maximum, read as bfloat16, ≥ threshold", and ``top`` is the row's maximum.
-        bits = approx.view(torch.int16)
-        maxima = bits[:, : whole * size].reshape(n, whole, size).amax(-1)
+        maxima = products[:, : whole * size].reshape(n, whole, size).amax(-1)
         if limit > whole * size:
-            maxima = torch.cat([maxima, bits[:, whole * size: limit].amax(-1, keepdim=True)], dim=1)
-        maxima = maxima.view(torch.bfloat16).float()
-        top = maxima.amax(-1)
+            maxima = torch.cat([maxima, products[:, whole * size: limit].amax(-1, keepdim=True)], dim=1)
+        # The bound, in float64 (the rounding of these few numbers is far below it; 1 % more covers it).
+        x64, rescaled = x.double(), step.double() * q.double()  # x and x̂
+        unit = step.double().squeeze(-1) * sl.scale  # screened logit = unit · int32 product
         k = h.shape[1] + 2
-        gamma = k * 2.0 ** -24 / (1 - k * 2.0 ** -24)
-        scale = torch.linalg.vector_norm(h.float(), dim=-1) * sl.norm_max  # ‖h‖·N per row
-        g = gamma * scale
-        e = 1.5 * ((2.0 ** -8 + 2.0 ** -17 + 2 * gamma + 1.01 * 2.0 ** -8) * scale + 1e-30 * k)
-        threshold = top - 2 * e - 4 * g
-        if not bool((torch.isfinite(threshold) & (threshold > 0)).all()):  # (a NaN's bits exceed +inf's)
-            return None
-        row, block = (maxima >= threshold[:, None]).nonzero(as_tuple=True)
+        g = k * 2.0 ** -24 / (1 - k * 2.0 ** -24) * torch.linalg.vector_norm(x64, dim=-1) * sl.norm_max
+        e = 1.01 * (torch.linalg.vector_norm(x64 - rescaled, dim=-1) * sl.norm_max
+                    + torch.linalg.vector_norm(rescaled, dim=-1) * sl.error_max) + 1e-30
+        top = maxima.amax(-1).double() * unit
+        # The smallest int32 product that can matter, rounded down (a candidate too many is harmless).
+        floor = torch.floor((top - 2 * e - 4 * g) / unit).clamp_(min=-(2.0 ** 31)).to(torch.int64) - 1
+        row, block = (maxima >= floor[:, None]).nonzero(as_tuple=True)
         if row.numel() > SHORTLIST_MAX_BLOCKS * n:
-            return None
+            return self._screened(None)
         columns = block[:, None] * size + torch.arange(size, device=h.device)  # [P, size]
         inside = columns < limit
         columns = columns.clamp_(max=limit - 1)
-        hit = (approx[row[:, None], columns].float() >= threshold[row][:, None]) & inside
+        hit = (products[row[:, None], columns] >= floor[row][:, None]) & inside
         pair, col = hit.nonzero(as_tuple=True)
         rows, vocab = row[pair], columns[pair, col]
         exact = (self.lm_head_w[vocab] * h[rows]).sum(-1)
         best = torch.full((n,), -torch.inf, device=h.device).scatter_reduce(0, rows, exact, "amax")
         is_best = exact == best[rows]
         if int(is_best.sum()) != n:  # two candidates with the same float32 logit
-            return None
+            return self._screened(None)
         second = torch.full((n,), -torch.inf, device=h.device).scatter_reduce(
             0, rows, exact.masked_fill(is_best, -torch.inf), "amax")
-        if not bool((best - second > 4 * g).all()):
-            return None
+        if not bool((best - second > 4 * g.float()).all()):
+            return self._screened(None)
         tokens = torch.empty(n, dtype=torch.long, device=h.device)
         tokens[rows[is_best]] = vocab[is_best]
+        return self._screened(tokens)
+
+    def _screened(self, tokens: torch.Tensor | None) -> torch.Tensor | None:
+        """Count :meth:`greedy`'s outcome; turn the shortlist off when most recent calls left the
+        step to the projection (see :data:`SHORTLIST_WINDOW`)."""
+        self._screen_calls += 1
+        self._screen_misses += tokens is None
+        if self._screen_calls >= SHORTLIST_WINDOW:
+            if 2 * self._screen_misses > self._screen_calls:
+                self.shortlist = None
+                self.shortlist_note = (f"the int8 shortlist left {self._screen_misses} of {self._screen_calls} greedy "
+                                       "steps to the projection: turned off")
+                log.warning("%s", self.shortlist_note)
+            self._screen_calls = self._screen_misses = 0
         return tokens
 
     def prepare_shortlist(self, max_rows: int, limit: int) -> str:
@@ -437,56 +468,58 @@ class FastDecoder:
         float32 projection and its argmax (on CPUs, float32 models, an ``lm_head`` without bias);
         returns what was decided, for the log.
 
-        It costs a bfloat16 copy of the weight (39 MB for Qwen's vocabulary at hidden 128). A probe
-        checks that the bf16 kernel keeps to the error bound :meth:`greedy` assumes (a quarter of it)
-        and that the tokens are F.linear's; then each power-of-two row count up to ``max_rows``
-        is timed against the plain path and the shortlist serves the row counts up to the last one
-        at which it was faster."""
-        self.shortlist = None
+        It costs an int8 copy of the weight (19 MB for Qwen's vocabulary at hidden 128). A probe
+        checks that ``torch._int_mm`` gives exact products (extreme values included: a kernel whose
+        16-bit intermediate sums saturate would not) and that the tokens are F.linear's; then each
+        power-of-two row count up to ``max_rows`` is timed against the plain path, and the
+        shortlist serves the row counts up to the last one at which it was faster."""
         from .engine import greedy_tokens
 
+        self.shortlist = None
+        self._screen_calls = self._screen_misses = 0
+        note = "greedy steps take the full projection's argmax"
         weight = self.lm_head_w
         if weight.device.type != "cpu" or weight.dtype != torch.float32 or self.lm_head_b is not None:
-            return "greedy steps take the full projection's argmax (the shortlist is for float32 CPU heads without bias)"
-        if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return "greedy steps take the full projection's argmax (no bfloat16 oneDNN kernel on this CPU)"
+            return f"{note} (the shortlist is for float32 CPU heads without bias)"
         counts = sorted({1 << i for i in range(max_rows.bit_length()) if 1 << i <= max_rows} | {max_rows})
         gen = torch.Generator().manual_seed(0)
+        hidden = weight.shape[1]
         try:
             with torch.inference_mode():
-                self.shortlist = shortlist_for(weight, max_rows)
-                packed, norm_max = self.shortlist.weight, self.shortlist.norm_max
+                sl = shortlist_for(weight, max_rows)
+                self.shortlist = sl
+                extremes = torch.tensor([[127] * hidden, [-127] * hidden, [127, -127] * (hidden // 2) + [127] * (hidden % 2)],
+                                        dtype=torch.int8)
+                q = torch.cat([extremes, torch.randint(-127, 128, (1, hidden), generator=gen, dtype=torch.int8)])
+                if not torch.equal(torch._int_mm(q, sl.weight).double(), q.double() @ sl.weight.double()):
+                    self.shortlist = None
+                    return f"{note} (torch._int_mm's int8 products were not exact here)"
                 for n in counts:
-                    h = torch.randn(n, weight.shape[1], generator=gen) * torch.rand(n, 1, generator=gen) * 4
-                    exact = F.linear(h, weight)
-                    approx = torch.ops.mkldnn._linear_pointwise(h.to(torch.bfloat16), packed, None, "none", [], "").float()
-                    k = h.shape[1] + 2
-                    scale = torch.linalg.vector_norm(h, dim=-1) * norm_max
-                    bound = (2.0 ** -8 + 2.0 ** -17 + 2 * k * 2.0 ** -24 + 1.01 * 2.0 ** -8) * scale
-                    if not bool(((approx - exact).abs().amax(-1) <= bound / 4).all()):
-                        self.shortlist = None
-                        return "greedy steps take the full projection's argmax (the bf16 kernel's error exceeded its bound)"
-                    for lim in (limit, max(1, limit - 1)):
-                        got = self.greedy(h, lim)
-                        if got is not None and not torch.equal(got, greedy_tokens(exact, lim)):
-                            self.shortlist = None
-                            return "greedy steps take the full projection's argmax (the shortlist chose other tokens)"
+                    h = torch.randn(n, hidden, generator=gen) * torch.rand(n, 1, generator=gen) * 4
+                    peaked = weight[torch.randint(0, limit, (n,), generator=gen)] * 30 + h * 0.1
+                    for x in (h, peaked):
+                        for lim in (limit, max(1, limit - 1)):
+                            got = self.greedy(x, lim)
+                            if got is not None and not torch.equal(got, greedy_tokens(F.linear(x, weight), lim)):
+                                self.shortlist = None
+                                return f"{note} (the shortlist chose other tokens)"
                 faster = 0
                 for n in counts:
-                    h = torch.randn(n, weight.shape[1], generator=gen)
+                    h = weight[torch.randint(0, limit, (n,), generator=gen)] * 30 + torch.randn(n, hidden, generator=gen)
                     plain = _best_time(lambda: greedy_tokens(self.project(h), limit))
                     screened = _best_time(lambda: self.greedy(h, limit))
                     if screened >= plain:
                         break
                     faster = n
-        except (RuntimeError, AttributeError) as exc:  # a torch without these oneDNN ops
+        except (RuntimeError, AttributeError) as exc:  # a torch without _int_mm on this CPU
             self.shortlist = None
-            return f"greedy steps take the full projection's argmax (bfloat16 packing failed: {type(exc).__name__}: {exc})"
+            return f"{note} (the int8 product failed: {type(exc).__name__}: {exc})"
+        self._screen_calls = self._screen_misses = 0
         if not faster:
             self.shortlist = None
-            return "greedy steps take the full projection's argmax (the bfloat16 shortlist was not faster)"
-        self.shortlist = _Shortlist(packed, norm_max, frozenset(range(1, faster + 1)))
-        return f"greedy steps of up to {faster} rows screen the vocabulary in bfloat16 (exact float32 logits for the shortlist)"
+            return f"{note} (the int8 shortlist was not faster)"
+        self.shortlist = dataclasses.replace(sl, rows=frozenset(range(1, faster + 1)))
+        return f"greedy steps of up to {faster} rows screen the vocabulary in int8 (exact float32 logits for the shortlist)"
 
     def _layers(self, tokens: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, cache: Any) -> torch.Tensor:
         """The last hidden states [B, hidden] of the pending tokens (before the final norm)."""
