@@ -217,9 +217,11 @@ def shortlist_for(weight: torch.Tensor, rows: int) -> _Shortlist:
     w = weight.detach()
     scale = float(w.abs().max()) / 127 or 1.0
     q = torch.round(w / scale).clamp_(-127, 127).to(torch.int8)
-    w64 = w.double()
-    error_max = float(torch.linalg.vector_norm(w64 - q.double() * scale, dim=-1).max())
-    norm_max = float(torch.linalg.vector_norm(w64, dim=-1).max())
+    error_max = norm_max = 0.0
+    for start in range(0, w.shape[0], 8192):  # in float64, a slice at a time (the whole would be 155 MB here)
+        w64 = w[start: start + 8192].double()
+        error_max = max(error_max, float(torch.linalg.vector_norm(w64 - q[start: start + 8192].double() * scale, dim=-1).max()))
+        norm_max = max(norm_max, float(torch.linalg.vector_norm(w64, dim=-1).max()))
     return _Shortlist(q.t().contiguous(), scale, norm_max, error_max, frozenset(range(1, rows + 1)))
 
 
@@ -491,7 +493,10 @@ class FastDecoder:
                 extremes = torch.tensor([[127] * hidden, [-127] * hidden, [127, -127] * (hidden // 2) + [127] * (hidden % 2)],
                                         dtype=torch.int8)
                 q = torch.cat([extremes, torch.randint(-127, 128, (1, hidden), generator=gen, dtype=torch.int8)])
-                if not torch.equal(torch._int_mm(q, sl.weight).double(), q.double() @ sl.weight.double()):
+                # checked on 4,096 columns and those holding the weight's extremes (±127)
+                columns = torch.cat([torch.arange(min(4096, sl.weight.shape[1])),
+                                     (sl.weight.abs() == 127).any(0).nonzero().flatten()[:64]])
+                if not torch.equal(torch._int_mm(q, sl.weight)[:, columns].double(), q.double() @ sl.weight[:, columns].double()):
                     self.shortlist = None
                     return f"{note} (torch._int_mm's int8 products were not exact here)"
                 for n in counts:
