@@ -640,7 +640,7 @@ def test_prepare_shortlist_decides_from_a_probe_and_timings(qwen, monkeypatch):
 
 def test_a_running_engine_answers_the_same_with_the_shortlist(qwen, monkeypatch):
     """Greedy requests arriving while others decode: the same answers with the shortlist serving
-    up to 3 rows as with the lean step off; the shortlist decided those steps but near-ties (the
+    up to 3 rows as with the lean step off; the shortlist decided those steps except near-ties (the
     projection ran for those and for the row count it does not serve)."""
     import torch
 

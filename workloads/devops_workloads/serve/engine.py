@@ -448,7 +448,7 @@ class BatchingEngine:
             hidden.append(out.last_hidden_state[:, -1, :])
         h = torch.cat(hidden) if len(hidden) > 1 else hidden[0]
         reqs = self._rows + new
-        # Greedy rows that only want their tokens: the decoder's bf16 screening (exactly the
+        # Greedy rows that only want their tokens: the decoder's int8 screening (exactly the
         # projection's argmax, or None and the projection after all).
         tokens = decoder.greedy(h, self.vocab_limit, threads) if all(_plain_greedy(r.params) for r in reqs) else None
         self.stats.steps += 1
